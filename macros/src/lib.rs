@@ -1,0 +1,199 @@
+//! `#[fleet::remote]`: turns a function into a task that runs on a cluster.
+//!
+//! The function stays callable as before. Beside it the macro adds a module
+//! of the same name (modules and functions live in different namespaces)
+//! holding `remote(..)`, `options()` and the function's registration in the
+//! link-time registry under its stable name, `module_path!()::name`.
+
+use proc_macro::TokenStream;
+use proc_macro2::{Span, TokenStream as TokenStream2};
+use quote::{format_ident, quote};
+use syn::spanned::Spanned;
+use syn::{parse_macro_input, FnArg, GenericArgument, Item, ItemFn, PathArguments, ReturnType, Type, Visibility};
+
+/// Marks a function as remote. Options: `num_cpus = <f64>`,
+/// `max_retries = <u32>` (defaults: 1 and 3).
+#[proc_macro_attribute]
+pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let mut options = Options::default();
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("num_cpus") {
+            let lit: syn::Lit = meta.value()?.parse()?;
+            options.num_cpus = Some(match lit {
+                syn::Lit::Int(i) => i.base10_parse::<f64>()?,
+                syn::Lit::Float(f) => f.base10_parse::<f64>()?,
+                other => return Err(syn::Error::new(other.span(), "expected a number")),
+            });
+            Ok(())
+        } else if meta.path.is_ident("max_retries") {
+            let lit: syn::LitInt = meta.value()?.parse()?;
+            options.max_retries = Some(lit.base10_parse::<u32>()?);
+            Ok(())
+        } else {
+            Err(meta.error("unknown option; expected `num_cpus` or `max_retries`"))
+        }
+    });
+    parse_macro_input!(attr with parser);
+    let item = parse_macro_input!(item as Item);
+    let expanded = match item {
+        Item::Fn(f) => expand_fn(&options, f),
+        other => Err(syn::Error::new(
+            other.span(),
+            "#[remote] applies to functions (actors come with struct and impl support)",
+        )),
+    };
+    expanded.unwrap_or_else(|e| e.to_compile_error()).into()
+}
+
+#[derive(Default)]
+struct Options {
+    num_cpus: Option<f64>,
+    max_retries: Option<u32>,
+}
+
+/// `T` of a return type spelled `Result<T, ..>`; the function's `Err`
+/// becomes the task's error.
+fn result_ok_type(ty: &Type) -> Option<&Type> {
+    let Type::Path(p) = ty else { return None };
+    let last = p.path.segments.last()?;
+    if last.ident != "Result" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    match args.args.first()? {
+        GenericArgument::Type(t) => Some(t),
+        _ => None,
+    }
+}
+
+/// Visibility of the items inside the generated module, as seen from the
+/// function's own module.
+fn inner_visibility(vis: &Visibility) -> TokenStream2 {
+    match vis {
+        Visibility::Inherited => quote!(pub(super)),
+        Visibility::Public(_) => quote!(pub),
+        Visibility::Restricted(r) if r.path.is_ident("crate") => quote!(pub(crate)),
+        Visibility::Restricted(_) => quote!(pub(crate)),
+    }
+}
+
+fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
+    let sig = &f.sig;
+    if !sig.generics.params.is_empty() {
+        return Err(syn::Error::new(
+            sig.generics.span(),
+            "a remote function cannot be generic: workers find it by name",
+        ));
+    }
+    if let Some(a) = &sig.asyncness {
+        return Err(syn::Error::new(a.span(), "async remote functions are not supported yet"));
+    }
+    let name = &sig.ident;
+    let vis = &f.vis;
+    let inner = inner_visibility(vis);
+    let mut arg_names = Vec::new();
+    let mut arg_types = Vec::new();
+    for (i, input) in sig.inputs.iter().enumerate() {
+        match input {
+            FnArg::Typed(t) => {
+                arg_names.push(format_ident!("arg{}", i, span = Span::call_site()));
+                arg_types.push((*t.ty).clone());
+            }
+            FnArg::Receiver(r) => {
+                return Err(syn::Error::new(r.span(), "a remote function takes no `self`"));
+            }
+        }
+    }
+    let (ret, returns_result) = match &sig.output {
+        ReturnType::Default => (syn::parse_quote!(()), false),
+        ReturnType::Type(_, ty) => match result_ok_type(ty) {
+            Some(ok) => (ok.clone(), true),
+            None => ((**ty).clone(), false),
+        },
+    };
+    let signature = format!(
+        "({}) -> {}",
+        arg_types
+            .iter()
+            .map(|t| quote!(#t).to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        quote!(#ret)
+    );
+    let num_cpus = options.num_cpus.map(|n| quote!(.num_cpus(#n)));
+    let max_retries = options.max_retries.map(|n| quote!(.max_retries(#n)));
+    let finish = if returns_result {
+        quote! {
+            match result {
+                ::std::result::Result::Ok(v) => ::fleet::__private::output(&v),
+                ::std::result::Result::Err(e) => ::std::result::Result::Err(
+                    ::fleet::__private::Failure::User(::std::string::ToString::to_string(&e)),
+                ),
+            }
+        }
+    } else {
+        quote!(::fleet::__private::output(&result))
+    };
+    let doc = format!("Remote form of [`{name}`]: `{name}::remote(..)` runs it on the cluster.");
+    Ok(quote! {
+        #f
+
+        #[doc = #doc]
+        #vis mod #name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            /// Stable name of the function in the registry.
+            #inner const NAME: &str = ::std::module_path!();
+
+            /// Options for one call; see `fleet::TaskOptions`.
+            #[derive(Clone, Debug)]
+            #inner struct Options(::fleet::TaskOptions);
+
+            /// The defaults given in `#[remote(..)]`.
+            #inner fn options() -> Options {
+                Options(::fleet::TaskOptions::new(NAME) #num_cpus #max_retries)
+            }
+
+            /// Submits a call; each argument may be a value or an `ObjectRef` of it.
+            #inner fn remote(#(#arg_names: impl ::fleet::IntoArg<#arg_types>),*) -> ::fleet::ObjectRef<#ret> {
+                options().remote(#(#arg_names),*)
+            }
+
+            impl Options {
+                /// CPUs the call reserves while it runs.
+                #inner fn num_cpus(self, n: f64) -> Self {
+                    Options(self.0.num_cpus(n))
+                }
+
+                /// Retries if the worker process dies.
+                #inner fn max_retries(self, n: u32) -> Self {
+                    Options(self.0.max_retries(n))
+                }
+
+                /// Submits a call with these options.
+                #inner fn remote(&self, #(#arg_names: impl ::fleet::IntoArg<#arg_types>),*) -> ::fleet::ObjectRef<#ret> {
+                    self.0.submit(::std::vec![#(::fleet::__private::arg::<#arg_types, _>(#arg_names)),*])
+                }
+            }
+
+            fn invoke(
+                args: &mut ::fleet::__private::Args,
+            ) -> ::std::result::Result<::fleet::__private::Output, ::fleet::__private::Failure> {
+                #(let #arg_names: #arg_types = args.next()?;)*
+                let result = super::#name(#(#arg_names),*);
+                #finish
+            }
+
+            #[::fleet::__private::linkme::distributed_slice(::fleet::__private::REMOTE_FUNCTIONS)]
+            #[linkme(crate = ::fleet::__private::linkme)]
+            static REGISTRATION: ::fleet::__private::RemoteFunction = ::fleet::__private::RemoteFunction {
+                name: NAME,
+                signature: #signature,
+                invoke,
+            };
+        }
+    })
+}

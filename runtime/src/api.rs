@@ -1,0 +1,81 @@
+//! `get`, `put` and `wait`: the blocking half of the user API.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::codec;
+use crate::context;
+use crate::error::{Error, Result};
+use crate::object_ref::ObjectRef;
+
+/// Waits for the object and returns its value. A failed task's error (or a
+/// panic's message) comes back as [`Error::Task`].
+pub fn get<T: DeserializeOwned>(r: &ObjectRef<T>) -> Result<T> {
+    get_timeout(r, None)
+}
+
+/// [`get`] that gives up with [`Error::Timeout`] after `timeout`.
+pub fn get_timeout<T: DeserializeOwned>(r: &ObjectRef<T>, timeout: Option<Duration>) -> Result<T> {
+    let client = &r.handle.client;
+    if !client.wait(&[r.handle.id], 1, timeout) {
+        return Err(Error::Timeout(timeout.unwrap_or_default()));
+    }
+    client.value(r.handle.id)
+}
+
+/// Values of all `refs`, in order; the first error wins.
+pub fn get_all<T: DeserializeOwned>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
+    get_all_timeout(refs, None)
+}
+
+/// [`get_all`] with a timeout for the whole batch.
+pub fn get_all_timeout<T: DeserializeOwned>(
+    refs: &[ObjectRef<T>],
+    timeout: Option<Duration>,
+) -> Result<Vec<T>> {
+    let Some(first) = refs.first() else {
+        return Ok(Vec::new());
+    };
+    let client = &first.handle.client;
+    let ids: Vec<u64> = refs.iter().map(|r| r.handle.id).collect();
+    if !client.wait(&ids, ids.len(), timeout) {
+        return Err(Error::Timeout(timeout.unwrap_or_default()));
+    }
+    ids.iter().map(|id| client.value(*id)).collect()
+}
+
+/// Stores `value` in the cluster and returns a ref to it. Large values go
+/// to the node's shared-memory store; tasks on this node map them.
+pub fn put<T: Serialize>(value: T) -> Result<ObjectRef<T>> {
+    let client = context::client_or_init();
+    let enc = codec::encode(&value)?;
+    Ok(ObjectRef::from_handle(client.put_encoded(enc.bytes, enc.nested)?))
+}
+
+/// Waits until `num_returns` of `refs` are finished or `timeout` passes.
+/// Returns `(ready, pending)`, each in input order; `ready` has at most
+/// `num_returns` refs.
+pub fn wait<T>(
+    refs: &[ObjectRef<T>],
+    num_returns: usize,
+    timeout: Option<Duration>,
+) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
+    let Some(first) = refs.first() else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let client = &first.handle.client;
+    let ids: Vec<u64> = refs.iter().map(|r| r.handle.id).collect();
+    client.wait(&ids, num_returns, timeout);
+    let mut ready = Vec::new();
+    let mut pending = Vec::new();
+    for r in refs {
+        if ready.len() < num_returns && client.is_ready(r.handle.id) {
+            ready.push(r.clone());
+        } else {
+            pending.push(r.clone());
+        }
+    }
+    Ok((ready, pending))
+}

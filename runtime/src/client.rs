@@ -1,0 +1,329 @@
+//! The client side of a session with the head, shared by drivers and
+//! workers: submits tasks and puts, and keeps this process's table of
+//! object handles and finished values.
+
+pub(crate) mod transport;
+mod waiter;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::codec::{self, INLINE_MAX};
+use crate::error::{Error, Result};
+use crate::node::object_store::{Bytes, ObjectStore};
+use crate::object_ref::{lost, ArgKind, ArgValue, Handle};
+use crate::proto::{self, arg, client_op::Op, object_value::Payload};
+use crate::task::TaskOptions;
+
+pub(crate) use waiter::Waiter;
+
+/// What this process knows of one object it holds handles to.
+struct Slot {
+    handles: u32,
+    state: State,
+    subscribed: bool,
+    waiters: Vec<Arc<Waiter>>,
+}
+
+enum State {
+    Pending,
+    Ready(Payload),
+}
+
+/// One process's session with the head.
+pub(crate) struct Client {
+    id: u32,
+    node: String,
+    seq: AtomicU64,
+    out: UnboundedSender<proto::ClientOp>,
+    slots: DashMap<u64, Slot>,
+    store: ObjectStore,
+    closed: AtomicBool,
+}
+
+impl Client {
+    pub(crate) fn new(
+        welcome: &proto::Welcome,
+        out: UnboundedSender<proto::ClientOp>,
+    ) -> Arc<Self> {
+        Arc::new(Client {
+            id: welcome.client_id,
+            node: welcome.node.clone(),
+            seq: AtomicU64::new(0),
+            out,
+            slots: DashMap::new(),
+            store: ObjectStore::open(&welcome.store_dir, &welcome.node),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    pub(crate) fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub(crate) fn store(&self) -> &ObjectStore {
+        &self.store
+    }
+
+    pub(crate) fn send(&self, op: Op) {
+        // A closed session fails every pending object; nothing else to do.
+        let _ = self.out.send(proto::ClientOp { op: Some(op) });
+    }
+
+    /// Ids are unique cluster-wide: the head hands each session its own
+    /// prefix, so no round trip is needed to name a new object.
+    fn next_id(&self) -> u64 {
+        (u64::from(self.id) << 40) | (self.seq.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    fn new_handle(self: &Arc<Self>, id: u64, state: State) -> Arc<Handle> {
+        self.slots.insert(
+            id,
+            Slot {
+                handles: 1,
+                state,
+                subscribed: false,
+                waiters: Vec::new(),
+            },
+        );
+        Arc::new(Handle {
+            id,
+            client: self.clone(),
+        })
+    }
+
+    /// A handle for an id received inside a value.
+    pub(crate) fn adopt(self: &Arc<Self>, id: u64) -> Arc<Handle> {
+        let mut new = false;
+        self.slots
+            .entry(id)
+            .and_modify(|s| s.handles += 1)
+            .or_insert_with(|| {
+                new = true;
+                Slot {
+                    handles: 1,
+                    state: State::Pending,
+                    subscribed: false,
+                    waiters: Vec::new(),
+                }
+            });
+        if new {
+            self.send(Op::Acquire(id));
+        }
+        Arc::new(Handle {
+            id,
+            client: self.clone(),
+        })
+    }
+
+    pub(crate) fn release_handle(&self, id: u64) {
+        let last = match self.slots.get_mut(&id) {
+            Some(mut s) => {
+                s.handles -= 1;
+                s.handles == 0
+            }
+            None => false,
+        };
+        if last && self.slots.remove_if(&id, |_, s| s.handles == 0).is_some() {
+            self.send(Op::Release(id));
+        }
+    }
+
+    fn fail_local(&self, id: u64, err: &Error) {
+        self.on_ready(proto::ObjectValue {
+            object_id: id,
+            payload: Some(Payload::Error(err.to_wire())),
+        });
+    }
+
+    pub(crate) fn submit(
+        self: &Arc<Self>,
+        opts: &TaskOptions,
+        args: Vec<Result<ArgValue>>,
+    ) -> Arc<Handle> {
+        let id = self.next_id();
+        let handle = self.new_handle(id, State::Pending);
+        let mut spec = proto::TaskSpec {
+            task_id: id,
+            function: opts.function.to_string(),
+            args: Vec::with_capacity(args.len()),
+            nested_refs: Vec::new(),
+            num_cpus: opts.num_cpus,
+            max_retries: opts.max_retries,
+        };
+        // Handles of ref arguments stay alive until the submit is queued, so
+        // the head sees the task's pin before any release.
+        let mut keep = Vec::new();
+        for a in args {
+            let kind = match a {
+                Err(e) => {
+                    self.fail_local(id, &e);
+                    return handle;
+                }
+                Ok(ArgValue(ArgKind::Value(bytes, nested))) if bytes.len() > INLINE_MAX => {
+                    match self.put_encoded(bytes, nested) {
+                        Ok(h) => {
+                            let k = arg::Kind::ObjectRef(h.id);
+                            keep.push(h);
+                            k
+                        }
+                        Err(e) => {
+                            self.fail_local(id, &e);
+                            return handle;
+                        }
+                    }
+                }
+                Ok(ArgValue(ArgKind::Value(bytes, nested))) => {
+                    spec.nested_refs.extend(nested);
+                    arg::Kind::Value(bytes.into())
+                }
+                Ok(ArgValue(ArgKind::Ref(h))) => {
+                    let k = arg::Kind::ObjectRef(h.id);
+                    keep.push(h);
+                    k
+                }
+            };
+            spec.args.push(proto::Arg { kind: Some(kind) });
+        }
+        self.send(Op::Submit(spec));
+        drop(keep);
+        handle
+    }
+
+    /// Stores an encoded value: inline if small, else in the node's store.
+    pub(crate) fn put_encoded(
+        self: &Arc<Self>,
+        bytes: Vec<u8>,
+        nested: Vec<u64>,
+    ) -> Result<Arc<Handle>> {
+        let id = self.next_id();
+        let payload = if bytes.len() > INLINE_MAX {
+            Payload::Stored(self.store.write(id, &bytes)?)
+        } else {
+            Payload::Inline(bytes.into())
+        };
+        let handle = self.new_handle(id, State::Ready(payload.clone()));
+        self.send(Op::Put(proto::Put {
+            value: Some(proto::ObjectValue {
+                object_id: id,
+                payload: Some(payload),
+            }),
+            nested_refs: nested,
+        }));
+        Ok(handle)
+    }
+
+    /// A value arrived from the head (or failed locally).
+    pub(crate) fn on_ready(&self, value: proto::ObjectValue) {
+        let Some(payload) = value.payload else {
+            return;
+        };
+        let waiters = match self.slots.get_mut(&value.object_id) {
+            Some(mut s) => {
+                s.state = State::Ready(payload);
+                std::mem::take(&mut s.waiters)
+            }
+            None => return,
+        };
+        for w in waiters {
+            w.count_down();
+        }
+    }
+
+    /// The session ended: everything still pending fails.
+    pub(crate) fn on_disconnect(&self, why: &str) {
+        self.closed.store(true, Ordering::Release);
+        let err = Error::Connection(why.to_string()).to_wire();
+        let mut waiters = Vec::new();
+        for mut s in self.slots.iter_mut() {
+            if matches!(s.state, State::Pending) {
+                s.state = State::Ready(Payload::Error(err.clone()));
+                waiters.append(&mut s.waiters);
+            }
+        }
+        for w in waiters {
+            w.wake();
+        }
+    }
+
+    /// Registers `waiter` on every id not yet finished and subscribes to
+    /// them; returns how many were already finished.
+    fn register(&self, ids: &[u64], waiter: &Arc<Waiter>) -> usize {
+        let mut done = 0;
+        for &id in ids {
+            match self.slots.get_mut(&id) {
+                Some(mut s) => {
+                    if matches!(s.state, State::Ready(_)) {
+                        done += 1;
+                        waiter.count_down();
+                    } else {
+                        s.waiters.push(waiter.clone());
+                        if !s.subscribed {
+                            s.subscribed = true;
+                            self.send(Op::Subscribe(id));
+                        }
+                    }
+                }
+                None => {
+                    done += 1;
+                    waiter.count_down();
+                }
+            }
+        }
+        if self.closed.load(Ordering::Acquire) {
+            waiter.wake();
+        }
+        done
+    }
+
+    pub(crate) fn is_ready(&self, id: u64) -> bool {
+        self.slots
+            .get(&id)
+            .is_none_or(|s| matches!(s.state, State::Ready(_)))
+    }
+
+    /// Blocks until `needed` of `ids` are finished or the timeout passes.
+    pub(crate) fn wait(&self, ids: &[u64], needed: usize, timeout: Option<Duration>) -> bool {
+        let needed = needed.min(ids.len());
+        let waiter = Waiter::new(needed);
+        if self.register(ids, &waiter) >= needed {
+            return true;
+        }
+        // A task that waits lends its CPU to others meanwhile.
+        let _lent = crate::worker::executor::lend_cpu();
+        waiter.wait(timeout)
+    }
+
+    pub(crate) async fn ready_async(&self, id: u64) -> Result<()> {
+        let waiter = Waiter::new(1);
+        if self.register(&[id], &waiter) == 0 {
+            waiter.fired().await;
+        }
+        Ok(())
+    }
+
+    /// The bytes of a finished object.
+    pub(crate) fn bytes(&self, id: u64) -> Result<Bytes> {
+        let payload = match self.slots.get(&id) {
+            Some(s) => match &s.state {
+                State::Ready(p) => p.clone(),
+                State::Pending => return Err(lost(id, "not finished")),
+            },
+            None => return Err(lost(id, "no handle to it in this process")),
+        };
+        match payload {
+            Payload::Inline(b) => Ok(Bytes::Inline(b)),
+            Payload::Stored(loc) => self.store.read(&loc),
+            Payload::Error(e) => Err(Error::from_wire(&e)),
+        }
+    }
+
+    pub(crate) fn value<T: DeserializeOwned>(&self, id: u64) -> Result<T> {
+        codec::decode(&self.bytes(id)?)
+    }
+}

@@ -1,0 +1,137 @@
+//! How a session's operations travel: batched frames on one gRPC stream,
+//! or plain channels when the driver shares a process with the head.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use prost::Message;
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::proto::{self, head_client::HeadClient, head_op};
+
+/// Frames are cut at about this many encoded bytes.
+const FRAME_BYTES: usize = 4 << 20;
+/// Largest frame either side accepts; a larger one is refused by tonic.
+pub(crate) const MAX_MESSAGE: usize = 64 << 20;
+
+/// The head's operations as they arrive, in batches.
+pub(crate) type Inbound = Pin<Box<dyn Stream<Item = Result<Vec<proto::HeadOp>>> + Send>>;
+
+/// Drains a channel into batches: whatever is queued when the sender wakes
+/// goes out as one frame, so bursts cost one message and a lone op goes out
+/// at once.
+pub(crate) fn batches<T: Message + Send + 'static>(
+    rx: UnboundedReceiver<T>,
+) -> impl Stream<Item = Vec<T>> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move {
+        let first = rx.recv().await?;
+        let mut size = first.encoded_len();
+        let mut batch = vec![first];
+        while size < FRAME_BYTES && batch.len() < 8192 {
+            match rx.try_recv() {
+                Ok(op) => {
+                    size += op.encoded_len();
+                    batch.push(op);
+                }
+                Err(_) => break,
+            }
+        }
+        Some((batch, rx))
+    })
+}
+
+/// Opens a session stream to a head over gRPC.
+pub(crate) async fn connect(address: &str) -> Result<(UnboundedSender<proto::ClientOp>, Inbound)> {
+    let uri = if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(uri.clone())
+        .map_err(|e| Error::Connection(format!("bad address {address}: {e}")))?
+        .tcp_nodelay(true)
+        .connect_timeout(std::time::Duration::from_secs(10));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| Error::Connection(format!("cannot reach the head at {uri}: {e}")))?;
+    let mut client = HeadClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let outbound = batches(rx).map(|ops| proto::ClientFrame { ops });
+    let response = client
+        .session(outbound)
+        .await
+        .map_err(|s| Error::Connection(format!("opening a session: {}", s.message())))?;
+    let inbound = response.into_inner().map(|frame| {
+        frame
+            .map(|f| f.ops)
+            .map_err(|s| Error::Connection(s.message().to_string()))
+    });
+    Ok((tx, Box::pin(inbound)))
+}
+
+/// Where a worker's session hands the tasks it is sent.
+pub(crate) type Execute = Arc<dyn Fn(proto::TaskSpec) + Send + Sync>;
+
+/// Inbound side of an in-process session.
+pub(crate) fn local_inbound(rx: UnboundedReceiver<proto::HeadOp>) -> Inbound {
+    Box::pin(batches(rx).map(Ok))
+}
+
+/// Sends `hello` and waits for the head's answer. Returns the welcome and
+/// any operations that arrived in the same frame.
+pub(crate) async fn handshake(
+    out: &UnboundedSender<proto::ClientOp>,
+    inbound: &mut Inbound,
+    hello: proto::Hello,
+) -> Result<(proto::Welcome, Vec<proto::HeadOp>)> {
+    out.send(proto::ClientOp {
+        op: Some(proto::client_op::Op::Hello(hello)),
+    })
+    .map_err(|_| Error::Connection("session closed before hello".into()))?;
+    let mut ops = match inbound.next().await {
+        Some(Ok(ops)) => ops.into_iter(),
+        Some(Err(e)) => return Err(e),
+        None => return Err(Error::Connection("the head closed the session".into())),
+    };
+    match ops.next().and_then(|o| o.op) {
+        Some(head_op::Op::Welcome(w)) => Ok((w, ops.collect())),
+        Some(head_op::Op::Refused(why)) => Err(Error::Mismatch(why)),
+        _ => Err(Error::Connection("the head did not answer hello".into())),
+    }
+}
+
+/// Routes the head's operations for the rest of the session. Tasks to run
+/// go to `execute` (workers only); the end of the stream fails whatever is
+/// still pending.
+pub(crate) async fn receive(
+    client: Arc<Client>,
+    leftover: Vec<proto::HeadOp>,
+    mut inbound: Inbound,
+    execute: Option<Execute>,
+) {
+    let route = |op: proto::HeadOp| match op.op {
+        Some(head_op::Op::Ready(v)) => client.on_ready(v),
+        Some(head_op::Op::Execute(t)) => {
+            if let Some(execute) = &execute {
+                execute(t);
+            }
+        }
+        Some(head_op::Op::Refused(why)) => tracing::error!("the head refused: {why}"),
+        _ => {}
+    };
+    leftover.into_iter().for_each(&route);
+    let why = loop {
+        match inbound.next().await {
+            Some(Ok(ops)) => ops.into_iter().for_each(&route),
+            Some(Err(e)) => break e.to_string(),
+            None => break "the head closed the session".to_string(),
+        }
+    };
+    client.on_disconnect(&why);
+}

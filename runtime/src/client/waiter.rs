@@ -1,0 +1,92 @@
+//! A countdown that a blocking thread or an async task waits on.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+/// Fires once `needed` of the objects it was registered on are finished.
+pub(crate) struct Waiter {
+    remaining: AtomicUsize,
+    inner: Mutex<Inner>,
+    cv: Condvar,
+}
+
+struct Inner {
+    done: bool,
+    waker: Option<Waker>,
+}
+
+impl Waiter {
+    pub(crate) fn new(needed: usize) -> Arc<Self> {
+        Arc::new(Waiter {
+            remaining: AtomicUsize::new(needed),
+            inner: Mutex::new(Inner {
+                done: needed == 0,
+                waker: None,
+            }),
+            cv: Condvar::new(),
+        })
+    }
+
+    /// One more object finished.
+    pub(crate) fn count_down(&self) {
+        let prev = self
+            .remaining
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1));
+        if prev == Ok(1) {
+            self.wake();
+        }
+    }
+
+    /// Wakes it regardless of the count: the connection is gone.
+    pub(crate) fn wake(&self) {
+        let mut inner = self.inner.lock();
+        inner.done = true;
+        self.cv.notify_all();
+        if let Some(w) = inner.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Blocks until fired; false on timeout.
+    pub(crate) fn wait(&self, timeout: Option<Duration>) -> bool {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut inner = self.inner.lock();
+        while !inner.done {
+            match deadline {
+                Some(d) => {
+                    if self.cv.wait_until(&mut inner, d).timed_out() {
+                        return inner.done;
+                    }
+                }
+                None => self.cv.wait(&mut inner),
+            }
+        }
+        true
+    }
+
+    pub(crate) fn fired(self: Arc<Self>) -> Fired {
+        Fired(self)
+    }
+}
+
+/// Future form of [`Waiter::wait`].
+pub(crate) struct Fired(Arc<Waiter>);
+
+impl Future for Fired {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = self.0.inner.lock();
+        if inner.done {
+            Poll::Ready(())
+        } else {
+            inner.waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+}

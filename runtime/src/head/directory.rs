@@ -1,0 +1,207 @@
+//! The object directory: where each object's value is, who holds it, and
+//! when it can be freed.
+
+use crate::node::object_store::ObjectStore;
+use crate::proto::{self, head_op::Op, object_value::Payload};
+
+use super::state::{Obj, ObjState, State};
+
+fn lost_error(id: u64, why: &str) -> proto::TaskError {
+    let mut e = proto::TaskError {
+        function: format!("{id:016x}"),
+        message: why.to_string(),
+        ..Default::default()
+    };
+    e.set_kind(proto::ErrorKind::ObjectLost);
+    e
+}
+
+impl State {
+    pub(super) fn new_object(&mut self, id: u64, state: ObjState, holder: u32) -> bool {
+        if self.objects.contains_key(&id) {
+            tracing::warn!(id, "session {holder} reused object id; ignored");
+            return false;
+        }
+        self.objects.insert(
+            id,
+            Obj {
+                state,
+                holders: 1,
+                pins: 0,
+                subscribers: Vec::new(),
+                dependents: Vec::new(),
+                contains: Vec::new(),
+            },
+        );
+        if let Some(s) = self.sessions.get_mut(&holder) {
+            s.holds.insert(id);
+        }
+        true
+    }
+
+    /// Pins `ids` (refs nested in a value, or task arguments).
+    pub(super) fn pin_all(&mut self, ids: &[u64]) {
+        for id in ids {
+            if let Some(o) = self.objects.get_mut(id) {
+                o.pins += 1;
+            }
+        }
+    }
+
+    pub(super) fn unpin(&mut self, id: u64) {
+        if let Some(o) = self.objects.get_mut(&id) {
+            o.pins = o.pins.saturating_sub(1);
+            self.maybe_free(id);
+        }
+    }
+
+    pub(super) fn put(&mut self, client: u32, put: proto::Put) {
+        let Some(value) = put.value else { return };
+        let Some(payload) = value.payload else { return };
+        let id = value.object_id;
+        if self.new_object(id, ObjState::Done(payload), client) {
+            self.pin_all(&put.nested_refs);
+            if let Some(o) = self.objects.get_mut(&id) {
+                o.contains = put.nested_refs;
+            }
+        }
+    }
+
+    pub(super) fn subscribe(&mut self, client: u32, id: u64) {
+        let payload = match self.objects.get_mut(&id) {
+            None => Payload::Error(lost_error(id, "it was freed or never existed")),
+            Some(o) => match &o.state {
+                ObjState::Pending => {
+                    o.subscribers.push(client);
+                    return;
+                }
+                ObjState::Done(p) => p.clone(),
+            },
+        };
+        self.out.push(
+            client,
+            Op::Ready(proto::ObjectValue {
+                object_id: id,
+                payload: Some(payload),
+            }),
+        );
+    }
+
+    pub(super) fn acquire(&mut self, client: u32, id: u64) {
+        let Some(s) = self.sessions.get_mut(&client) else {
+            return;
+        };
+        if let Some(o) = self.objects.get_mut(&id) {
+            if s.holds.insert(id) {
+                o.holders += 1;
+            }
+        }
+    }
+
+    pub(super) fn release(&mut self, client: u32, id: u64) {
+        let held = self
+            .sessions
+            .get_mut(&client)
+            .is_some_and(|s| s.holds.remove(&id));
+        if held {
+            if let Some(o) = self.objects.get_mut(&id) {
+                o.holders = o.holders.saturating_sub(1);
+            }
+            self.maybe_free(id);
+        }
+    }
+
+    /// Frees `id` once nothing holds or pins it and no task still makes it;
+    /// freeing an object unpins what it contains, iteratively.
+    pub(super) fn maybe_free(&mut self, id: u64) {
+        let mut work = vec![id];
+        while let Some(id) = work.pop() {
+            let Some(o) = self.objects.get(&id) else {
+                continue;
+            };
+            if o.holders > 0 || o.pins > 0 || self.tasks.contains_key(&id) {
+                continue;
+            }
+            let Some(o) = self.objects.remove(&id) else {
+                continue;
+            };
+            if let ObjState::Done(Payload::Stored(loc)) = &o.state {
+                self.out.delete.push(loc.path.clone());
+            }
+            for c in o.contains {
+                if let Some(inner) = self.objects.get_mut(&c) {
+                    inner.pins = inner.pins.saturating_sub(1);
+                    work.push(c);
+                }
+            }
+        }
+    }
+
+    /// Records a task's outcome: subscribers hear of it, dependents become
+    /// ready (or fail with the same error).
+    pub(super) fn complete(&mut self, id: u64, payload: Payload, nested: Vec<u64>) {
+        let mut work = vec![(id, payload, nested)];
+        while let Some((id, payload, nested)) = work.pop() {
+            let Some(task) = self.tasks.remove(&id) else {
+                continue;
+            };
+            self.pin_all(&nested);
+            let failed = matches!(payload, Payload::Error(_));
+            let (subscribers, dependents) = match self.objects.get_mut(&id) {
+                Some(o) => {
+                    o.state = ObjState::Done(payload.clone());
+                    o.contains = nested;
+                    (
+                        std::mem::take(&mut o.subscribers),
+                        std::mem::take(&mut o.dependents),
+                    )
+                }
+                None => Default::default(),
+            };
+            for c in subscribers {
+                self.out.push(
+                    c,
+                    Op::Ready(proto::ObjectValue {
+                        object_id: id,
+                        payload: Some(payload.clone()),
+                    }),
+                );
+            }
+            for d in dependents {
+                if failed {
+                    work.push((d, payload.clone(), Vec::new()));
+                } else if let Some(t) = self.tasks.get_mut(&d) {
+                    t.missing = t.missing.saturating_sub(1);
+                    if t.missing == 0 {
+                        self.ready.push_back(d);
+                    }
+                }
+            }
+            for a in task.spec.args.iter().filter_map(arg_ref) {
+                self.unpin(a);
+            }
+            for n in &task.spec.nested_refs {
+                self.unpin(*n);
+            }
+            self.maybe_free(id);
+        }
+    }
+
+    pub(super) fn lost(id: u64, why: &str) -> Payload {
+        Payload::Error(lost_error(id, why))
+    }
+
+    /// Deletes store files of freed objects.
+    pub(super) fn delete_files(paths: Vec<String>) {
+        for p in paths {
+            ObjectStore::delete(&p);
+        }
+    }
+}
+
+pub(super) fn arg_ref(a: &proto::Arg) -> Option<u64> {
+    match a.kind {
+        Some(proto::arg::Kind::ObjectRef(id)) => Some(id),
+        _ => None,
+    }
+}

@@ -1,0 +1,164 @@
+//! The head's cluster state: objects, tasks and workers, under one lock.
+//! Every session applies a whole inbound frame under that lock and leaves
+//! its outbound operations in an outbox, sent once the lock is released.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use crate::proto::{self, head_op, object_value::Payload};
+
+/// Objects the head tracks.
+pub(super) struct Obj {
+    pub(super) state: ObjState,
+    /// Sessions holding at least one handle.
+    pub(super) holders: u32,
+    /// Pending tasks using it as an argument plus objects that contain it.
+    pub(super) pins: u32,
+    pub(super) subscribers: Vec<u32>,
+    /// Tasks waiting for it.
+    pub(super) dependents: Vec<u64>,
+    /// Refs nested inside this object's value.
+    pub(super) contains: Vec<u64>,
+}
+
+pub(super) enum ObjState {
+    Pending,
+    Done(Payload),
+}
+
+pub(super) struct Task {
+    pub(super) spec: proto::TaskSpec,
+    pub(super) missing: u32,
+    pub(super) retries_left: u32,
+    pub(super) worker: Option<u32>,
+}
+
+pub(super) struct Worker {
+    pub(super) worker_id: u64,
+    pub(super) pid: u32,
+    /// Tasks sent to it, in order: the first runs, the rest wait there.
+    pub(super) queue: VecDeque<u64>,
+    /// CPUs it holds for the tasks in its queue.
+    pub(super) lease: f64,
+    /// The function its queue runs, for pipelining.
+    pub(super) function: String,
+    /// Its running task waits in `get` and has lent its CPUs back.
+    pub(super) blocked: bool,
+}
+
+pub(super) struct Session {
+    pub(super) holds: HashSet<u64>,
+}
+
+/// Outbound effects of applying operations.
+#[derive(Default)]
+pub(super) struct Outbox {
+    pub(super) ops: Vec<(u32, proto::HeadOp)>,
+    pub(super) spawn: usize,
+    pub(super) delete: Vec<String>,
+}
+
+impl Outbox {
+    pub(super) fn push(&mut self, client: u32, op: head_op::Op) {
+        self.ops.push((client, proto::HeadOp { op: Some(op) }));
+    }
+}
+
+/// Tuning of one head.
+#[derive(Clone, Debug)]
+pub(crate) struct Limits {
+    pub(crate) num_cpus: f64,
+    pub(crate) min_workers: usize,
+    pub(crate) max_workers: usize,
+}
+
+pub(crate) struct State {
+    pub(super) objects: HashMap<u64, Obj>,
+    pub(super) tasks: HashMap<u64, Task>,
+    pub(super) ready: VecDeque<u64>,
+    pub(super) workers: HashMap<u32, Worker>,
+    pub(super) sessions: HashMap<u32, Session>,
+    /// Worker processes started but not yet connected.
+    pub(super) starting: usize,
+    pub(super) available_cpus: f64,
+    pub(super) limits: Limits,
+    /// Mean run time per function, in microseconds.
+    pub(super) run_micros: HashMap<String, f64>,
+    pub(super) node: String,
+    pub(super) out: Outbox,
+}
+
+impl State {
+    pub(crate) fn new(limits: Limits, node: String) -> Self {
+        State {
+            objects: HashMap::new(),
+            tasks: HashMap::new(),
+            ready: VecDeque::new(),
+            workers: HashMap::new(),
+            sessions: HashMap::new(),
+            starting: 0,
+            available_cpus: limits.num_cpus,
+            limits,
+            run_micros: HashMap::new(),
+            node,
+            out: Outbox::default(),
+        }
+    }
+
+    pub(super) fn take_outbox(&mut self) -> Outbox {
+        std::mem::take(&mut self.out)
+    }
+
+    pub(super) fn open_session(&mut self, client: u32) {
+        self.sessions.insert(
+            client,
+            Session {
+                holds: HashSet::new(),
+            },
+        );
+    }
+
+    /// A session ended: its handles are released; a worker's tasks go back
+    /// to the queue or fail.
+    pub(super) fn close_session(&mut self, client: u32) {
+        if let Some(w) = self.workers.remove(&client) {
+            self.worker_lost(w);
+        }
+        if let Some(s) = self.sessions.remove(&client) {
+            for id in s.holds {
+                if let Some(o) = self.objects.get_mut(&id) {
+                    o.holders = o.holders.saturating_sub(1);
+                    self.maybe_free(id);
+                }
+            }
+        }
+    }
+
+    /// Counts for the dashboard, `fleet status` and tests.
+    pub(crate) fn counts(&self) -> Counts {
+        Counts {
+            objects: self.objects.len(),
+            tasks: self.tasks.len(),
+            ready: self.ready.len(),
+            workers: self.workers.len(),
+            starting: self.starting,
+            worker_pids: self.workers.values().map(|w| w.pid).collect(),
+        }
+    }
+}
+
+/// A snapshot of the head's size.
+#[derive(Clone, Debug, Default)]
+pub struct Counts {
+    /// Objects tracked (pending or finished).
+    pub objects: usize,
+    /// Tasks not yet finished.
+    pub tasks: usize,
+    /// Tasks ready and waiting for a worker.
+    pub ready: usize,
+    /// Connected workers.
+    pub workers: usize,
+    /// Workers started and not yet connected.
+    pub starting: usize,
+    /// Process ids of connected workers.
+    pub worker_pids: Vec<u32>,
+}

@@ -1,0 +1,65 @@
+//! Fleet: Ray's model (remote functions, an object store, a cluster) for
+//! Rust.
+//!
+//! ```no_run
+//! use fleet::{remote, ObjectRef};
+//!
+//! #[remote]
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! fn main() -> fleet::Result<()> {
+//!     let _cluster = fleet::init()?; // a local cluster, one worker per core
+//!     let r: ObjectRef<u64> = square::remote(3); // returns at once
+//!     assert_eq!(fleet::get(&r)?, 9);
+//!     let refs: Vec<_> = (0..100u64).map(square::remote).collect();
+//!     let all = fleet::get_all(&refs)?;
+//!     assert_eq!(all[7], 49);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! The path of a task: `f::remote()` ([`task`]) encodes the arguments
+//! ([`codec`]) and submits them over the session ([`client`]); the head
+//! ([`head`]) waits for ref arguments, picks a worker and pushes the task on
+//! that worker's stream; the worker ([`worker`]) runs it and sends the
+//! result back; the head hands it to whoever waits in [`get`].
+
+mod api;
+mod client;
+mod cluster;
+mod codec;
+mod context;
+mod error;
+mod head;
+mod logging;
+mod node;
+mod object_ref;
+#[doc(hidden)]
+pub mod proto;
+mod registry;
+mod task;
+mod worker;
+
+pub use api::{get, get_all, get_all_timeout, get_timeout, put, wait};
+pub use cluster::{init, init_with, Cluster, Config, ENV_ADDRESS, ENV_TOKEN};
+pub use codec::INLINE_MAX;
+pub use error::{Error, Result};
+pub use fleet_macros::remote;
+pub use head::{Counts, PROTOCOL_VERSION};
+pub use object_ref::{IntoArg, ObjectId, ObjectRef};
+pub use task::TaskOptions;
+
+/// Items the `#[remote]` macro expands to; not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::object_ref::ArgValue;
+    pub use crate::registry::{output, Args, Failure, Output, RemoteFunction, REMOTE_FUNCTIONS};
+    pub use linkme;
+
+    /// Converts one argument for submission.
+    pub fn arg<T, A: crate::IntoArg<T>>(a: A) -> crate::Result<ArgValue> {
+        a.into_arg()
+    }
+}

@@ -1,0 +1,5 @@
+//! The node agent's parts: the shared-memory object store and the
+//! supervisor that starts and watches worker processes.
+
+pub(crate) mod object_store;
+pub(crate) mod supervisor;

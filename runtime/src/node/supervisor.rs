@@ -1,0 +1,140 @@
+//! Starts worker processes and watches them.
+//!
+//! Workers are this same executable re-run with `FLEET_WORKER_ID` set; the
+//! hook in `worker::hook` turns them into workers before `main`. Each child
+//! gets `PR_SET_PDEATHSIG = SIGKILL`, bound to the spawner thread, which
+//! lives as long as the cluster: if the driver dies, even by SIGKILL, the
+//! kernel kills its workers.
+
+use std::collections::HashMap;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::Mutex;
+
+use crate::worker::hook::{ENV_HEAD, ENV_TOKEN, ENV_WORKER_ID};
+
+/// Called when a worker process exits: (worker id, description).
+pub(crate) type OnExit = Arc<dyn Fn(u64, String) + Send + Sync>;
+
+enum Command_ {
+    Spawn(u64),
+    Shutdown,
+}
+
+/// The node agent's worker supervisor.
+pub(crate) struct Supervisor {
+    tx: Mutex<mpsc::Sender<Command_>>,
+    live: Arc<Mutex<HashMap<u64, u32>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What a worker needs to find its head.
+#[derive(Clone)]
+pub(crate) struct WorkerEnv {
+    pub(crate) program: PathBuf,
+    pub(crate) head: String,
+    pub(crate) token: String,
+}
+
+impl Supervisor {
+    pub(crate) fn start(env: WorkerEnv, on_exit: OnExit) -> Self {
+        let (tx, rx) = mpsc::channel();
+        let live: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
+        let live2 = live.clone();
+        let thread = std::thread::Builder::new()
+            .name("fleet-spawner".into())
+            .spawn(move || spawner(env, rx, live2, on_exit))
+            .expect("spawning the supervisor thread");
+        Supervisor {
+            tx: Mutex::new(tx),
+            live,
+            thread: Mutex::new(Some(thread)),
+        }
+    }
+
+    pub(crate) fn spawn(&self, worker_id: u64) {
+        let _ = self.tx.lock().send(Command_::Spawn(worker_id));
+    }
+
+    /// Process ids of the workers alive now.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.live.lock().values().copied().collect()
+    }
+
+    /// Kills every worker and waits for them to exit.
+    pub(crate) fn shutdown(&self) {
+        let _ = self.tx.lock().send(Command_::Shutdown);
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn spawner(
+    env: WorkerEnv,
+    rx: mpsc::Receiver<Command_>,
+    live: Arc<Mutex<HashMap<u64, u32>>>,
+    on_exit: OnExit,
+) {
+    let parent = std::process::id() as i32;
+    let mut waiters = Vec::new();
+    while let Ok(cmd) = rx.recv() {
+        let worker_id = match cmd {
+            Command_::Spawn(id) => id,
+            Command_::Shutdown => break,
+        };
+        let mut cmd = Command::new(&env.program);
+        cmd.env(ENV_WORKER_ID, worker_id.to_string())
+            .env(ENV_HEAD, &env.head)
+            .env(ENV_TOKEN, &env.token)
+            .stdin(Stdio::null());
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        match cmd.spawn() {
+            Ok(mut child) => {
+                live.lock().insert(worker_id, child.id());
+                let live = live.clone();
+                let on_exit = on_exit.clone();
+                waiters.push(std::thread::spawn(move || {
+                    let status = child.wait();
+                    live.lock().remove(&worker_id);
+                    let what = match status {
+                        Ok(s) => s.to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    on_exit(worker_id, what);
+                }));
+            }
+            Err(e) => {
+                tracing::error!("cannot start a worker from {}: {e}", env.program.display());
+                on_exit(worker_id, format!("failed to start: {e}"));
+            }
+        }
+    }
+    for pid in live.lock().values() {
+        // SAFETY: plain kill(2) of our own children.
+        unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+    }
+    for w in waiters {
+        let _ = w.join();
+    }
+}

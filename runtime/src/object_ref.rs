@@ -1,0 +1,170 @@
+//! Typed references to objects that live in the cluster.
+
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::client::Client;
+use crate::codec;
+use crate::error::{Error, Result};
+
+/// Identity of an object: the result of one task or one `put`.
+#[derive(Copy, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectId(pub(crate) u64);
+
+impl ObjectId {
+    /// The raw id, as the head and dashboards show it.
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl fmt::Debug for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectId({self})")
+    }
+}
+
+/// One live handle; the process holds the object while any handle lives.
+pub(crate) struct Handle {
+    pub(crate) id: u64,
+    pub(crate) client: Arc<Client>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.client.release_handle(self.id);
+    }
+}
+
+/// A typed, counted reference to a value that is (or will be) in the
+/// cluster. Cheap to clone; may be sent inside task arguments and results.
+/// When the last handle anywhere is dropped, the object is freed.
+pub struct ObjectRef<T> {
+    pub(crate) handle: Arc<Handle>,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T> ObjectRef<T> {
+    pub(crate) fn from_handle(handle: Arc<Handle>) -> Self {
+        ObjectRef {
+            handle,
+            _type: PhantomData,
+        }
+    }
+
+    /// The object's id.
+    pub fn id(&self) -> ObjectId {
+        ObjectId(self.handle.id)
+    }
+}
+
+impl<T> Clone for ObjectRef<T> {
+    fn clone(&self) -> Self {
+        ObjectRef::from_handle(self.handle.clone())
+    }
+}
+
+impl<T> fmt::Debug for ObjectRef<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectRef<{}>({})", std::any::type_name::<T>(), self.id())
+    }
+}
+
+impl<T> PartialEq for ObjectRef<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.handle.id == other.handle.id
+    }
+}
+
+impl<T> Eq for ObjectRef<T> {}
+
+impl<T> std::hash::Hash for ObjectRef<T> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.handle.id.hash(state)
+    }
+}
+
+impl<T> Serialize for ObjectRef<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        codec::note_nested(self.handle.id);
+        s.serialize_u64(self.handle.id)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for ObjectRef<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let id = u64::deserialize(d)?;
+        let client = crate::context::client().map_err(serde::de::Error::custom)?;
+        Ok(ObjectRef::from_handle(client.adopt(id)))
+    }
+}
+
+impl<T: DeserializeOwned + Send + 'static> IntoFuture for ObjectRef<T> {
+    type Output = Result<T>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<T>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let client = self.handle.client.clone();
+            client.ready_async(self.handle.id).await?;
+            client.value(self.handle.id)
+        })
+    }
+}
+
+/// An argument of a remote call before it is sent: a value or a ref.
+#[doc(hidden)]
+pub struct ArgValue(pub(crate) ArgKind);
+
+pub(crate) enum ArgKind {
+    /// An encoded value and the refs nested in it.
+    Value(Vec<u8>, Vec<u64>),
+    /// A ref whose value the task receives once it is ready.
+    Ref(Arc<Handle>),
+}
+
+/// Anything that can stand for an argument of type `T` in a remote call:
+/// a `T` itself, or an [`ObjectRef<T>`] (owned or borrowed).
+pub trait IntoArg<T> {
+    /// Turns `self` into the wire form.
+    #[doc(hidden)]
+    fn into_arg(self) -> Result<ArgValue>;
+}
+
+impl<T: Serialize> IntoArg<T> for T {
+    fn into_arg(self) -> Result<ArgValue> {
+        let enc = codec::encode(&self)?;
+        Ok(ArgValue(ArgKind::Value(enc.bytes, enc.nested)))
+    }
+}
+
+impl<T> IntoArg<T> for ObjectRef<T> {
+    fn into_arg(self) -> Result<ArgValue> {
+        Ok(ArgValue(ArgKind::Ref(self.handle)))
+    }
+}
+
+impl<T> IntoArg<T> for &ObjectRef<T> {
+    fn into_arg(self) -> Result<ArgValue> {
+        Ok(ArgValue(ArgKind::Ref(self.handle.clone())))
+    }
+}
+
+pub(crate) fn lost(id: u64, why: &str) -> Error {
+    Error::ObjectLost {
+        id: format!("{id:016x}"),
+        message: why.to_string(),
+    }
+}

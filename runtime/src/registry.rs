@@ -1,0 +1,108 @@
+//! The link-time registry of remote functions.
+//!
+//! `#[remote]` adds one entry per function to a `linkme` distributed slice.
+//! The linker assembles the slice, so it is complete before any code runs,
+//! including the worker hook that runs before `main`.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::codec::{self, Encoded};
+use crate::node::object_store::Bytes;
+
+/// Every `#[remote]` function linked into this binary.
+#[doc(hidden)]
+#[linkme::distributed_slice]
+pub static REMOTE_FUNCTIONS: [RemoteFunction];
+
+/// One registered remote function.
+#[doc(hidden)]
+pub struct RemoteFunction {
+    /// Stable name: `module_path::function`.
+    pub name: &'static str,
+    /// Argument and return types as written, for the build hash.
+    pub signature: &'static str,
+    /// Decodes the arguments, runs the function, encodes the result.
+    pub invoke: fn(&mut Args) -> Result<Output, Failure>,
+}
+
+/// Why an invocation produced no value.
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum Failure {
+    /// The function returned `Err`; its `Display` text.
+    User(String),
+    /// An argument could not be decoded or the result not encoded.
+    Codec(String),
+}
+
+/// The resolved arguments of one task, decoded one by one in order.
+#[doc(hidden)]
+pub struct Args {
+    values: std::vec::IntoIter<Bytes>,
+    position: usize,
+}
+
+impl Args {
+    pub(crate) fn new(values: Vec<Bytes>) -> Self {
+        Args {
+            values: values.into_iter(),
+            position: 0,
+        }
+    }
+
+    /// Decodes the next argument.
+    pub fn next<T: DeserializeOwned>(&mut self) -> Result<T, Failure> {
+        self.position += 1;
+        let bytes = self.values.next().ok_or_else(|| {
+            Failure::Codec(format!("argument {} is missing", self.position))
+        })?;
+        codec::decode(&bytes)
+            .map_err(|e| Failure::Codec(format!("argument {}: {e}", self.position)))
+    }
+}
+
+/// An encoded result.
+#[doc(hidden)]
+pub struct Output(pub(crate) Encoded);
+
+/// Encodes a function's result.
+#[doc(hidden)]
+pub fn output<T: Serialize>(value: &T) -> Result<Output, Failure> {
+    codec::encode(value)
+        .map(Output)
+        .map_err(|e| Failure::Codec(format!("result: {e}")))
+}
+
+fn table() -> &'static HashMap<&'static str, &'static RemoteFunction> {
+    static TABLE: OnceLock<HashMap<&'static str, &'static RemoteFunction>> = OnceLock::new();
+    TABLE.get_or_init(|| REMOTE_FUNCTIONS.iter().map(|f| (f.name, f)).collect())
+}
+
+pub(crate) fn lookup(name: &str) -> Option<&'static RemoteFunction> {
+    table().get(name).copied()
+}
+
+/// A hash of every registered name and signature: two processes with equal
+/// hashes agree on what each function name means.
+pub(crate) fn registry_hash() -> String {
+    static HASH: OnceLock<String> = OnceLock::new();
+    HASH.get_or_init(|| {
+        let mut entries: Vec<String> = REMOTE_FUNCTIONS
+            .iter()
+            .map(|f| format!("{}({})", f.name, f.signature))
+            .collect();
+        entries.sort();
+        // FNV-1a: stable across builds and Rust versions, unlike std's hasher.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in entries.join("\n").bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{h:016x}-{}", entries.len())
+    })
+    .clone()
+}

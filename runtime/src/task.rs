@@ -1,0 +1,49 @@
+//! Per-call options of a remote function, and submission.
+
+use crate::context;
+use crate::object_ref::{ArgValue, ObjectRef};
+use crate::Result;
+
+/// How one remote call is scheduled. `#[remote(num_cpus = .., max_retries = ..)]`
+/// sets the defaults; `f::options()` changes them for one call.
+#[derive(Clone, Debug)]
+pub struct TaskOptions {
+    pub(crate) function: &'static str,
+    pub(crate) num_cpus: f64,
+    pub(crate) max_retries: u32,
+}
+
+impl TaskOptions {
+    /// Defaults for the named function: one CPU, three retries if the worker dies.
+    pub const fn new(function: &'static str) -> Self {
+        TaskOptions {
+            function,
+            num_cpus: 1.0,
+            max_retries: 3,
+        }
+    }
+
+    /// CPUs the task reserves while it runs (may be fractional or zero).
+    pub const fn num_cpus(mut self, n: f64) -> Self {
+        self.num_cpus = n;
+        self
+    }
+
+    /// How often the task is re-run when its worker process dies.
+    pub const fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+
+    /// The function's stable name.
+    pub fn function(&self) -> &'static str {
+        self.function
+    }
+
+    /// Submits a call; used by the code `#[remote]` generates.
+    #[doc(hidden)]
+    pub fn submit<T>(&self, args: Vec<Result<ArgValue>>) -> ObjectRef<T> {
+        let client = context::client_or_init();
+        ObjectRef::from_handle(client.submit(self, args))
+    }
+}

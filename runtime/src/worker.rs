@@ -1,0 +1,47 @@
+//! Worker mode: this same executable, started by a node agent, connects to
+//! the head and runs tasks until the head goes away.
+
+pub(crate) mod executor;
+pub(crate) mod hook;
+
+use std::sync::Arc;
+
+use crate::client::{transport, Client};
+use crate::error::{Error, Result};
+use crate::proto;
+use executor::Executor;
+
+/// Runs the worker; returns only on a startup error.
+fn run(worker_id: u64) -> Result<()> {
+    crate::logging::init();
+    let head = std::env::var(hook::ENV_HEAD)
+        .map_err(|_| Error::Startup(format!("{} is not set", hook::ENV_HEAD)))?;
+    let token = std::env::var(hook::ENV_TOKEN).unwrap_or_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("fleet-worker-io")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Startup(e.to_string()))?;
+    let (out, mut inbound) = runtime.block_on(transport::connect(&head))?;
+    let hello = proto::Hello {
+        protocol_version: crate::head::PROTOCOL_VERSION,
+        registry_hash: crate::registry::registry_hash(),
+        role: proto::Role::Worker.into(),
+        pid: std::process::id(),
+        worker_id,
+        token,
+    };
+    let (welcome, leftover) = runtime.block_on(transport::handshake(&out, &mut inbound, hello))?;
+    let client = Client::new(&welcome, out);
+    crate::context::set_client(Some(client.clone()));
+    let executor = Executor::install(client.clone());
+    let sink = executor.clone();
+    runtime.spawn(async move {
+        let execute: Arc<dyn Fn(proto::TaskSpec) + Send + Sync> = Arc::new(move |t| sink.push(t));
+        transport::receive(client, leftover, inbound, Some(execute)).await;
+        // The head is gone; so is the reason to live.
+        std::process::exit(0);
+    });
+    executor.run()
+}

@@ -1,0 +1,191 @@
+//! Runs tasks one at a time on the worker's main thread, in the order the
+//! head sent them.
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::client::Client;
+use crate::codec::INLINE_MAX;
+use crate::proto::{self, client_op::Op, object_value::Payload};
+use crate::registry::{self, Args, Failure};
+
+static EXECUTOR: OnceLock<Arc<Executor>> = OnceLock::new();
+
+thread_local! {
+    static CURRENT: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+struct Queue {
+    tasks: VecDeque<proto::TaskSpec>,
+    /// The running task waits in `get` and has lent its CPU: tasks that
+    /// arrive meanwhile go straight back to the head.
+    lent_by: Option<u64>,
+}
+
+pub(crate) struct Executor {
+    queue: Mutex<Queue>,
+    cv: Condvar,
+    client: Arc<Client>,
+    pid: u32,
+}
+
+impl Executor {
+    pub(crate) fn install(client: Arc<Client>) -> Arc<Self> {
+        EXECUTOR
+            .get_or_init(|| {
+                Arc::new(Executor {
+                    queue: Mutex::new(Queue {
+                        tasks: VecDeque::new(),
+                        lent_by: None,
+                    }),
+                    cv: Condvar::new(),
+                    client,
+                    pid: std::process::id(),
+                })
+            })
+            .clone()
+    }
+
+    pub(crate) fn push(&self, task: proto::TaskSpec) {
+        let mut q = self.queue.lock();
+        if let Some(running) = q.lent_by {
+            // Sent under the lock, so it cannot overtake the `Unblocked`.
+            self.client.send(Op::Blocked(proto::Blocked {
+                task_id: running,
+                returned: vec![task.task_id],
+            }));
+            return;
+        }
+        q.tasks.push_back(task);
+        self.cv.notify_one();
+    }
+
+    pub(crate) fn run(&self) -> ! {
+        loop {
+            let task = {
+                let mut q = self.queue.lock();
+                loop {
+                    if let Some(t) = q.tasks.pop_front() {
+                        break t;
+                    }
+                    self.cv.wait(&mut q);
+                }
+            };
+            self.execute(task);
+        }
+    }
+
+    fn execute(&self, spec: proto::TaskSpec) {
+        let id = spec.task_id;
+        CURRENT.set(Some(id));
+        let start = Instant::now();
+        let outcome = self.invoke(&spec);
+        CURRENT.set(None);
+        let exec_micros = start.elapsed().as_micros() as u64;
+        let (payload, nested_refs) = match outcome {
+            Ok(out) => {
+                let enc = out.0;
+                let payload = if enc.bytes.len() > INLINE_MAX {
+                    match self.client.store().write(id, &enc.bytes) {
+                        Ok(loc) => Payload::Stored(loc),
+                        Err(e) => Payload::Error(self.error(
+                            &spec,
+                            proto::ErrorKind::Task,
+                            format!("storing the result: {e}"),
+                        )),
+                    }
+                } else {
+                    Payload::Inline(enc.bytes.into())
+                };
+                (payload, enc.nested)
+            }
+            Err(e) => (Payload::Error(e), Vec::new()),
+        };
+        self.client.send(Op::Result(proto::TaskResult {
+            value: Some(proto::ObjectValue {
+                object_id: id,
+                payload: Some(payload),
+            }),
+            nested_refs,
+            exec_micros,
+        }));
+    }
+
+    fn error(&self, spec: &proto::TaskSpec, kind: proto::ErrorKind, message: String) -> proto::TaskError {
+        let mut e = proto::TaskError {
+            message,
+            function: spec.function.clone(),
+            pid: self.pid,
+            node: self.client.node().to_string(),
+            ..Default::default()
+        };
+        e.set_kind(kind);
+        e
+    }
+
+    fn invoke(&self, spec: &proto::TaskSpec) -> Result<registry::Output, proto::TaskError> {
+        use proto::ErrorKind as K;
+        let Some(f) = registry::lookup(&spec.function) else {
+            return Err(self.error(spec, K::UnknownFunction, "not registered".into()));
+        };
+        let mut values = Vec::with_capacity(spec.args.len());
+        for a in &spec.args {
+            let v = match &a.kind {
+                Some(proto::arg::Kind::Value(b)) => Ok(crate::node::object_store::Bytes::Inline(b.clone())),
+                Some(proto::arg::Kind::Stored(loc)) => self.client.store().read(loc),
+                _ => Err(crate::Error::Codec("an argument was not resolved".into())),
+            };
+            values.push(v.map_err(|e| self.error(spec, K::Codec, e.to_string()))?);
+        }
+        let mut args = Args::new(values);
+        match catch_unwind(AssertUnwindSafe(|| (f.invoke)(&mut args))) {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(Failure::User(m))) => Err(self.error(spec, K::Task, m)),
+            Ok(Err(Failure::Codec(m))) => Err(self.error(spec, K::Codec, m)),
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-string panic payload".into());
+                Err(self.error(spec, K::Task, format!("panicked: {msg}")))
+            }
+        }
+    }
+}
+
+/// While alive, the running task's CPU is lent to the cluster.
+pub(crate) struct Lent {
+    task: u64,
+    executor: &'static Executor,
+}
+
+/// Called when a task is about to wait in `get`: hands the tasks queued
+/// behind it back to the head and lends its CPU, so work it waits for can
+/// run (a task waiting on its own children must not deadlock the pool).
+pub(crate) fn lend_cpu() -> Option<Lent> {
+    let task = CURRENT.get()?;
+    let executor: &'static Executor = EXECUTOR.get()?;
+    let returned = {
+        let mut q = executor.queue.lock();
+        q.lent_by = Some(task);
+        q.tasks.drain(..).map(|t| t.task_id).collect()
+    };
+    executor
+        .client
+        .send(Op::Blocked(proto::Blocked { task_id: task, returned }));
+    Some(Lent { task, executor })
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        let mut q = self.executor.queue.lock();
+        q.lent_by = None;
+        self.executor.client.send(Op::Unblocked(self.task));
+    }
+}
