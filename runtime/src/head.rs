@@ -7,7 +7,7 @@ mod service;
 pub(crate) mod state;
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use dashmap::{DashMap, DashSet};
@@ -48,6 +48,7 @@ pub(crate) struct Head {
     next_client: AtomicU32,
     next_worker: AtomicU64,
     start_failures: AtomicU32,
+    stopping: AtomicBool,
     token: String,
     registry: String,
     node: String,
@@ -65,6 +66,7 @@ impl Head {
             next_client: AtomicU32::new(1),
             next_worker: AtomicU64::new(1),
             start_failures: AtomicU32::new(0),
+            stopping: AtomicBool::new(false),
             token: config.token,
             registry: config.registry,
             node: config.node,
@@ -170,6 +172,9 @@ impl Head {
             self.apply(client, ops);
         }
         self.senders.remove(&client);
+        if self.stopping.load(Ordering::Acquire) {
+            return;
+        }
         let out = {
             let mut st = self.state.lock();
             st.close_session(client);
@@ -228,6 +233,9 @@ impl Head {
 
     /// The supervisor saw a worker process exit.
     pub(crate) fn worker_exited(&self, worker_id: u64, status: String) {
+        if self.stopping.load(Ordering::Acquire) {
+            return;
+        }
         if self.connected_workers.remove(&worker_id).is_some() {
             // Its session's end does the bookkeeping.
             tracing::debug!(worker_id, "worker exited: {status}");
@@ -247,6 +255,7 @@ impl Head {
 
     /// Stops every worker and removes the store folder.
     pub(crate) fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
         if let Some(s) = self.supervisor.get() {
             s.shutdown();
         }
