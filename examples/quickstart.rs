@@ -28,6 +28,11 @@ fn main() -> fleet::Result<()> {
     let big: ObjectRef<Vec<u8>> = fleet::put(vec![7u8; 64 << 20])?;
     assert_eq!(fleet::get(&big)?.len(), 64 << 20);
     let (ready, pending) = fleet::wait(&refs, 10, Some(Duration::from_secs(1)))?;
-    println!("square(3) = 9, 1000 squares summed to {}, wait: {} ready, {} pending", all.iter().sum::<u64>(), ready.len(), pending.len());
+    println!(
+        "square(3) = 9, 1000 squares summed to {}, wait: {} ready, {} pending",
+        all.iter().sum::<u64>(),
+        ready.len(),
+        pending.len()
+    );
     Ok(())
 }

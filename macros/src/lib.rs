@@ -5,14 +5,21 @@
 //! holding `remote(..)`, `options()` and the function's registration in the
 //! link-time registry under its stable name, `module_path!()::name`.
 
+mod actor;
+
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::{format_ident, quote};
 use syn::spanned::Spanned;
-use syn::{parse_macro_input, FnArg, GenericArgument, Item, ItemFn, PathArguments, ReturnType, Type, Visibility};
+use syn::{
+    parse_macro_input, FnArg, GenericArgument, Item, ItemFn, PathArguments, ReturnType, Type,
+    Visibility,
+};
 
-/// Marks a function as remote. Options: `num_cpus = <f64>`,
-/// `max_retries = <u32>` (defaults: 1 and 3).
+/// Marks a function as remote (options: `num_cpus = <f64>`,
+/// `max_retries = <u32>`; defaults 1 and 3), or, on a struct and on its
+/// impl block, makes the type an actor: `T::remote(..)` runs `T::new(..)`
+/// in a worker and returns a `THandle` whose methods return `ObjectRef`s.
 #[proc_macro_attribute]
 pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
     let mut options = Options::default();
@@ -37,9 +44,11 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
     let item = parse_macro_input!(item as Item);
     let expanded = match item {
         Item::Fn(f) => expand_fn(&options, f),
+        Item::Struct(s) => actor::expand_struct(s),
+        Item::Impl(i) => actor::expand_impl(i),
         other => Err(syn::Error::new(
             other.span(),
-            "#[remote] applies to functions (actors come with struct and impl support)",
+            "#[remote] applies to functions, and to a struct plus its impl block (actors)",
         )),
     };
     expanded.unwrap_or_else(|e| e.to_compile_error()).into()
@@ -53,7 +62,7 @@ struct Options {
 
 /// `T` of a return type spelled `Result<T, ..>`; the function's `Err`
 /// becomes the task's error.
-fn result_ok_type(ty: &Type) -> Option<&Type> {
+pub(crate) fn result_ok_type(ty: &Type) -> Option<&Type> {
     let Type::Path(p) = ty else { return None };
     let last = p.path.segments.last()?;
     if last.ident != "Result" {
@@ -88,7 +97,10 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
         ));
     }
     if let Some(a) = &sig.asyncness {
-        return Err(syn::Error::new(a.span(), "async remote functions are not supported yet"));
+        return Err(syn::Error::new(
+            a.span(),
+            "async remote functions are not supported yet",
+        ));
     }
     let name = &sig.ident;
     let vis = &f.vis;
@@ -102,7 +114,10 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
                 arg_types.push((*t.ty).clone());
             }
             FnArg::Receiver(r) => {
-                return Err(syn::Error::new(r.span(), "a remote function takes no `self`"));
+                return Err(syn::Error::new(
+                    r.span(),
+                    "a remote function takes no `self`",
+                ));
             }
         }
     }
@@ -182,7 +197,7 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
             fn invoke(
                 args: &mut ::fleet::__private::Args,
             ) -> ::std::result::Result<::fleet::__private::Output, ::fleet::__private::Failure> {
-                #(let #arg_names: #arg_types = args.next()?;)*
+                #(let #arg_names: #arg_types = args.take()?;)*
                 let result = super::#name(#(#arg_names),*);
                 #finish
             }

@@ -51,8 +51,13 @@ pub fn get_all_timeout<T: DeserializeOwned>(
 pub fn put<T: Serialize>(value: T) -> Result<ObjectRef<T>> {
     let client = context::client_or_init();
     let enc = codec::encode(&value)?;
-    Ok(ObjectRef::from_handle(client.put_encoded(enc.bytes, enc.nested)?))
+    Ok(ObjectRef::from_handle(
+        client.put_encoded(enc.bytes, enc.nested)?,
+    ))
 }
+
+/// `(ready, pending)` refs, as [`wait`] returns them.
+pub type ReadySplit<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
 
 /// Waits until `num_returns` of `refs` are finished or `timeout` passes.
 /// Returns `(ready, pending)`, each in input order; `ready` has at most
@@ -61,7 +66,7 @@ pub fn wait<T>(
     refs: &[ObjectRef<T>],
     num_returns: usize,
     timeout: Option<Duration>,
-) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
+) -> Result<ReadySplit<T>> {
     let Some(first) = refs.first() else {
         return Ok((Vec::new(), Vec::new()));
     };

@@ -44,6 +44,7 @@ pub(crate) struct Client {
     slots: DashMap<u64, Slot>,
     store: ObjectStore,
     closed: AtomicBool,
+    replies: DashMap<u64, std::sync::mpsc::Sender<proto::Reply>>,
 }
 
 impl Client {
@@ -59,6 +60,7 @@ impl Client {
             slots: DashMap::new(),
             store: ObjectStore::open(&welcome.store_dir, &welcome.node),
             closed: AtomicBool::new(false),
+            replies: DashMap::new(),
         })
     }
 
@@ -141,21 +143,31 @@ impl Client {
         });
     }
 
-    pub(crate) fn submit(
+    pub(crate) fn submit_task(
         self: &Arc<Self>,
         opts: &TaskOptions,
         args: Vec<Result<ArgValue>>,
     ) -> Arc<Handle> {
-        let id = self.next_id();
-        let handle = self.new_handle(id, State::Pending);
-        let mut spec = proto::TaskSpec {
-            task_id: id,
+        let spec = proto::TaskSpec {
             function: opts.function.to_string(),
-            args: Vec::with_capacity(args.len()),
-            nested_refs: Vec::new(),
             num_cpus: opts.num_cpus,
             max_retries: opts.max_retries,
+            ..Default::default()
         };
+        self.submit(spec, args)
+    }
+
+    /// Submits `spec` (a task, an actor's creation or a method call) with
+    /// these arguments; fills in its id.
+    pub(crate) fn submit(
+        self: &Arc<Self>,
+        mut spec: proto::TaskSpec,
+        args: Vec<Result<ArgValue>>,
+    ) -> Arc<Handle> {
+        let id = self.next_id();
+        let handle = self.new_handle(id, State::Pending);
+        spec.task_id = id;
+        spec.args = Vec::with_capacity(args.len());
         // Handles of ref arguments stay alive until the submit is queued, so
         // the head sees the task's pin before any release.
         let mut keep = Vec::new();
@@ -218,6 +230,32 @@ impl Client {
         Ok(handle)
     }
 
+    /// Asks the head which actor has `name`: (id, class), or `None`.
+    pub(crate) fn lookup_actor(&self, name: &str) -> Result<Option<(u64, String)>> {
+        let request_id = self.seq.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.replies.insert(request_id, tx);
+        self.send(Op::Lookup(proto::Lookup {
+            request_id,
+            name: name.to_string(),
+        }));
+        let reply = rx.recv_timeout(Duration::from_secs(60));
+        self.replies.remove(&request_id);
+        match reply {
+            Ok(r) if r.actor_id == 0 => Ok(None),
+            Ok(r) => Ok(Some((r.actor_id, r.class))),
+            Err(_) => Err(Error::Connection(format!(
+                "no answer from the head looking up actor `{name}`"
+            ))),
+        }
+    }
+
+    pub(crate) fn on_reply(&self, reply: proto::Reply) {
+        if let Some((_, tx)) = self.replies.remove(&reply.request_id) {
+            let _ = tx.send(reply);
+        }
+    }
+
     /// A value arrived from the head (or failed locally).
     pub(crate) fn on_ready(&self, value: proto::ObjectValue) {
         let Some(payload) = value.payload else {
@@ -238,6 +276,7 @@ impl Client {
     /// The session ended: everything still pending fails.
     pub(crate) fn on_disconnect(&self, why: &str) {
         self.closed.store(true, Ordering::Release);
+        self.replies.clear();
         let err = Error::Connection(why.to_string()).to_wire();
         let mut waiters = Vec::new();
         for mut s in self.slots.iter_mut() {

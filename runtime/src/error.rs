@@ -28,6 +28,15 @@ pub enum Error {
         /// What is known about the death.
         message: String,
     },
+    /// The actor is gone: its process died past `max_restarts`, its
+    /// constructor failed, or it was killed.
+    #[error("actor {actor} died: {message}")]
+    ActorDied {
+        /// The actor's type and id.
+        actor: String,
+        /// Why.
+        message: String,
+    },
     /// A `get` or `wait` with a timeout ran out of time.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
@@ -84,6 +93,10 @@ impl Error {
                 message: e.message.clone(),
             },
             K::UnknownFunction => Error::UnknownFunction(e.function.clone()),
+            K::ActorDied => Error::ActorDied {
+                actor: e.function.clone(),
+                message: e.message.clone(),
+            },
             K::Codec => Error::Codec(e.message.clone()),
             K::Unspecified => Error::Connection(e.message.clone()),
         }
@@ -113,6 +126,11 @@ impl Error {
             Error::ObjectLost { id, message } => {
                 w.set_kind(K::ObjectLost);
                 w.function = id.clone();
+                w.message = message.clone();
+            }
+            Error::ActorDied { actor, message } => {
+                w.set_kind(K::ActorDied);
+                w.function = actor.clone();
                 w.message = message.clone();
             }
             Error::UnknownFunction(f) => {

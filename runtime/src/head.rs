@@ -1,6 +1,7 @@
 //! The head: cluster state, scheduler and object directory behind one gRPC
 //! service. A local cluster runs it inside the driver's process.
 
+mod actors;
 mod directory;
 mod scheduler;
 mod service;
@@ -99,7 +100,10 @@ impl Head {
     /// encoding.
     pub(crate) fn local_session(
         self: &Arc<Self>,
-    ) -> (UnboundedSender<proto::ClientOp>, UnboundedReceiver<proto::HeadOp>) {
+    ) -> (
+        UnboundedSender<proto::ClientOp>,
+        UnboundedReceiver<proto::HeadOp>,
+    ) {
         let (ctx, crx) = mpsc::unbounded_channel();
         let (htx, hrx) = mpsc::unbounded_channel();
         let inbound = crate::client::transport::batches(crx).map(Ok);
@@ -197,6 +201,8 @@ impl Head {
                     Op::Release(id) => st.release(client, id),
                     Op::Blocked(b) => st.blocked(client, b),
                     Op::Unblocked(_) => st.unblocked(client),
+                    Op::KillActor(id) => st.kill_actor(id),
+                    Op::Lookup(l) => st.lookup(client, l),
                     Op::Hello(_) => {}
                 }
             }

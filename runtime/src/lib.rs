@@ -26,6 +26,7 @@
 //! that worker's stream; the worker ([`worker`]) runs it and sends the
 //! result back; the head hands it to whoever waits in [`get`].
 
+mod actor;
 mod api;
 mod client;
 mod cluster;
@@ -42,7 +43,8 @@ mod registry;
 mod task;
 mod worker;
 
-pub use api::{get, get_all, get_all_timeout, get_timeout, put, wait};
+pub use actor::{get_actor, kill, Actor, ActorHandle, ActorOptions, ActorPool};
+pub use api::{get, get_all, get_all_timeout, get_timeout, put, wait, ReadySplit};
 pub use cluster::{init, init_with, Cluster, Config, ENV_ADDRESS, ENV_TOKEN};
 pub use codec::INLINE_MAX;
 pub use error::{Error, Result};
@@ -55,8 +57,12 @@ pub use task::TaskOptions;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::object_ref::ArgValue;
-    pub use crate::registry::{output, Args, Failure, Output, RemoteFunction, REMOTE_FUNCTIONS};
+    pub use crate::registry::{
+        output, ActorClass, ActorMethod, ActorState, Args, Failure, Output, RemoteFunction,
+        ACTOR_CLASSES, ACTOR_METHODS, REMOTE_FUNCTIONS,
+    };
     pub use linkme;
+    pub use serde;
 
     /// Converts one argument for submission.
     pub fn arg<T, A: crate::IntoArg<T>>(a: A) -> crate::Result<ArgValue> {

@@ -78,7 +78,12 @@ impl<T> Clone for ObjectRef<T> {
 
 impl<T> fmt::Debug for ObjectRef<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ObjectRef<{}>({})", std::any::type_name::<T>(), self.id())
+        write!(
+            f,
+            "ObjectRef<{}>({})",
+            std::any::type_name::<T>(),
+            self.id()
+        )
     }
 }
 

@@ -44,6 +44,6 @@ impl TaskOptions {
     #[doc(hidden)]
     pub fn submit<T>(&self, args: Vec<Result<ArgValue>>) -> ObjectRef<T> {
         let client = context::client_or_init();
-        ObjectRef::from_handle(client.submit(self, args))
+        ObjectRef::from_handle(client.submit_task(self, args))
     }
 }

@@ -1,6 +1,7 @@
 //! Worker mode: this same executable, started by a node agent, connects to
 //! the head and runs tasks until the head goes away.
 
+mod actors;
 pub(crate) mod executor;
 pub(crate) mod hook;
 
@@ -8,7 +9,8 @@ use std::sync::Arc;
 
 use crate::client::{transport, Client};
 use crate::error::{Error, Result};
-use crate::proto;
+use crate::proto::{self, head_op};
+use actors::ActorHost;
 use executor::Executor;
 
 /// Runs the worker; returns only on a startup error.
@@ -36,10 +38,16 @@ fn run(worker_id: u64) -> Result<()> {
     let client = Client::new(&welcome, out);
     crate::context::set_client(Some(client.clone()));
     let executor = Executor::install(client.clone());
+    let actors = ActorHost::new(client.clone(), runtime.handle().clone());
     let sink = executor.clone();
+    let route: transport::WorkerOps = Arc::new(move |op| match op {
+        head_op::Op::Execute(t) if t.actor_id != 0 || t.create.is_some() => actors.execute(t),
+        head_op::Op::Execute(t) => sink.push(t),
+        head_op::Op::DestroyActor(id) => actors.destroy(id),
+        _ => {}
+    });
     runtime.spawn(async move {
-        let execute: Arc<dyn Fn(proto::TaskSpec) + Send + Sync> = Arc::new(move |t| sink.push(t));
-        transport::receive(client, leftover, inbound, Some(execute)).await;
+        transport::receive(client, leftover, inbound, Some(route)).await;
         // The head is gone; so is the reason to live.
         std::process::exit(0);
     });

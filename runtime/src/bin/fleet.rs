@@ -3,7 +3,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "fleet", version, about = "Fleet: a Ray-like distributed runtime for Rust")]
+#[command(
+    name = "fleet",
+    version,
+    about = "Fleet: a Ray-like distributed runtime for Rust"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

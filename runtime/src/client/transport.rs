@@ -75,8 +75,9 @@ pub(crate) async fn connect(address: &str) -> Result<(UnboundedSender<proto::Cli
     Ok((tx, Box::pin(inbound)))
 }
 
-/// Where a worker's session hands the tasks it is sent.
-pub(crate) type Execute = Arc<dyn Fn(proto::TaskSpec) + Send + Sync>;
+/// Where a worker's session hands the operations meant for the worker
+/// (tasks to run, actors to drop).
+pub(crate) type WorkerOps = Arc<dyn Fn(head_op::Op) + Send + Sync>;
 
 /// Inbound side of an in-process session.
 pub(crate) fn local_inbound(rx: UnboundedReceiver<proto::HeadOp>) -> Inbound {
@@ -113,17 +114,18 @@ pub(crate) async fn receive(
     client: Arc<Client>,
     leftover: Vec<proto::HeadOp>,
     mut inbound: Inbound,
-    execute: Option<Execute>,
+    worker: Option<WorkerOps>,
 ) {
     let route = |op: proto::HeadOp| match op.op {
         Some(head_op::Op::Ready(v)) => client.on_ready(v),
-        Some(head_op::Op::Execute(t)) => {
-            if let Some(execute) = &execute {
-                execute(t);
+        Some(head_op::Op::Reply(r)) => client.on_reply(r),
+        Some(head_op::Op::Refused(why)) => tracing::error!("the head refused: {why}"),
+        Some(other) => {
+            if let Some(worker) = &worker {
+                worker(other);
             }
         }
-        Some(head_op::Op::Refused(why)) => tracing::error!("the head refused: {why}"),
-        _ => {}
+        None => {}
     };
     leftover.into_iter().for_each(&route);
     let why = loop {

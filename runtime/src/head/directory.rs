@@ -125,6 +125,9 @@ impl State {
             let Some(o) = self.objects.remove(&id) else {
                 continue;
             };
+            if self.actors.contains_key(&id) {
+                self.actor_freed(id);
+            }
             if let ObjState::Done(Payload::Stored(loc)) = &o.state {
                 self.out.delete.push(loc.path.clone());
             }
@@ -177,11 +180,19 @@ impl State {
                     }
                 }
             }
-            for a in task.spec.args.iter().filter_map(arg_ref) {
-                self.unpin(a);
+            if task.spec.create.is_some() {
+                self.creation_done(&task, &payload);
+            } else {
+                for a in task.spec.args.iter().filter_map(arg_ref) {
+                    self.unpin(a);
+                }
+                for n in &task.spec.nested_refs {
+                    self.unpin(*n);
+                }
             }
-            for n in &task.spec.nested_refs {
-                self.unpin(*n);
+            if task.spec.actor_id != 0 {
+                self.call_done(task.spec.actor_id, id);
+                self.unpin(task.spec.actor_id);
             }
             self.maybe_free(id);
         }

@@ -36,14 +36,26 @@ impl State {
                             missing += 1;
                             o.dependents.push(id);
                         }
-                        ObjState::Done(Payload::Error(e)) => failed = Some(Payload::Error(e.clone())),
+                        ObjState::Done(Payload::Error(e)) => {
+                            failed = Some(Payload::Error(e.clone()))
+                        }
                         ObjState::Done(_) => {}
                     }
                 }
             }
         }
         self.pin_all(&spec.nested_refs);
+        if spec.actor_id != 0 {
+            // A call keeps its actor alive until it finishes.
+            self.pin_all(&[spec.actor_id]);
+        }
+        if spec.create.is_some() {
+            if let Err(e) = self.register_actor(&spec) {
+                failed = Some(e);
+            }
+        }
         let retries_left = spec.max_retries;
+        let actor = spec.actor_id;
         self.tasks.insert(
             id,
             Task {
@@ -53,9 +65,12 @@ impl State {
                 worker: None,
             },
         );
+        if failed.is_none() && actor != 0 {
+            failed = self.enqueue_call(id, actor);
+        }
         if let Some(err) = failed {
             self.complete(id, err, Vec::new());
-        } else if missing == 0 {
+        } else if missing == 0 && actor == 0 {
             self.ready.push_back(id);
         }
     }
@@ -64,7 +79,10 @@ impl State {
         let Some(value) = result.value else { return };
         let Some(payload) = value.payload else { return };
         let id = value.object_id;
-        let ours = self.tasks.get(&id).is_some_and(|t| t.worker == Some(client));
+        let ours = self
+            .tasks
+            .get(&id)
+            .is_some_and(|t| t.worker == Some(client));
         if !ours {
             // A result for a task this worker no longer owns: drop its file.
             if let Payload::Stored(loc) = payload {
@@ -103,6 +121,7 @@ impl State {
                 lease: 0.0,
                 function: String::new(),
                 blocked: false,
+                actors: 0,
             },
         );
     }
@@ -114,14 +133,17 @@ impl State {
 
     /// A worker's session ended: its running task is retried or fails with
     /// `WorkerDied`; tasks queued behind it had not started and go back.
-    pub(super) fn worker_lost(&mut self, w: Worker) {
+    pub(super) fn worker_lost(&mut self, client: u32, w: Worker) {
         if !w.blocked {
             self.available_cpus += w.lease;
         }
+        self.actors_lost_with(client);
         tracing::warn!(pid = w.pid, worker = w.worker_id, "worker died");
         let mut requeue = Vec::new();
         for (i, id) in w.queue.iter().enumerate() {
-            let Some(t) = self.tasks.get_mut(id) else { continue };
+            let Some(t) = self.tasks.get_mut(id) else {
+                continue;
+            };
             t.worker = None;
             if i > 0 {
                 requeue.push(*id);
@@ -150,7 +172,9 @@ impl State {
     }
 
     pub(super) fn blocked(&mut self, client: u32, b: proto::Blocked) {
-        let Some(w) = self.workers.get_mut(&client) else { return };
+        let Some(w) = self.workers.get_mut(&client) else {
+            return;
+        };
         if !w.blocked {
             w.blocked = true;
             self.available_cpus += w.lease;
@@ -197,8 +221,21 @@ impl State {
         let mut misses = 0;
         let mut want_worker = false;
         while let Some(id) = self.ready.pop_front() {
-            let Some(task) = self.tasks.get(&id) else { continue };
+            let Some(task) = self.tasks.get(&id) else {
+                continue;
+            };
             if task.missing > 0 || task.worker.is_some() {
+                continue;
+            }
+            if task.spec.actor_id != 0 {
+                self.dirty_actors.push(task.spec.actor_id);
+                continue;
+            }
+            if task.spec.create.is_some() {
+                if !self.place_actor(id) {
+                    skipped.push(id);
+                    want_worker |= self.workers.is_empty();
+                }
                 continue;
             }
             let need = task.spec.num_cpus.max(0.0);
@@ -246,20 +283,20 @@ impl State {
         for id in skipped.into_iter().rev() {
             self.ready.push_front(id);
         }
+        self.pump_actors();
         // CPUs are free but every worker is busy or lent out: start another.
-        if want_worker
-            && self.starting == 0
-            && self.workers.len() < self.limits.max_workers
-        {
+        if want_worker && self.starting == 0 && self.workers.len() < self.limits.max_workers {
             self.starting += 1;
             self.out.spawn += 1;
         }
     }
 
     fn assign(&mut self, client: u32, id: u64, need: f64) {
-        let Some(task) = self.tasks.get_mut(&id) else { return };
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return;
+        };
         task.worker = Some(client);
-        let mut spec = task.spec.clone();
+        let spec = task.spec.clone();
         if let Some(w) = self.workers.get_mut(&client) {
             if w.queue.is_empty() {
                 w.lease = need;
@@ -267,11 +304,20 @@ impl State {
             }
             w.queue.push_back(id);
         }
-        // Ref arguments travel as their values (inline) or store locations.
+        let spec = self.resolved(&spec);
+        self.out.push(client, Op::Execute(spec));
+    }
+
+    /// `spec` as a worker receives it: ref arguments replaced by their
+    /// values (inline) or store locations.
+    pub(super) fn resolved(&self, spec: &proto::TaskSpec) -> proto::TaskSpec {
+        let mut spec = spec.clone();
         for a in &mut spec.args {
             if let Some(r) = arg_ref(a) {
                 a.kind = match self.objects.get(&r).map(|o| &o.state) {
-                    Some(ObjState::Done(Payload::Inline(b))) => Some(proto::arg::Kind::Value(b.clone())),
+                    Some(ObjState::Done(Payload::Inline(b))) => {
+                        Some(proto::arg::Kind::Value(b.clone()))
+                    }
                     Some(ObjState::Done(Payload::Stored(loc))) => {
                         Some(proto::arg::Kind::Stored(loc.clone()))
                     }
@@ -279,6 +325,6 @@ impl State {
                 };
             }
         }
-        self.out.push(client, Op::Execute(spec));
+        spec
     }
 }

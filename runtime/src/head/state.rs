@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
+use super::actors::ActorEntry;
 use crate::proto::{self, head_op, object_value::Payload};
 
 /// Objects the head tracks.
@@ -43,6 +44,8 @@ pub(super) struct Worker {
     pub(super) function: String,
     /// Its running task waits in `get` and has lent its CPUs back.
     pub(super) blocked: bool,
+    /// Actors it hosts.
+    pub(super) actors: usize,
 }
 
 pub(super) struct Session {
@@ -85,6 +88,10 @@ pub(crate) struct State {
     pub(super) run_micros: HashMap<String, f64>,
     pub(super) node: String,
     pub(super) out: Outbox,
+    pub(super) actors: HashMap<u64, ActorEntry>,
+    pub(super) names: HashMap<String, u64>,
+    /// Actors whose queues may have calls to send.
+    pub(super) dirty_actors: Vec<u64>,
 }
 
 impl State {
@@ -101,6 +108,9 @@ impl State {
             run_micros: HashMap::new(),
             node,
             out: Outbox::default(),
+            actors: HashMap::new(),
+            names: HashMap::new(),
+            dirty_actors: Vec::new(),
         }
     }
 
@@ -121,7 +131,7 @@ impl State {
     /// to the queue or fail.
     pub(super) fn close_session(&mut self, client: u32) {
         if let Some(w) = self.workers.remove(&client) {
-            self.worker_lost(w);
+            self.worker_lost(client, w);
         }
         if let Some(s) = self.sessions.remove(&client) {
             for id in s.holds {
@@ -142,6 +152,7 @@ impl State {
             workers: self.workers.len(),
             starting: self.starting,
             worker_pids: self.workers.values().map(|w| w.pid).collect(),
+            actors: self.actors.len(),
         }
     }
 }
@@ -161,4 +172,6 @@ pub struct Counts {
     pub starting: usize,
     /// Process ids of connected workers.
     pub worker_pids: Vec<u32>,
+    /// Actors known (alive, restarting or dead with handles left).
+    pub actors: usize,
 }

@@ -1,5 +1,5 @@
 //! Runs tasks one at a time on the worker's main thread, in the order the
-//! head sent them.
+//! head sent them; and the parts of running a call that actors share.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -11,8 +11,9 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::client::Client;
 use crate::codec::INLINE_MAX;
-use crate::proto::{self, client_op::Op, object_value::Payload};
-use crate::registry::{self, Args, Failure};
+use crate::node::object_store::Bytes;
+use crate::proto::{self, client_op::Op, object_value::Payload, ErrorKind};
+use crate::registry::{self, Args, Failure, Output};
 
 static EXECUTOR: OnceLock<Arc<Executor>> = OnceLock::new();
 
@@ -31,7 +32,105 @@ pub(crate) struct Executor {
     queue: Mutex<Queue>,
     cv: Condvar,
     client: Arc<Client>,
-    pid: u32,
+}
+
+/// A task's error, attributed to this worker.
+pub(crate) fn task_error(
+    client: &Client,
+    spec: &proto::TaskSpec,
+    kind: ErrorKind,
+    message: String,
+) -> proto::TaskError {
+    let mut e = proto::TaskError {
+        message,
+        function: spec.function.clone(),
+        pid: std::process::id(),
+        node: client.node().to_string(),
+        ..Default::default()
+    };
+    e.set_kind(kind);
+    e
+}
+
+/// The arguments of `spec`, mapped from the store where they are large.
+pub(crate) fn resolve_args(
+    client: &Client,
+    spec: &proto::TaskSpec,
+) -> Result<Args, proto::TaskError> {
+    let mut values = Vec::with_capacity(spec.args.len());
+    for a in &spec.args {
+        let v = match &a.kind {
+            Some(proto::arg::Kind::Value(b)) => Ok(Bytes::Inline(b.clone())),
+            Some(proto::arg::Kind::Stored(loc)) => client.store().read(loc),
+            _ => Err(crate::Error::Codec("an argument was not resolved".into())),
+        };
+        values.push(v.map_err(|e| task_error(client, spec, ErrorKind::Codec, e.to_string()))?);
+    }
+    Ok(Args::new(values))
+}
+
+/// Runs user code, turning a panic or an `Err` into the task's error.
+pub(crate) fn guarded<T>(
+    client: &Client,
+    spec: &proto::TaskSpec,
+    f: impl FnOnce() -> Result<T, Failure>,
+) -> Result<T, proto::TaskError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(out)) => Ok(out),
+        Ok(Err(Failure::User(m))) => Err(task_error(client, spec, ErrorKind::Task, m)),
+        Ok(Err(Failure::Codec(m))) => Err(task_error(client, spec, ErrorKind::Codec, m)),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-string panic payload".into());
+            Err(task_error(
+                client,
+                spec,
+                ErrorKind::Task,
+                format!("panicked: {msg}"),
+            ))
+        }
+    }
+}
+
+/// Sends a finished call's outcome: inline if small, else via the store.
+pub(crate) fn send_result(
+    client: &Client,
+    spec: &proto::TaskSpec,
+    outcome: Result<Output, proto::TaskError>,
+    started: Instant,
+) {
+    let id = spec.task_id;
+    let exec_micros = started.elapsed().as_micros() as u64;
+    let (payload, nested_refs) = match outcome {
+        Ok(Output(enc)) => {
+            let payload = if enc.bytes.len() > INLINE_MAX {
+                match client.store().write(id, &enc.bytes) {
+                    Ok(loc) => Payload::Stored(loc),
+                    Err(e) => Payload::Error(task_error(
+                        client,
+                        spec,
+                        ErrorKind::Task,
+                        format!("storing the result: {e}"),
+                    )),
+                }
+            } else {
+                Payload::Inline(enc.bytes.into())
+            };
+            (payload, enc.nested)
+        }
+        Err(e) => (Payload::Error(e), Vec::new()),
+    };
+    client.send(Op::Result(proto::TaskResult {
+        value: Some(proto::ObjectValue {
+            object_id: id,
+            payload: Some(payload),
+        }),
+        nested_refs,
+        exec_micros,
+    }));
 }
 
 impl Executor {
@@ -45,7 +144,6 @@ impl Executor {
                     }),
                     cv: Condvar::new(),
                     client,
-                    pid: std::process::id(),
                 })
             })
             .clone()
@@ -81,81 +179,25 @@ impl Executor {
     }
 
     fn execute(&self, spec: proto::TaskSpec) {
-        let id = spec.task_id;
-        CURRENT.set(Some(id));
-        let start = Instant::now();
+        CURRENT.set(Some(spec.task_id));
+        let started = Instant::now();
         let outcome = self.invoke(&spec);
         CURRENT.set(None);
-        let exec_micros = start.elapsed().as_micros() as u64;
-        let (payload, nested_refs) = match outcome {
-            Ok(out) => {
-                let enc = out.0;
-                let payload = if enc.bytes.len() > INLINE_MAX {
-                    match self.client.store().write(id, &enc.bytes) {
-                        Ok(loc) => Payload::Stored(loc),
-                        Err(e) => Payload::Error(self.error(
-                            &spec,
-                            proto::ErrorKind::Task,
-                            format!("storing the result: {e}"),
-                        )),
-                    }
-                } else {
-                    Payload::Inline(enc.bytes.into())
-                };
-                (payload, enc.nested)
-            }
-            Err(e) => (Payload::Error(e), Vec::new()),
-        };
-        self.client.send(Op::Result(proto::TaskResult {
-            value: Some(proto::ObjectValue {
-                object_id: id,
-                payload: Some(payload),
-            }),
-            nested_refs,
-            exec_micros,
-        }));
+        send_result(&self.client, &spec, outcome, started);
     }
 
-    fn error(&self, spec: &proto::TaskSpec, kind: proto::ErrorKind, message: String) -> proto::TaskError {
-        let mut e = proto::TaskError {
-            message,
-            function: spec.function.clone(),
-            pid: self.pid,
-            node: self.client.node().to_string(),
-            ..Default::default()
-        };
-        e.set_kind(kind);
-        e
-    }
-
-    fn invoke(&self, spec: &proto::TaskSpec) -> Result<registry::Output, proto::TaskError> {
-        use proto::ErrorKind as K;
+    fn invoke(&self, spec: &proto::TaskSpec) -> Result<Output, proto::TaskError> {
+        let client = &self.client;
         let Some(f) = registry::lookup(&spec.function) else {
-            return Err(self.error(spec, K::UnknownFunction, "not registered".into()));
+            return Err(task_error(
+                client,
+                spec,
+                ErrorKind::UnknownFunction,
+                "not registered".into(),
+            ));
         };
-        let mut values = Vec::with_capacity(spec.args.len());
-        for a in &spec.args {
-            let v = match &a.kind {
-                Some(proto::arg::Kind::Value(b)) => Ok(crate::node::object_store::Bytes::Inline(b.clone())),
-                Some(proto::arg::Kind::Stored(loc)) => self.client.store().read(loc),
-                _ => Err(crate::Error::Codec("an argument was not resolved".into())),
-            };
-            values.push(v.map_err(|e| self.error(spec, K::Codec, e.to_string()))?);
-        }
-        let mut args = Args::new(values);
-        match catch_unwind(AssertUnwindSafe(|| (f.invoke)(&mut args))) {
-            Ok(Ok(out)) => Ok(out),
-            Ok(Err(Failure::User(m))) => Err(self.error(spec, K::Task, m)),
-            Ok(Err(Failure::Codec(m))) => Err(self.error(spec, K::Codec, m)),
-            Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a non-string panic payload".into());
-                Err(self.error(spec, K::Task, format!("panicked: {msg}")))
-            }
-        }
+        let mut args = resolve_args(client, spec)?;
+        guarded(client, spec, || (f.invoke)(&mut args))
     }
 }
 
@@ -171,14 +213,13 @@ pub(crate) struct Lent {
 pub(crate) fn lend_cpu() -> Option<Lent> {
     let task = CURRENT.get()?;
     let executor: &'static Executor = EXECUTOR.get()?;
-    let returned = {
-        let mut q = executor.queue.lock();
-        q.lent_by = Some(task);
-        q.tasks.drain(..).map(|t| t.task_id).collect()
-    };
-    executor
-        .client
-        .send(Op::Blocked(proto::Blocked { task_id: task, returned }));
+    let mut q = executor.queue.lock();
+    q.lent_by = Some(task);
+    let returned = q.tasks.drain(..).map(|t| t.task_id).collect();
+    executor.client.send(Op::Blocked(proto::Blocked {
+        task_id: task,
+        returned,
+    }));
     Some(Lent { task, executor })
 }
 

@@ -1,0 +1,148 @@
+//! Actor instances hosted by this worker. Many actors share the process;
+//! each has a mailbox drained on the runtime's blocking pool, by at most
+//! `max_concurrency` threads at a time, so calls to one actor run in order
+//! while different actors run side by side.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use tokio::runtime::Handle as Runtime;
+
+use super::executor::{guarded, resolve_args, send_result, task_error};
+use crate::client::Client;
+use crate::proto::{self, ErrorKind};
+use crate::registry::{self, ActorState};
+
+struct Instance {
+    state: ActorState,
+    max_concurrency: usize,
+    mailbox: Mutex<Mailbox>,
+}
+
+struct Mailbox {
+    calls: VecDeque<proto::TaskSpec>,
+    draining: usize,
+}
+
+pub(crate) struct ActorHost {
+    client: Arc<Client>,
+    runtime: Runtime,
+    actors: Mutex<HashMap<u64, Arc<Instance>>>,
+    /// Destroyed while their constructor still ran.
+    destroyed: Mutex<HashSet<u64>>,
+}
+
+impl ActorHost {
+    pub(crate) fn new(client: Arc<Client>, runtime: Runtime) -> Arc<Self> {
+        Arc::new(ActorHost {
+            client,
+            runtime,
+            actors: Mutex::new(HashMap::new()),
+            destroyed: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// A creation or a call from the head.
+    pub(crate) fn execute(self: &Arc<Self>, spec: proto::TaskSpec) {
+        if spec.create.is_some() {
+            let host = self.clone();
+            self.runtime.spawn_blocking(move || host.construct(spec));
+            return;
+        }
+        let instance = self.actors.lock().get(&spec.actor_id).cloned();
+        let Some(instance) = instance else {
+            let e = task_error(
+                &self.client,
+                &spec,
+                ErrorKind::ActorDied,
+                "the actor is not on this worker any more".into(),
+            );
+            send_result(&self.client, &spec, Err(e), Instant::now());
+            return;
+        };
+        let start = {
+            let mut m = instance.mailbox.lock();
+            m.calls.push_back(spec);
+            if m.draining < instance.max_concurrency {
+                m.draining += 1;
+                true
+            } else {
+                false
+            }
+        };
+        if start {
+            let host = self.clone();
+            self.runtime.spawn_blocking(move || host.drain(&instance));
+        }
+    }
+
+    fn construct(&self, spec: proto::TaskSpec) {
+        let started = Instant::now();
+        let client = &self.client;
+        let opts = spec.create.clone().unwrap_or_default();
+        let outcome = match registry::actor_class(&opts.class) {
+            None => Err(task_error(
+                client,
+                &spec,
+                ErrorKind::UnknownFunction,
+                format!("actor type {} is not registered", opts.class),
+            )),
+            Some(class) => resolve_args(client, &spec)
+                .and_then(|mut args| guarded(client, &spec, || (class.construct)(&mut args))),
+        };
+        let outcome = outcome.map(|state| {
+            let id = spec.task_id;
+            if !self.destroyed.lock().remove(&id) {
+                let instance = Arc::new(Instance {
+                    state,
+                    max_concurrency: opts.max_concurrency.max(1) as usize,
+                    mailbox: Mutex::new(Mailbox {
+                        calls: VecDeque::new(),
+                        draining: 0,
+                    }),
+                });
+                self.actors.lock().insert(id, instance);
+            }
+            crate::registry::output(&()).expect("unit encodes")
+        });
+        send_result(client, &spec, outcome, started);
+    }
+
+    fn drain(&self, instance: &Instance) {
+        loop {
+            let call = {
+                let mut m = instance.mailbox.lock();
+                match m.calls.pop_front() {
+                    Some(c) => c,
+                    None => {
+                        m.draining -= 1;
+                        return;
+                    }
+                }
+            };
+            let started = Instant::now();
+            let client = &self.client;
+            let outcome = match registry::actor_method(&call.function) {
+                None => Err(task_error(
+                    client,
+                    &call,
+                    ErrorKind::UnknownFunction,
+                    "no such actor method in this build".into(),
+                )),
+                Some(m) => resolve_args(client, &call).and_then(|mut args| {
+                    guarded(client, &call, || (m.invoke)(&instance.state, &mut args))
+                }),
+            };
+            send_result(client, &call, outcome, started);
+        }
+    }
+
+    /// Drops the instance; calls already running finish.
+    pub(crate) fn destroy(&self, id: u64) {
+        if self.actors.lock().remove(&id).is_none() {
+            self.destroyed.lock().insert(id);
+        }
+    }
+}
