@@ -5,7 +5,6 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::codec;
 use crate::context;
 use crate::error::{Error, Result};
 use crate::object_ref::ObjectRef;
@@ -50,10 +49,7 @@ pub fn get_all_timeout<T: DeserializeOwned>(
 /// to the node's shared-memory store; tasks on this node map them.
 pub fn put<T: Serialize>(value: T) -> Result<ObjectRef<T>> {
     let client = context::client_or_init();
-    let enc = codec::encode(&value)?;
-    Ok(ObjectRef::from_handle(
-        client.put_encoded(enc.bytes, enc.nested)?,
-    ))
+    Ok(ObjectRef::from_handle(client.put_value(&value)?))
 }
 
 /// `(ready, pending)` refs, as [`wait`] returns them.

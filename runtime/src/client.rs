@@ -15,7 +15,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::codec::{self, INLINE_MAX};
 use crate::error::{Error, Result};
-use crate::node::object_store::{Bytes, ObjectStore};
+use crate::node::object_store::{Bytes, ObjectStore, Written};
 use crate::object_ref::{lost, ArgKind, ArgValue, Handle};
 use crate::proto::{self, arg, client_op::Op, object_value::Payload};
 use crate::task::TaskOptions;
@@ -58,7 +58,12 @@ impl Client {
             seq: AtomicU64::new(0),
             out,
             slots: DashMap::new(),
-            store: ObjectStore::open(&welcome.store_dir, &welcome.node),
+            store: ObjectStore::open(
+                &welcome.store_dir,
+                &welcome.spill_dir,
+                &welcome.node,
+                welcome.store_capacity,
+            ),
             closed: AtomicBool::new(false),
             replies: DashMap::new(),
         })
@@ -207,6 +212,39 @@ impl Client {
         handle
     }
 
+    /// Stores a value: encoded inline if small, else streamed straight into
+    /// the node's store.
+    pub(crate) fn put_value<T: serde::Serialize>(
+        self: &Arc<Self>,
+        value: &T,
+    ) -> Result<Arc<Handle>> {
+        let id = self.next_id();
+        let mut writer = self.store.writer(id);
+        let nested = match codec::encode_into(value, &mut writer) {
+            Ok(n) => n,
+            Err(e) => {
+                return Err(writer.error(std::io::Error::other(e)));
+            }
+        };
+        let payload = match writer.finish()? {
+            Written::Inline(b) => Payload::Inline(b.into()),
+            Written::Stored(loc) => Payload::Stored(loc),
+        };
+        Ok(self.publish(id, payload, nested))
+    }
+
+    fn publish(self: &Arc<Self>, id: u64, payload: Payload, nested: Vec<u64>) -> Arc<Handle> {
+        let handle = self.new_handle(id, State::Ready(payload.clone()));
+        self.send(Op::Put(proto::Put {
+            value: Some(proto::ObjectValue {
+                object_id: id,
+                payload: Some(payload),
+            }),
+            nested_refs: nested,
+        }));
+        handle
+    }
+
     /// Stores an encoded value: inline if small, else in the node's store.
     pub(crate) fn put_encoded(
         self: &Arc<Self>,
@@ -219,15 +257,7 @@ impl Client {
         } else {
             Payload::Inline(bytes.into())
         };
-        let handle = self.new_handle(id, State::Ready(payload.clone()));
-        self.send(Op::Put(proto::Put {
-            value: Some(proto::ObjectValue {
-                object_id: id,
-                payload: Some(payload),
-            }),
-            nested_refs: nested,
-        }));
-        Ok(handle)
+        Ok(self.publish(id, payload, nested))
     }
 
     /// Asks the head which actor has `name`: (id, class), or `None`.
@@ -363,6 +393,6 @@ impl Client {
     }
 
     pub(crate) fn value<T: DeserializeOwned>(&self, id: u64) -> Result<T> {
-        codec::decode(&self.bytes(id)?)
+        codec::decode_from(&self.bytes(id)?)
     }
 }

@@ -30,6 +30,9 @@ pub struct Config {
     pub num_cpus: Option<usize>,
     /// Token of the cluster to join; default: `FLEET_TOKEN`.
     pub token: Option<String>,
+    /// Bytes of the local cluster's shared-memory object store before it
+    /// spills to disk; default: 30% of memory.
+    pub object_store_bytes: Option<u64>,
 }
 
 /// A running cluster session. Dropping the last guard disconnects, and for
@@ -170,6 +173,9 @@ fn start_local(config: &Config) -> Result<Inner> {
     let head = Head::new(HeadConfig {
         limits: Limits {
             num_cpus: cpus as f64,
+            store_capacity: config
+                .object_store_bytes
+                .unwrap_or_else(crate::node::object_store::default_capacity),
             min_workers: cpus,
             max_workers: (4 * cpus).max(64),
         },

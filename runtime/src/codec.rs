@@ -5,10 +5,14 @@
 //! long as the value that mentions them.
 
 use std::cell::RefCell;
+use std::sync::Arc;
+
+use memmap2::Mmap;
 
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::error::{Error, Result};
+use crate::node::object_store::Bytes;
 
 /// Values at most this large travel inline in task messages; larger ones go
 /// to the node's object store.
@@ -16,6 +20,27 @@ pub const INLINE_MAX: usize = 100 * 1024;
 
 thread_local! {
     static NESTED: RefCell<Option<Vec<u64>>> = const { RefCell::new(None) };
+    /// The mapped store file being decoded, so a `Blob` can point into it.
+    static BACKING: RefCell<Option<Arc<Mmap>>> = const { RefCell::new(None) };
+}
+
+/// The mapping under the value being decoded on this thread, if any.
+pub(crate) fn backing() -> Option<Arc<Mmap>> {
+    BACKING.with(|b| b.borrow().clone())
+}
+
+/// Decodes a value from a message or a mapped store file; `Blob`s inside
+/// a mapped value share the mapping instead of copying.
+pub(crate) fn decode_from<T: DeserializeOwned>(bytes: &Bytes) -> Result<T> {
+    match bytes {
+        Bytes::Inline(b) => decode(b),
+        Bytes::Mapped(m) => {
+            let outer = BACKING.with(|b| b.borrow_mut().replace(m.clone()));
+            let out = decode(m);
+            BACKING.with(|b| *b.borrow_mut() = outer);
+            out
+        }
+    }
 }
 
 /// A value encoded for the wire, with the refs found inside it.
@@ -33,6 +58,17 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded> {
         bytes: bytes?,
         nested: nested.unwrap_or_default(),
     })
+}
+
+/// Encodes `value` into `writer`; returns the refs nested inside it.
+pub(crate) fn encode_into<T: Serialize + ?Sized, W: std::io::Write>(
+    value: &T,
+    writer: W,
+) -> std::result::Result<Vec<u64>, postcard::Error> {
+    let outer = NESTED.with(|n| n.borrow_mut().replace(Vec::new()));
+    let done = postcard::to_io(value, writer);
+    let nested = NESTED.with(|n| std::mem::replace(&mut *n.borrow_mut(), outer));
+    done.map(|_| nested.unwrap_or_default())
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {

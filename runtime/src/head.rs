@@ -5,6 +5,7 @@ mod actors;
 mod directory;
 mod scheduler;
 mod service;
+mod spilling;
 pub(crate) mod state;
 
 use std::pin::Pin;
@@ -55,12 +56,14 @@ pub(crate) struct Head {
     node: String,
     store: ObjectStore,
     supervisor: OnceLock<Supervisor>,
+    spiller: Mutex<std::sync::mpsc::Sender<(u64, String)>>,
 }
 
 impl Head {
     pub(crate) fn new(config: HeadConfig) -> crate::Result<Arc<Self>> {
-        let store = ObjectStore::create(&config.node)?;
-        Ok(Arc::new(Head {
+        let store = ObjectStore::create(&config.node, config.limits.store_capacity)?;
+        let head = Arc::new_cyclic(|weak| Head {
+            spiller: Mutex::new(spilling::start_spiller(weak.clone(), store.clone())),
             state: Mutex::new(State::new(config.limits, config.node.clone())),
             senders: DashMap::new(),
             connected_workers: DashSet::new(),
@@ -73,7 +76,8 @@ impl Head {
             node: config.node,
             store,
             supervisor: OnceLock::new(),
-        }))
+        });
+        Ok(head)
     }
 
     /// Attaches the supervisor and starts the initial worker pool.
@@ -158,6 +162,8 @@ impl Head {
                 client_id: client,
                 store_dir: self.store.dir().to_string_lossy().into_owned(),
                 node: self.node.clone(),
+                spill_dir: self.store.spill_dir().to_string_lossy().into_owned(),
+                store_capacity: self.store.capacity(),
             })),
         });
         self.senders.insert(client, out);
@@ -232,6 +238,12 @@ impl Head {
                         st.worker_never_connected();
                     }
                 }
+            }
+        }
+        if !out.spill.is_empty() {
+            let spiller = self.spiller.lock();
+            for s in out.spill {
+                let _ = spiller.send(s);
             }
         }
         State::delete_files(out.delete);

@@ -28,6 +28,7 @@
 
 mod actor;
 mod api;
+mod blob;
 mod client;
 mod cluster;
 mod codec;
@@ -45,6 +46,7 @@ mod worker;
 
 pub use actor::{get_actor, kill, Actor, ActorHandle, ActorOptions, ActorPool};
 pub use api::{get, get_all, get_all_timeout, get_timeout, put, wait, ReadySplit};
+pub use blob::Blob;
 pub use cluster::{init, init_with, Cluster, Config, ENV_ADDRESS, ENV_TOKEN};
 pub use codec::INLINE_MAX;
 pub use error::{Error, Result};

@@ -126,7 +126,7 @@ impl Args {
             .values
             .next()
             .ok_or_else(|| Failure::Codec(format!("argument {} is missing", self.position)))?;
-        codec::decode(&bytes)
+        codec::decode_from(&bytes)
             .map_err(|e| Failure::Codec(format!("argument {}: {e}", self.position)))
     }
 }

@@ -31,6 +31,8 @@ impl State {
                 subscribers: Vec::new(),
                 dependents: Vec::new(),
                 contains: Vec::new(),
+                last_used: 0,
+                spilled: false,
             },
         );
         if let Some(s) = self.sessions.get_mut(&holder) {
@@ -64,10 +66,12 @@ impl State {
             if let Some(o) = self.objects.get_mut(&id) {
                 o.contains = put.nested_refs;
             }
+            self.stored(id);
         }
     }
 
     pub(super) fn subscribe(&mut self, client: u32, id: u64) {
+        self.touch(id);
         let payload = match self.objects.get_mut(&id) {
             None => Payload::Error(lost_error(id, "it was freed or never existed")),
             Some(o) => match &o.state {
@@ -129,6 +133,7 @@ impl State {
                 self.actor_freed(id);
             }
             if let ObjState::Done(Payload::Stored(loc)) = &o.state {
+                self.unstored(loc.size, o.spilled);
                 self.out.delete.push(loc.path.clone());
             }
             for c in o.contains {
@@ -170,6 +175,7 @@ impl State {
                     }),
                 );
             }
+            self.stored(id);
             for d in dependents {
                 if failed {
                     work.push((d, payload.clone(), Vec::new()));

@@ -19,6 +19,10 @@ pub(super) struct Obj {
     pub(super) dependents: Vec<u64>,
     /// Refs nested inside this object's value.
     pub(super) contains: Vec<u64>,
+    /// Logical time of the last use, for spilling the least recently used.
+    pub(super) last_used: u64,
+    /// Its file was moved (or is being moved) to the spill folder.
+    pub(super) spilled: bool,
 }
 
 pub(super) enum ObjState {
@@ -58,6 +62,8 @@ pub(super) struct Outbox {
     pub(super) ops: Vec<(u32, proto::HeadOp)>,
     pub(super) spawn: usize,
     pub(super) delete: Vec<String>,
+    /// Store files to move to disk: (object, path).
+    pub(super) spill: Vec<(u64, String)>,
 }
 
 impl Outbox {
@@ -70,6 +76,8 @@ impl Outbox {
 #[derive(Clone, Debug)]
 pub(crate) struct Limits {
     pub(crate) num_cpus: f64,
+    /// Bytes of the shared-memory store before spilling.
+    pub(crate) store_capacity: u64,
     pub(crate) min_workers: usize,
     pub(crate) max_workers: usize,
 }
@@ -92,6 +100,9 @@ pub(crate) struct State {
     pub(super) names: HashMap<String, u64>,
     /// Actors whose queues may have calls to send.
     pub(super) dirty_actors: Vec<u64>,
+    pub(super) store_used: u64,
+    pub(super) store_capacity: u64,
+    pub(super) tick: u64,
 }
 
 impl State {
@@ -104,6 +115,7 @@ impl State {
             sessions: HashMap::new(),
             starting: 0,
             available_cpus: limits.num_cpus,
+            store_capacity: limits.store_capacity,
             limits,
             run_micros: HashMap::new(),
             node,
@@ -111,6 +123,8 @@ impl State {
             actors: HashMap::new(),
             names: HashMap::new(),
             dirty_actors: Vec::new(),
+            store_used: 0,
+            tick: 0,
         }
     }
 
@@ -153,6 +167,8 @@ impl State {
             starting: self.starting,
             worker_pids: self.workers.values().map(|w| w.pid).collect(),
             actors: self.actors.len(),
+            store_used: self.store_used,
+            store_capacity: self.store_capacity,
         }
     }
 }
@@ -174,4 +190,8 @@ pub struct Counts {
     pub worker_pids: Vec<u32>,
     /// Actors known (alive, restarting or dead with handles left).
     pub actors: usize,
+    /// Bytes of stored objects in shared memory (not spilled).
+    pub store_used: u64,
+    /// Bytes the store holds before spilling.
+    pub store_capacity: u64,
 }

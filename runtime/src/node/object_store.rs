@@ -3,15 +3,21 @@
 //! writes it once; every reader on the node maps it read-only, so a value
 //! crosses no socket. The head deletes the file when the object is freed;
 //! readers that still map it keep their pages until they unmap.
+//!
+//! The store has a capacity. Past it, the head moves the least recently
+//! used objects to a spill folder on disk; readers map them from there (the
+//! page cache brings them back on demand). A value larger than the whole
+//! store is refused with an error saying so.
 
 use std::fs;
-use std::io::Write;
+use std::io::{self, Write};
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use memmap2::Mmap;
 
+use crate::codec::INLINE_MAX;
 use crate::error::{Error, Result};
 use crate::proto::StoreLocation;
 
@@ -32,44 +38,75 @@ impl Deref for Bytes {
     }
 }
 
-/// Handle on one node's store folder.
+/// Handle on one node's store folders.
 #[derive(Clone, Debug)]
 pub(crate) struct ObjectStore {
     dir: PathBuf,
+    spill_dir: PathBuf,
     node: String,
+    capacity: u64,
 }
 
 const PREFIX: &str = "fleet-";
 
+/// Default capacity: 30% of physical memory, as Ray's default.
+pub(crate) fn default_capacity() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
+    // SAFETY: as above.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if pages > 0 && page > 0 {
+        (pages as u64 * page as u64) * 3 / 10
+    } else {
+        4 << 30
+    }
+}
+
+fn session_dir(base: &Path) -> PathBuf {
+    base.join(format!(
+        "{PREFIX}{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ))
+}
+
 impl ObjectStore {
-    /// Creates a fresh session folder, preferring tmpfs. Folders left by
-    /// sessions whose process is gone (a driver killed with SIGKILL cannot
-    /// clean up) are removed first.
-    pub(crate) fn create(node: &str) -> Result<Self> {
+    /// Creates fresh session folders, preferring tmpfs for the store and
+    /// `FLEET_SPILL_DIR` (default: the temp dir) for spilling. Folders left
+    /// by sessions whose process is gone (a driver killed with SIGKILL
+    /// cannot clean up) are removed first.
+    pub(crate) fn create(node: &str, capacity: u64) -> Result<Self> {
         let base = if Path::new("/dev/shm").is_dir() {
             PathBuf::from("/dev/shm")
         } else {
             std::env::temp_dir()
         };
+        let spill_base = std::env::var_os("FLEET_SPILL_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
         sweep_stale(&base);
-        let dir = base.join(format!(
-            "{PREFIX}{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        fs::create_dir_all(&dir)
-            .map_err(|e| Error::Store(format!("creating {}: {e}", dir.display())))?;
+        sweep_stale(&spill_base);
+        let dir = session_dir(&base);
+        let spill_dir = session_dir(&spill_base);
+        for d in [&dir, &spill_dir] {
+            fs::create_dir_all(d)
+                .map_err(|e| Error::Store(format!("creating {}: {e}", d.display())))?;
+        }
         Ok(ObjectStore {
             dir,
+            spill_dir,
             node: node.to_string(),
+            capacity,
         })
     }
 
-    /// Opens a folder another process created.
-    pub(crate) fn open(dir: &str, node: &str) -> Self {
+    /// Opens folders another process created.
+    pub(crate) fn open(dir: &str, spill_dir: &str, node: &str, capacity: u64) -> Self {
         ObjectStore {
             dir: PathBuf::from(dir),
+            spill_dir: PathBuf::from(spill_dir),
             node: node.to_string(),
+            capacity,
         }
     }
 
@@ -77,33 +114,58 @@ impl ObjectStore {
         &self.dir
     }
 
-    /// Writes one object; a full or unwritable disk is an error, not a crash.
-    pub(crate) fn write(&self, id: u64, bytes: &[u8]) -> Result<StoreLocation> {
-        let path = self.dir.join(format!("{id:016x}"));
-        let write = || -> std::io::Result<()> {
-            let mut f = fs::File::create(&path)?;
-            f.write_all(bytes)?;
-            Ok(())
-        };
-        if let Err(e) = write() {
-            let _ = fs::remove_file(&path);
-            return Err(Error::Store(format!(
-                "writing {} bytes to {}: {e}",
-                bytes.len(),
-                path.display()
-            )));
-        }
-        Ok(StoreLocation {
-            path: path.to_string_lossy().into_owned(),
-            size: bytes.len() as u64,
-            node: self.node.clone(),
-        })
+    pub(crate) fn spill_dir(&self) -> &Path {
+        &self.spill_dir
     }
 
-    /// Maps a stored object read-only.
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    fn too_large(&self, size: u64) -> Error {
+        Error::Store(format!(
+            "a value of {size} bytes is larger than the whole object store ({} bytes); \
+             give the cluster a larger store (Config::object_store_bytes)",
+            self.capacity
+        ))
+    }
+
+    /// Writes one object; a full or unwritable disk is an error, not a crash.
+    pub(crate) fn write(&self, id: u64, bytes: &[u8]) -> Result<StoreLocation> {
+        let mut w = self.writer(id);
+        if let Err(e) = w.spill_now().and_then(|()| w.write_all(bytes)) {
+            return Err(w.error(e));
+        }
+        match w.finish()? {
+            Written::Stored(loc) => Ok(loc),
+            Written::Inline(_) => Err(Error::Store("the store file was not created".into())),
+        }
+    }
+
+    /// A writer that keeps a small value in memory and streams a large one
+    /// straight into a store file, so a large `put` is never held twice.
+    pub(crate) fn writer(&self, id: u64) -> StoreWriter<'_> {
+        StoreWriter {
+            store: self,
+            path: self.dir.join(format!("{id:016x}")),
+            buffer: Vec::new(),
+            file: None,
+            written: 0,
+        }
+    }
+
+    /// Maps a stored object read-only, from wherever it is now.
     pub(crate) fn read(&self, loc: &StoreLocation) -> Result<Bytes> {
-        let file = fs::File::open(&loc.path)
-            .map_err(|e| Error::Store(format!("opening {}: {e}", loc.path)))?;
+        let file = match fs::File::open(&loc.path) {
+            Ok(f) => f,
+            // Spilled since the location was sent: same name, spill folder.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let name = Path::new(&loc.path).file_name().unwrap_or_default();
+                fs::File::open(self.spill_dir.join(name))
+                    .map_err(|_| Error::Store(format!("opening {}: {e}", loc.path)))?
+            }
+            Err(e) => return Err(Error::Store(format!("opening {}: {e}", loc.path))),
+        };
         // SAFETY: store files are written once, before their location is
         // published, and never modified afterwards, only unlinked.
         let map = unsafe { Mmap::map(&file) }
@@ -119,12 +181,116 @@ impl ObjectStore {
         Ok(Bytes::Mapped(Arc::new(map)))
     }
 
+    /// Moves a stored object to the spill folder; returns its new path.
+    /// The original is unlinked only once the copy is complete.
+    pub(crate) fn spill(&self, path: &str) -> Result<String> {
+        let name = Path::new(path).file_name().unwrap_or_default();
+        let target = self.spill_dir.join(name);
+        let partial = target.with_extension("partial");
+        let copy = || -> io::Result<()> {
+            fs::copy(path, &partial)?;
+            fs::File::open(&partial)?.sync_all()?;
+            fs::rename(&partial, &target)
+        };
+        if let Err(e) = copy() {
+            let _ = fs::remove_file(&partial);
+            return Err(Error::Store(format!(
+                "spilling {path} to {}: {e}",
+                self.spill_dir.display()
+            )));
+        }
+        let _ = fs::remove_file(path);
+        Ok(target.to_string_lossy().into_owned())
+    }
+
     pub(crate) fn delete(path: &str) {
         let _ = fs::remove_file(path);
     }
 
     pub(crate) fn remove_all(&self) {
         let _ = fs::remove_dir_all(&self.dir);
+        let _ = fs::remove_dir_all(&self.spill_dir);
+    }
+}
+
+/// What a [`StoreWriter`] produced.
+pub(crate) enum Written {
+    Inline(Vec<u8>),
+    Stored(StoreLocation),
+}
+
+/// See [`ObjectStore::writer`].
+pub(crate) struct StoreWriter<'a> {
+    store: &'a ObjectStore,
+    path: PathBuf,
+    buffer: Vec<u8>,
+    file: Option<io::BufWriter<fs::File>>,
+    written: u64,
+}
+
+impl StoreWriter<'_> {
+    fn spill_now(&mut self) -> io::Result<()> {
+        let mut f = io::BufWriter::with_capacity(1 << 20, fs::File::create(&self.path)?);
+        f.write_all(&self.buffer)?;
+        self.buffer = Vec::new();
+        self.file = Some(f);
+        Ok(())
+    }
+
+    /// Turns an I/O error into the store's error, removing the partial file.
+    pub(crate) fn error(&mut self, e: io::Error) -> Error {
+        self.file = None;
+        let _ = fs::remove_file(&self.path);
+        if self.written > self.store.capacity {
+            return self.store.too_large(self.written);
+        }
+        Error::Store(format!(
+            "writing {} bytes to {}: {e}",
+            self.written,
+            self.path.display()
+        ))
+    }
+
+    pub(crate) fn finish(mut self) -> Result<Written> {
+        match self.file.take() {
+            None => Ok(Written::Inline(std::mem::take(&mut self.buffer))),
+            Some(mut f) => {
+                if let Err(e) = f.flush() {
+                    return Err(self.error(e));
+                }
+                Ok(Written::Stored(StoreLocation {
+                    path: self.path.to_string_lossy().into_owned(),
+                    size: self.written,
+                    node: self.store.node.clone(),
+                }))
+            }
+        }
+    }
+}
+
+impl Write for StoreWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.written += buf.len() as u64;
+        if self.written > self.store.capacity {
+            return Err(io::Error::other("larger than the object store"));
+        }
+        match &mut self.file {
+            Some(f) => f.write_all(buf)?,
+            None => {
+                self.buffer.extend_from_slice(buf);
+                if self.buffer.len() > INLINE_MAX {
+                    self.spill_now()?;
+                }
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.file {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
     }
 }
 
