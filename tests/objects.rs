@@ -1,0 +1,150 @@
+//! The object store end to end: a 256 MiB `put`/`get` that must come back
+//! byte for byte, a task reading a 256 MiB put, large values as task
+//! arguments and results, and objects freed once the last ref is dropped.
+//!
+//! The 256 MiB values are [`Blob`]s (one serde byte string) so the tests
+//! time the store, not debug-build serde; plain `Vec<u8>` values are covered
+//! at tens of MiB.
+
+mod common;
+
+use common::{cluster, digest, pattern, wait_until, Blob, GENEROUS};
+use fleet::{remote, ObjectRef};
+
+const MIB: usize = 1 << 20;
+
+/// Length and digest of a value, computed where the task runs.
+#[remote]
+fn measure(bytes: Vec<u8>) -> (usize, u64) {
+    (bytes.len(), common::digest(&bytes))
+}
+
+/// [`measure`] for a [`Blob`].
+#[remote]
+fn measure_blob(blob: Blob) -> (usize, u64) {
+    (blob.0.len(), common::digest(&blob.0))
+}
+
+/// A large value made by a worker, returned through the store.
+#[remote]
+fn make_pattern(len: usize, seed: u64) -> Vec<u8> {
+    common::pattern(len, seed)
+}
+
+#[remote]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// Where `a` and `b` first differ, for a readable failure message.
+fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+    a.iter().zip(b).position(|(x, y)| x != y).or_else(|| {
+        if a.len() == b.len() {
+            None
+        } else {
+            Some(a.len().min(b.len()))
+        }
+    })
+}
+
+fn assert_same_bytes(got: &[u8], want: &[u8]) {
+    assert_eq!(got.len(), want.len(), "length");
+    for i in (0..want.len())
+        .step_by(want.len() / 61 + 1)
+        .chain([want.len() - 1])
+    {
+        assert_eq!(got[i], want[i], "byte {i}");
+    }
+    // Full equality (memcmp); never `assert_eq!` on the vectors, which
+    // would print 256 MiB.
+    if got != want {
+        panic!(
+            "values differ first at byte {:?}",
+            first_difference(got, want)
+        );
+    }
+}
+
+#[test]
+fn put_and_get_of_256_mib_is_byte_equal() {
+    let _c = cluster(2);
+    let want = Blob(pattern(256 * MIB, 0x5eed));
+    let r: ObjectRef<Blob> = fleet::put(want.clone()).expect("put");
+    let got = fleet::get_timeout(&r, Some(GENEROUS)).expect("get");
+    assert_same_bytes(&got.0, &want.0);
+    drop(got);
+    // A second read of the same object gives the same bytes.
+    let again = fleet::get_timeout(&r, Some(GENEROUS)).expect("second get");
+    assert_same_bytes(&again.0, &want.0);
+}
+
+#[test]
+fn a_task_consumes_a_large_put() {
+    let _c = cluster(2);
+    let want = Blob(pattern(256 * MIB, 0xb16));
+    let (len, sum) = (want.0.len(), digest(&want.0));
+    let r: ObjectRef<Blob> = fleet::put(want).expect("put");
+    // Two tasks read the same stored object.
+    let a = measure_blob::remote(&r);
+    let b = measure_blob::remote(&r);
+    assert_eq!(
+        fleet::get_timeout(&a, Some(GENEROUS)).expect("get"),
+        (len, sum)
+    );
+    assert_eq!(
+        fleet::get_timeout(&b, Some(GENEROUS)).expect("get"),
+        (len, sum)
+    );
+}
+
+#[test]
+fn large_values_as_arguments_and_results() {
+    let _c = cluster(2);
+    // A large value passed by value (not a ref) still reaches the task.
+    let arg = pattern(16 * MIB, 7);
+    let want = (arg.len(), digest(&arg));
+    let m = measure::remote(arg);
+    assert_eq!(fleet::get_timeout(&m, Some(GENEROUS)).expect("get"), want);
+
+    // A large result made by a worker, read by the driver and by a task.
+    let r = make_pattern::remote(24 * MIB, 99);
+    let got = fleet::get_timeout(&r, Some(GENEROUS)).expect("get");
+    assert_same_bytes(&got, &pattern(24 * MIB, 99));
+    let m = measure::remote(&r);
+    assert_eq!(
+        fleet::get_timeout(&m, Some(GENEROUS)).expect("get"),
+        (got.len(), digest(&got))
+    );
+
+    // Just above and below the inline limit.
+    for len in [fleet::INLINE_MAX - 16, fleet::INLINE_MAX + 16] {
+        let v = pattern(len, len as u64);
+        let r = fleet::put(v.clone()).expect("put");
+        assert_same_bytes(&fleet::get_timeout(&r, Some(GENEROUS)).expect("get"), &v);
+        let m = measure::remote(&r);
+        assert_eq!(
+            fleet::get_timeout(&m, Some(GENEROUS)).expect("get"),
+            (v.len(), digest(&v))
+        );
+    }
+}
+
+#[test]
+fn objects_are_freed_when_the_last_ref_is_dropped() {
+    let c = cluster(2);
+    let refs: Vec<ObjectRef<u64>> = (0..500u64).map(square::remote).collect();
+    let big = fleet::put(pattern(8 * MIB, 1)).expect("put");
+    let sum: u64 = fleet::get_all_timeout(&refs, Some(GENEROUS))
+        .expect("get_all")
+        .iter()
+        .sum();
+    assert_eq!(sum, (0..500u64).map(|x| x * x).sum::<u64>());
+    let counts = c.counts().expect("local cluster");
+    assert!(counts.objects >= 501, "objects tracked: {counts:?}");
+    drop(refs);
+    drop(big);
+    wait_until("the head to free every object", GENEROUS, || {
+        let counts = c.counts().expect("local cluster");
+        (counts.objects == 0 && counts.tasks == 0).then_some(())
+    });
+}
