@@ -43,6 +43,7 @@ pub(crate) struct Client {
     out: UnboundedSender<proto::ClientOp>,
     slots: DashMap<u64, Slot>,
     store: ObjectStore,
+    token: String,
     closed: AtomicBool,
     replies: DashMap<u64, std::sync::mpsc::Sender<proto::Reply>>,
 }
@@ -51,6 +52,7 @@ impl Client {
     pub(crate) fn new(
         welcome: &proto::Welcome,
         out: UnboundedSender<proto::ClientOp>,
+        token: &str,
     ) -> Arc<Self> {
         Arc::new(Client {
             id: welcome.client_id,
@@ -64,6 +66,7 @@ impl Client {
                 &welcome.node,
                 welcome.store_capacity,
             ),
+            token: token.to_string(),
             closed: AtomicBool::new(false),
             replies: DashMap::new(),
         })
@@ -157,6 +160,7 @@ impl Client {
             function: opts.function.to_string(),
             num_cpus: opts.num_cpus,
             max_retries: opts.max_retries,
+            node: opts.node.clone().unwrap_or_default(),
             ..Default::default()
         };
         self.submit(spec, args)
@@ -387,9 +391,14 @@ impl Client {
         };
         match payload {
             Payload::Inline(b) => Ok(Bytes::Inline(b)),
-            Payload::Stored(loc) => self.store.read(&loc),
+            Payload::Stored(loc) => self.read_stored(&loc),
             Payload::Error(e) => Err(Error::from_wire(&e)),
         }
+    }
+
+    /// Maps a stored value, pulling it from its node if that is another.
+    pub(crate) fn read_stored(&self, loc: &proto::StoreLocation) -> Result<Bytes> {
+        crate::node::transfer::read(&self.store, loc, &self.token)
     }
 
     pub(crate) fn value<T: DeserializeOwned>(&self, id: u64) -> Result<T> {
