@@ -22,6 +22,11 @@ use crate::task::TaskOptions;
 
 pub(crate) use waiter::Waiter;
 
+thread_local! {
+    /// Releases held back while a task runs (see `deferring_releases`).
+    static DEFERRED: std::cell::RefCell<Option<Vec<u64>>> = const { std::cell::RefCell::new(None) };
+}
+
 /// What this process knows of one object it holds handles to.
 struct Slot {
     handles: u32,
@@ -131,7 +136,31 @@ impl Client {
         })
     }
 
+    /// Runs `f` (a task and the sending of its result) holding back the
+    /// releases of handles dropped meanwhile until `f` is done: a result that
+    /// contains refs must reach the head before their handles' releases, or
+    /// the head frees them first.
+    pub(crate) fn deferring_releases<T>(&self, f: impl FnOnce() -> T) -> T {
+        let outer = DEFERRED.with(|d| d.borrow_mut().replace(Vec::new()));
+        let out = f();
+        let held = DEFERRED.with(|d| std::mem::replace(&mut *d.borrow_mut(), outer));
+        for id in held.unwrap_or_default() {
+            self.release_handle(id);
+        }
+        out
+    }
+
     pub(crate) fn release_handle(&self, id: u64) {
+        let deferred = DEFERRED.with(|d| match d.borrow_mut().as_mut() {
+            Some(held) => {
+                held.push(id);
+                true
+            }
+            None => false,
+        });
+        if deferred {
+            return;
+        }
         let last = match self.slots.get_mut(&id) {
             Some(mut s) => {
                 s.handles -= 1;

@@ -181,9 +181,11 @@ impl Executor {
     fn execute(&self, spec: proto::TaskSpec) {
         CURRENT.set(Some(spec.task_id));
         let started = Instant::now();
-        let outcome = self.invoke(&spec);
-        CURRENT.set(None);
-        send_result(&self.client, &spec, outcome, started);
+        self.client.deferring_releases(|| {
+            let outcome = self.invoke(&spec);
+            CURRENT.set(None);
+            send_result(&self.client, &spec, outcome, started);
+        });
     }
 
     fn invoke(&self, spec: &proto::TaskSpec) -> Result<Output, proto::TaskError> {
