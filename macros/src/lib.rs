@@ -188,6 +188,11 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
                     Options(self.0.max_retries(n))
                 }
 
+                /// Runs the call only on the named node.
+                #inner fn node(self, node: impl ::std::convert::Into<::std::string::String>) -> Self {
+                    Options(self.0.node(node))
+                }
+
                 /// Submits a call with these options.
                 #inner fn remote(&self, #(#arg_names: impl ::fleet::IntoArg<#arg_types>),*) -> ::fleet::ObjectRef<#ret> {
                     self.0.submit(::std::vec![#(::fleet::__private::arg::<#arg_types, _>(#arg_names)),*])

@@ -80,3 +80,9 @@ pub fn wait<T>(
     }
     Ok((ready, pending))
 }
+
+/// Name of the node this process runs on: a worker's node inside a task,
+/// the driver's node outside. `None` before `init`.
+pub fn current_node() -> Option<String> {
+    context::client().ok().map(|c| c.node().to_string())
+}

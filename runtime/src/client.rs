@@ -22,6 +22,11 @@ use crate::task::TaskOptions;
 
 pub(crate) use waiter::Waiter;
 
+thread_local! {
+    /// Releases held back while a task runs (see `deferring_releases`).
+    static DEFERRED: std::cell::RefCell<Option<Vec<u64>>> = const { std::cell::RefCell::new(None) };
+}
+
 /// What this process knows of one object it holds handles to.
 struct Slot {
     handles: u32,
@@ -43,6 +48,7 @@ pub(crate) struct Client {
     out: UnboundedSender<proto::ClientOp>,
     slots: DashMap<u64, Slot>,
     store: ObjectStore,
+    token: String,
     closed: AtomicBool,
     replies: DashMap<u64, std::sync::mpsc::Sender<proto::Reply>>,
 }
@@ -51,6 +57,7 @@ impl Client {
     pub(crate) fn new(
         welcome: &proto::Welcome,
         out: UnboundedSender<proto::ClientOp>,
+        token: &str,
     ) -> Arc<Self> {
         Arc::new(Client {
             id: welcome.client_id,
@@ -64,6 +71,7 @@ impl Client {
                 &welcome.node,
                 welcome.store_capacity,
             ),
+            token: token.to_string(),
             closed: AtomicBool::new(false),
             replies: DashMap::new(),
         })
@@ -128,7 +136,31 @@ impl Client {
         })
     }
 
+    /// Runs `f` (a task and the sending of its result) holding back the
+    /// releases of handles dropped meanwhile until `f` is done: a result that
+    /// contains refs must reach the head before their handles' releases, or
+    /// the head frees them first.
+    pub(crate) fn deferring_releases<T>(&self, f: impl FnOnce() -> T) -> T {
+        let outer = DEFERRED.with(|d| d.borrow_mut().replace(Vec::new()));
+        let out = f();
+        let held = DEFERRED.with(|d| std::mem::replace(&mut *d.borrow_mut(), outer));
+        for id in held.unwrap_or_default() {
+            self.release_handle(id);
+        }
+        out
+    }
+
     pub(crate) fn release_handle(&self, id: u64) {
+        let deferred = DEFERRED.with(|d| match d.borrow_mut().as_mut() {
+            Some(held) => {
+                held.push(id);
+                true
+            }
+            None => false,
+        });
+        if deferred {
+            return;
+        }
         let last = match self.slots.get_mut(&id) {
             Some(mut s) => {
                 s.handles -= 1;
@@ -157,6 +189,7 @@ impl Client {
             function: opts.function.to_string(),
             num_cpus: opts.num_cpus,
             max_retries: opts.max_retries,
+            node: opts.node.clone().unwrap_or_default(),
             ..Default::default()
         };
         self.submit(spec, args)
@@ -387,9 +420,14 @@ impl Client {
         };
         match payload {
             Payload::Inline(b) => Ok(Bytes::Inline(b)),
-            Payload::Stored(loc) => self.store.read(&loc),
+            Payload::Stored(loc) => self.read_stored(&loc),
             Payload::Error(e) => Err(Error::from_wire(&e)),
         }
+    }
+
+    /// Maps a stored value, pulling it from its node if that is another.
+    pub(crate) fn read_stored(&self, loc: &proto::StoreLocation) -> Result<Bytes> {
+        crate::node::transfer::read(&self.store, loc, &self.token)
     }
 
     pub(crate) fn value<T: DeserializeOwned>(&self, id: u64) -> Result<T> {

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use crate::client::{transport, Client};
 use crate::error::{Error, Result};
-use crate::head::state::{Counts, Limits};
+use crate::head::state::Counts;
 use crate::head::{Head, HeadConfig};
 use crate::node::supervisor::{Supervisor, WorkerEnv};
 use crate::proto;
@@ -139,56 +139,44 @@ where
     rx.recv().expect("the runtime dropped a startup future")
 }
 
-fn hello(token: String) -> proto::Hello {
+fn hello(token: String, binary_hash: String) -> proto::Hello {
     proto::Hello {
         protocol_version: crate::head::PROTOCOL_VERSION,
         registry_hash: crate::registry::registry_hash(),
         role: proto::Role::Driver.into(),
         pid: std::process::id(),
-        worker_id: 0,
         token,
-    }
-}
-
-pub(crate) fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; the result is NUL-terminated or truncated.
-    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    match std::str::from_utf8(&buf[..end]) {
-        Ok(s) if ok && !s.is_empty() => s.to_string(),
-        _ => "localhost".to_string(),
+        binary_hash,
+        ..Default::default()
     }
 }
 
 fn start_local(config: &Config) -> Result<Inner> {
-    let cpus = config.num_cpus.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
-    let cpus = cpus.max(1);
+    let cpus = config
+        .num_cpus
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+        .max(1);
     let rt = runtime("fleet-head", 2)?;
     let token = format!("{:032x}", rand::random::<u128>());
-    let head = Head::new(HeadConfig {
-        limits: Limits {
-            num_cpus: cpus as f64,
-            store_capacity: config
-                .object_store_bytes
-                .unwrap_or_else(crate::node::object_store::default_capacity),
-            min_workers: cpus,
-            max_workers: (4 * cpus).max(64),
-        },
-        token: token.clone(),
-        registry: crate::registry::registry_hash(),
-        node: hostname(),
-    })?;
     let listener = TcpListener::bind("127.0.0.1:0")
         .map_err(|e| Error::Startup(format!("binding the head's port: {e}")))?;
     let address = listener
         .local_addr()
         .map_err(|e| Error::Startup(e.to_string()))?
         .to_string();
+    let head = Head::new(HeadConfig {
+        token: token.clone(),
+        node: address.clone(),
+        num_cpus: cpus as f64,
+        store_capacity: config
+            .object_store_bytes
+            .unwrap_or_else(crate::node::object_store::default_capacity),
+        embedded_registry: Some(crate::registry::registry_hash()),
+    })?;
     let (stop_tx, stop_rx) = oneshot::channel();
     let server = head.clone();
     rt.spawn(async move {
@@ -196,29 +184,20 @@ fn start_local(config: &Config) -> Result<Inner> {
             tracing::error!("the head's server stopped: {e}");
         }
     });
-    let program = std::env::current_exe()
-        .map_err(|e| Error::Startup(format!("finding this executable: {e}")))?;
-    let weak = Arc::downgrade(&head);
-    let supervisor = Supervisor::start(
-        WorkerEnv {
-            program,
-            head: address.clone(),
-            token: token.clone(),
-        },
-        Arc::new(move |id, status| {
-            if let Some(h) = weak.upgrade() {
-                h.worker_exited(id, status);
-            }
-        }),
-    );
-    head.attach_supervisor(supervisor);
+    head.attach_supervisor(local_supervisor(&head, &address, &token));
 
     let session_head = head.clone();
+    let session_token = token.clone();
     let client = block_on(&rt, async move {
         let (out, rx) = session_head.local_session();
         let mut inbound = transport::local_inbound(rx);
-        let (welcome, leftover) = transport::handshake(&out, &mut inbound, hello(token)).await?;
-        let client = Client::new(&welcome, out);
+        let (welcome, leftover) = transport::handshake(
+            &out,
+            &mut inbound,
+            hello(session_token.clone(), String::new()),
+        )
+        .await?;
+        let client = Client::new(&welcome, out, &session_token);
         tokio::spawn(transport::receive(client.clone(), leftover, inbound, None));
         Ok::<_, Error>(client)
     });
@@ -239,6 +218,66 @@ fn start_local(config: &Config) -> Result<Inner> {
     })
 }
 
+/// The supervisor of the head's own node: workers re-run an executable
+/// (this one, or a job's uploaded one) and report to `head`.
+pub(crate) fn local_supervisor(head: &Arc<Head>, address: &str, token: &str) -> Supervisor {
+    let weak = Arc::downgrade(head);
+    Supervisor::start(
+        WorkerEnv {
+            head: address.to_string(),
+            token: token.to_string(),
+            node: address.to_string(),
+        },
+        Arc::new(move |id, status| {
+            if let Some(h) = weak.upgrade() {
+                h.worker_exited(id, status);
+            }
+        }),
+    )
+}
+
+/// Content hash of this executable: workers on other nodes run exactly it.
+fn executable_hash(path: &std::path::Path) -> Result<String> {
+    let bytes = std::fs::read(path)?;
+    // FNV-1a over 8-byte words: fast and stable; collisions are not a
+    // security boundary here (the token is).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for chunk in bytes.chunks(8) {
+        let mut w = [0u8; 8];
+        w[..chunk.len()].copy_from_slice(chunk);
+        h ^= u64::from_le_bytes(w);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+        h ^= h >> 29;
+    }
+    Ok(format!("{h:016x}-{}", bytes.len()))
+}
+
+async fn upload(
+    address: String,
+    token: String,
+    path: std::path::PathBuf,
+    hash: String,
+) -> Result<()> {
+    let mut client = crate::proto::head_client::HeadClient::connect(format!("http://{address}"))
+        .await
+        .map_err(|e| Error::Connection(format!("cannot reach the head at {address}: {e}")))?;
+    let data = std::fs::read(&path)?;
+    let chunks: Vec<proto::BinaryChunk> = data
+        .chunks(1 << 20)
+        .enumerate()
+        .map(|(i, c)| proto::BinaryChunk {
+            hash: if i == 0 { hash.clone() } else { String::new() },
+            token: if i == 0 { token.clone() } else { String::new() },
+            data: bytes::Bytes::copy_from_slice(c),
+        })
+        .collect();
+    client
+        .upload_binary(futures::stream::iter(chunks))
+        .await
+        .map_err(|s| Error::Connection(format!("uploading this executable: {}", s.message())))?;
+    Ok(())
+}
+
 fn join(address: &str, config: &Config) -> Result<Inner> {
     let rt = runtime("fleet-driver", 1)?;
     let token = config
@@ -246,11 +285,16 @@ fn join(address: &str, config: &Config) -> Result<Inner> {
         .clone()
         .or_else(|| std::env::var(ENV_TOKEN).ok())
         .unwrap_or_default();
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Startup(format!("finding this executable: {e}")))?;
+    let hash = executable_hash(&exe)?;
     let addr = address.to_string();
     let client = block_on(&rt, async move {
+        upload(addr.clone(), token.clone(), exe, hash.clone()).await?;
         let (out, mut inbound) = transport::connect(&addr).await?;
-        let (welcome, leftover) = transport::handshake(&out, &mut inbound, hello(token)).await?;
-        let client = Client::new(&welcome, out);
+        let (welcome, leftover) =
+            transport::handshake(&out, &mut inbound, hello(token.clone(), hash)).await?;
+        let client = Client::new(&welcome, out, &token);
         tokio::spawn(transport::receive(client.clone(), leftover, inbound, None));
         Ok::<_, Error>(client)
     })?;

@@ -1,27 +1,31 @@
 //! The head: cluster state, scheduler and object directory behind one gRPC
-//! service. A local cluster runs it inside the driver's process.
+//! service. A local cluster runs it inside the driver's process; `fleet
+//! start --head` runs it in the `fleet` process.
 
 mod actors;
 mod directory;
+mod nodes;
 mod scheduler;
 mod service;
 mod spilling;
 pub(crate) mod state;
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use dashmap::{DashMap, DashSet};
+use dashmap::DashMap;
 use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 
 use crate::node::object_store::ObjectStore;
 use crate::node::supervisor::Supervisor;
-use crate::proto::{self, client_op::Op, head_op};
-pub(crate) use service::serve;
-use state::{Limits, Outbox, State};
+use crate::proto::{self, client_op::Op, head_op, Role};
+pub(crate) use service::{make_executable, serve};
+use state::{Outbox, State};
 
 pub use state::Counts;
 
@@ -31,63 +35,91 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Workers that fail to start this many times in a row are not restarted.
 const MAX_START_FAILURES: u32 = 10;
 
+/// The job of the driver that shares the head's process (a local cluster).
+pub(crate) const EMBEDDED_JOB: u32 = 0;
+
 pub(crate) type OpStream = Pin<Box<dyn Stream<Item = Result<Vec<proto::ClientOp>, String>> + Send>>;
 
 /// Settings of one head.
 pub(crate) struct HeadConfig {
-    pub(crate) limits: Limits,
     pub(crate) token: String,
-    /// Registry hash workers must match (the driver's build).
-    pub(crate) registry: String,
+    /// The head's own node: its name (Node service address) and CPUs.
     pub(crate) node: String,
+    pub(crate) num_cpus: f64,
+    pub(crate) store_capacity: u64,
+    /// For a local cluster: the driver's registry hash; its workers run
+    /// this same executable and are kept at `num_cpus`.
+    pub(crate) embedded_registry: Option<String>,
 }
+
+/// A worker the head's supervisor started: (node, job).
+type Started = HashMap<u64, (String, u32)>;
 
 /// The head of a cluster.
 pub(crate) struct Head {
     state: Mutex<State>,
     senders: DashMap<u32, UnboundedSender<proto::HeadOp>>,
-    connected_workers: DashSet<u64>,
+    /// Worker ids whose session is open.
+    connected_workers: DashMap<u64, ()>,
+    started: Mutex<Started>,
     next_client: AtomicU32,
     next_worker: AtomicU64,
     start_failures: AtomicU32,
     stopping: AtomicBool,
     token: String,
-    registry: String,
     node: String,
     store: ObjectStore,
+    binaries: PathBuf,
     supervisor: OnceLock<Supervisor>,
     spiller: Mutex<std::sync::mpsc::Sender<(u64, String)>>,
 }
 
 impl Head {
     pub(crate) fn new(config: HeadConfig) -> crate::Result<Arc<Self>> {
-        let store = ObjectStore::create(&config.node, config.limits.store_capacity)?;
+        let store = ObjectStore::create(&config.node, config.store_capacity)?;
+        let binaries = store.spill_dir().join("binaries");
+        std::fs::create_dir_all(&binaries)?;
+        let mut state = State::new(config.node.clone(), config.store_capacity);
+        state.add_node(
+            config.node.clone(),
+            None,
+            proto::NodeInfo {
+                address: config.node.clone(),
+                num_cpus: config.num_cpus,
+                store_dir: store.dir().to_string_lossy().into_owned(),
+                spill_dir: store.spill_dir().to_string_lossy().into_owned(),
+                store_capacity: config.store_capacity,
+                arch: std::env::consts::ARCH.into(),
+            },
+        );
+        if let Some(registry) = &config.embedded_registry {
+            let cpus = config.num_cpus.max(1.0) as usize;
+            state.add_job(EMBEDDED_JOB, None, registry.clone(), cpus);
+        }
         let head = Arc::new_cyclic(|weak| Head {
             spiller: Mutex::new(spilling::start_spiller(weak.clone(), store.clone())),
-            state: Mutex::new(State::new(config.limits, config.node.clone())),
+            state: Mutex::new(state),
             senders: DashMap::new(),
-            connected_workers: DashSet::new(),
+            connected_workers: DashMap::new(),
+            started: Mutex::new(HashMap::new()),
             next_client: AtomicU32::new(1),
             next_worker: AtomicU64::new(1),
             start_failures: AtomicU32::new(0),
             stopping: AtomicBool::new(false),
             token: config.token,
-            registry: config.registry,
             node: config.node,
             store,
+            binaries,
             supervisor: OnceLock::new(),
         });
         Ok(head)
     }
 
-    /// Attaches the supervisor and starts the initial worker pool.
+    /// Attaches the supervisor of the head's own node and starts the
+    /// initial worker pool.
     pub(crate) fn attach_supervisor(&self, supervisor: Supervisor) {
         let _ = self.supervisor.set(supervisor);
-        let out = {
-            let mut st = self.state.lock();
-            st.keep_pool();
-            st.take_outbox()
-        };
+        let out = self.state.lock().take_outbox();
         self.flush(out);
     }
 
@@ -95,7 +127,25 @@ impl Head {
         self.state.lock().counts()
     }
 
-    /// Process ids of the worker processes alive now.
+    pub(crate) fn status(&self) -> proto::StatusReply {
+        self.state.lock().status()
+    }
+
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
+    pub(crate) fn store(&self) -> &ObjectStore {
+        &self.store
+    }
+
+    /// Where uploaded executables are kept, by hash.
+    pub(crate) fn binary_path(&self, hash: &str) -> Option<PathBuf> {
+        let valid = !hash.is_empty() && hash.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        valid.then(|| self.binaries.join(hash))
+    }
+
+    /// Process ids of the worker processes alive on the head's node.
     pub(crate) fn worker_pids(&self) -> Vec<u32> {
         self.supervisor.get().map(|s| s.pids()).unwrap_or_default()
     }
@@ -111,11 +161,12 @@ impl Head {
         let (ctx, crx) = mpsc::unbounded_channel();
         let (htx, hrx) = mpsc::unbounded_channel();
         let inbound = crate::client::transport::batches(crx).map(Ok);
-        tokio::spawn(self.clone().run_session(Box::pin(inbound), htx));
+        tokio::spawn(self.clone().run_session(Box::pin(inbound), htx, true));
         (ctx, hrx)
     }
 
-    fn check_hello(&self, hello: &proto::Hello) -> Result<(), String> {
+    /// Checks a hello; returns the job the session belongs to.
+    fn admit(&self, hello: &proto::Hello, client: u32, local: bool) -> Result<u32, String> {
         if hello.protocol_version != PROTOCOL_VERSION {
             return Err(format!(
                 "protocol version {} is not the head's version {PROTOCOL_VERSION}",
@@ -125,13 +176,70 @@ impl Head {
         if hello.token != self.token {
             return Err("wrong or missing cluster token".into());
         }
-        if hello.role() == proto::Role::Worker && hello.registry_hash != self.registry {
-            return Err(format!(
-                "worker build {} does not match the driver's build {}",
-                hello.registry_hash, self.registry
-            ));
+        let mut st = self.state.lock();
+        match hello.role() {
+            Role::Driver if local => Ok(EMBEDDED_JOB),
+            Role::Driver => {
+                let Some(path) = self.binary_path(&hello.binary_hash) else {
+                    return Err(
+                        "a driver joining over the network must upload its executable".into(),
+                    );
+                };
+                if !path.is_file() {
+                    return Err(format!("executable {} was not uploaded", hello.binary_hash));
+                }
+                st.add_job(
+                    client,
+                    Some(hello.binary_hash.clone()),
+                    hello.registry_hash.clone(),
+                    0,
+                );
+                Ok(client)
+            }
+            Role::Worker => match st.jobs.get(&hello.job) {
+                None => Err(format!("job {} has ended", hello.job)),
+                Some(job) if job.registry != hello.registry_hash => Err(format!(
+                    "worker build {} does not match the driver's build {}",
+                    hello.registry_hash, job.registry
+                )),
+                Some(_) if !st.nodes.contains_key(&hello.node) => {
+                    Err(format!("unknown node {}", hello.node))
+                }
+                Some(_) => Ok(hello.job),
+            },
+            Role::Node => match &hello.node_info {
+                Some(info) if !info.address.is_empty() => {
+                    if st.nodes.get(&info.address).is_some_and(|n| n.alive) {
+                        return Err(format!(
+                            "a node named {} is already in the cluster",
+                            info.address
+                        ));
+                    }
+                    st.add_node(info.address.clone(), Some(client), info.clone());
+                    Ok(EMBEDDED_JOB)
+                }
+                _ => Err("a node must say what it brings".into()),
+            },
+            Role::Unspecified => Err("hello without a role".into()),
         }
-        Ok(())
+    }
+
+    fn welcome(&self, client: u32, hello: &proto::Hello) -> proto::HeadOp {
+        let st = self.state.lock();
+        let node = match hello.role() {
+            Role::Worker => st.nodes.get(&hello.node),
+            _ => st.nodes.get(&self.node),
+        };
+        let info = node.map(|n| n.info.clone()).unwrap_or_default();
+        proto::HeadOp {
+            op: Some(head_op::Op::Welcome(proto::Welcome {
+                client_id: client,
+                store_dir: info.store_dir,
+                node: info.address,
+                spill_dir: info.spill_dir,
+                store_capacity: info.store_capacity,
+            })),
+        }
     }
 
     /// Serves one client session until its stream ends.
@@ -139,6 +247,7 @@ impl Head {
         self: Arc<Self>,
         mut inbound: OpStream,
         out: UnboundedSender<proto::HeadOp>,
+        local: bool,
     ) {
         let mut first = match inbound.next().await {
             Some(Ok(ops)) => ops.into_iter(),
@@ -151,30 +260,25 @@ impl Head {
                 return;
             }
         };
-        if let Err(why) = self.check_hello(&hello) {
-            tracing::warn!(pid = hello.pid, "refused a session: {why}");
-            let _ = out.send(refused(&why));
-            return;
-        }
         let client = self.next_client.fetch_add(1, Ordering::Relaxed);
-        let _ = out.send(proto::HeadOp {
-            op: Some(head_op::Op::Welcome(proto::Welcome {
-                client_id: client,
-                store_dir: self.store.dir().to_string_lossy().into_owned(),
-                node: self.node.clone(),
-                spill_dir: self.store.spill_dir().to_string_lossy().into_owned(),
-                store_capacity: self.store.capacity(),
-            })),
-        });
+        let job = match self.admit(&hello, client, local) {
+            Ok(job) => job,
+            Err(why) => {
+                tracing::warn!(pid = hello.pid, "refused a session: {why}");
+                let _ = out.send(refused(&why));
+                return;
+            }
+        };
+        let _ = out.send(self.welcome(client, &hello));
         self.senders.insert(client, out);
-        let worker = hello.role() == proto::Role::Worker;
+        let role = hello.role();
         {
             let mut st = self.state.lock();
-            st.open_session(client);
-            if worker {
-                self.connected_workers.insert(hello.worker_id);
+            st.open_session(client, job);
+            if role == Role::Worker {
+                self.connected_workers.insert(hello.worker_id, ());
                 self.start_failures.store(0, Ordering::Relaxed);
-                st.worker_connected(client, hello.worker_id, hello.pid);
+                st.worker_connected(client, &hello);
             }
         }
         self.apply(client, first.collect());
@@ -188,6 +292,20 @@ impl Head {
         let out = {
             let mut st = self.state.lock();
             st.close_session(client);
+            match role {
+                Role::Driver if job != EMBEDDED_JOB => {
+                    for w in st.job_ended(job) {
+                        // Closing its stream tells the worker to exit.
+                        self.senders.remove(&w);
+                    }
+                }
+                Role::Node => {
+                    if let Some(name) = hello.node_info.as_ref().map(|i| i.address.clone()) {
+                        st.node_lost(&name);
+                    }
+                }
+                _ => {}
+            }
             st.dispatch();
             st.take_outbox()
         };
@@ -195,6 +313,7 @@ impl Head {
     }
 
     fn apply(&self, client: u32, ops: Vec<proto::ClientOp>) {
+        let mut exits = Vec::new();
         let out = {
             let mut st = self.state.lock();
             for op in ops.into_iter().filter_map(|o| o.op) {
@@ -209,6 +328,7 @@ impl Head {
                     Op::Unblocked(_) => st.unblocked(client),
                     Op::KillActor(id) => st.kill_actor(id),
                     Op::Lookup(l) => st.lookup(client, l),
+                    Op::WorkerExit(e) => exits.push(e),
                     Op::Hello(_) => {}
                 }
             }
@@ -216,6 +336,9 @@ impl Head {
             st.take_outbox()
         };
         self.flush(out);
+        for e in exits {
+            self.worker_exited(e.worker_id, e.status);
+        }
     }
 
     fn flush(&self, out: Outbox) {
@@ -224,21 +347,8 @@ impl Head {
                 let _ = tx.send(op);
             }
         }
-        if out.spawn > 0 {
-            match self.supervisor.get() {
-                Some(s) if self.start_failures.load(Ordering::Relaxed) < MAX_START_FAILURES => {
-                    for _ in 0..out.spawn {
-                        s.spawn(self.next_worker.fetch_add(1, Ordering::Relaxed));
-                    }
-                }
-                _ => {
-                    tracing::error!("workers keep failing to start; not starting more");
-                    let mut st = self.state.lock();
-                    for _ in 0..out.spawn {
-                        st.worker_never_connected();
-                    }
-                }
-            }
+        for (node, job) in out.spawn {
+            self.spawn(&node, job);
         }
         if !out.spill.is_empty() {
             let spiller = self.spiller.lock();
@@ -249,11 +359,60 @@ impl Head {
         State::delete_files(out.delete);
     }
 
-    /// The supervisor saw a worker process exit.
+    /// Starts a worker for `job` on `node`: by the head's own supervisor,
+    /// or by asking the node's agent.
+    fn spawn(&self, node: &str, job: u32) {
+        let worker_id = self.next_worker.fetch_add(1, Ordering::Relaxed);
+        if self.start_failures.load(Ordering::Relaxed) >= MAX_START_FAILURES {
+            tracing::error!("workers keep failing to start; not starting more");
+            self.state.lock().worker_started(node, job, false);
+            return;
+        }
+        let (session, binary) = {
+            let st = self.state.lock();
+            let session = st.nodes.get(node).and_then(|n| n.session);
+            let binary = st.jobs.get(&job).and_then(|j| j.binary.clone());
+            (session, binary)
+        };
+        match session {
+            Some(s) => {
+                self.started
+                    .lock()
+                    .insert(worker_id, (node.to_string(), job));
+                if let Some(tx) = self.senders.get(&s) {
+                    let _ = tx.send(proto::HeadOp {
+                        op: Some(head_op::Op::SpawnWorker(proto::SpawnWorker {
+                            worker_id,
+                            job,
+                            binary_hash: binary.unwrap_or_default(),
+                        })),
+                    });
+                }
+            }
+            None => {
+                let program = match &binary {
+                    Some(hash) => self.binary_path(hash),
+                    None => std::env::current_exe().ok(),
+                };
+                match (self.supervisor.get(), program) {
+                    (Some(s), Some(program)) => {
+                        self.started
+                            .lock()
+                            .insert(worker_id, (node.to_string(), job));
+                        s.spawn(worker_id, program, job);
+                    }
+                    _ => self.state.lock().worker_started(node, job, false),
+                }
+            }
+        }
+    }
+
+    /// A worker process exited (seen by a supervisor).
     pub(crate) fn worker_exited(&self, worker_id: u64, status: String) {
         if self.stopping.load(Ordering::Acquire) {
             return;
         }
+        let started = self.started.lock().remove(&worker_id);
         if self.connected_workers.remove(&worker_id).is_some() {
             // Its session's end does the bookkeeping.
             tracing::debug!(worker_id, "worker exited: {status}");
@@ -263,7 +422,14 @@ impl Head {
         self.start_failures.fetch_add(1, Ordering::Relaxed);
         let out = {
             let mut st = self.state.lock();
-            st.worker_never_connected();
+            if let Some((node, job)) = started {
+                st.worker_started(&node, job, false);
+                if status.starts_with("cannot run") {
+                    if let Some(n) = st.nodes.get_mut(&node) {
+                        n.excluded.insert(job);
+                    }
+                }
+            }
             st.keep_pool();
             st.dispatch();
             st.take_outbox()
@@ -271,7 +437,7 @@ impl Head {
         self.flush(out);
     }
 
-    /// Stops every worker and removes the store folder.
+    /// Stops every worker and removes the store folders.
     pub(crate) fn shutdown(&self) {
         self.stopping.store(true, Ordering::Release);
         if let Some(s) = self.supervisor.get() {

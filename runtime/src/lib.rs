@@ -29,10 +29,13 @@
 mod actor;
 mod api;
 mod blob;
+#[doc(hidden)]
+pub mod cli;
 mod client;
 mod cluster;
 mod codec;
 mod context;
+pub mod daemon;
 mod error;
 mod head;
 mod logging;
@@ -45,7 +48,7 @@ mod task;
 mod worker;
 
 pub use actor::{get_actor, kill, Actor, ActorHandle, ActorOptions, ActorPool};
-pub use api::{get, get_all, get_all_timeout, get_timeout, put, wait, ReadySplit};
+pub use api::{current_node, get, get_all, get_all_timeout, get_timeout, put, wait, ReadySplit};
 pub use blob::Blob;
 pub use cluster::{init, init_with, Cluster, Config, ENV_ADDRESS, ENV_TOKEN};
 pub use codec::INLINE_MAX;

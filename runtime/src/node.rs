@@ -1,5 +1,7 @@
 //! The node agent's parts: the shared-memory object store and the
 //! supervisor that starts and watches worker processes.
 
+pub(crate) mod agent;
 pub(crate) mod object_store;
 pub(crate) mod supervisor;
+pub(crate) mod transfer;

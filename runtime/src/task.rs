@@ -11,6 +11,7 @@ pub struct TaskOptions {
     pub(crate) function: &'static str,
     pub(crate) num_cpus: f64,
     pub(crate) max_retries: u32,
+    pub(crate) node: Option<String>,
 }
 
 impl TaskOptions {
@@ -20,6 +21,7 @@ impl TaskOptions {
             function,
             num_cpus: 1.0,
             max_retries: 3,
+            node: None,
         }
     }
 
@@ -32,6 +34,12 @@ impl TaskOptions {
     /// How often the task is re-run when its worker process dies.
     pub const fn max_retries(mut self, n: u32) -> Self {
         self.max_retries = n;
+        self
+    }
+
+    /// Runs the task only on the named node (see [`crate::current_node`]).
+    pub fn node(mut self, node: impl Into<String>) -> Self {
+        self.node = Some(node.into());
         self
     }
 

@@ -19,6 +19,11 @@ fn run(worker_id: u64) -> Result<()> {
     let head = std::env::var(hook::ENV_HEAD)
         .map_err(|_| Error::Startup(format!("{} is not set", hook::ENV_HEAD)))?;
     let token = std::env::var(hook::ENV_TOKEN).unwrap_or_default();
+    let job = std::env::var(hook::ENV_JOB)
+        .ok()
+        .and_then(|j| j.parse().ok())
+        .unwrap_or_default();
+    let node = std::env::var(hook::ENV_NODE).unwrap_or_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("fleet-worker-io")
@@ -32,10 +37,13 @@ fn run(worker_id: u64) -> Result<()> {
         role: proto::Role::Worker.into(),
         pid: std::process::id(),
         worker_id,
-        token,
+        token: token.clone(),
+        job,
+        node,
+        ..Default::default()
     };
     let (welcome, leftover) = runtime.block_on(transport::handshake(&out, &mut inbound, hello))?;
-    let client = Client::new(&welcome, out);
+    let client = Client::new(&welcome, out, &token);
     crate::context::set_client(Some(client.clone()));
     let executor = Executor::install(client.clone());
     let actors = ActorHost::new(client.clone(), runtime.handle().clone());

@@ -1,6 +1,8 @@
-//! The `fleet` command line.
+//! The `fleet` command line: a thin layer over `fleet::cli`.
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -13,21 +15,83 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Args)]
+struct Start {
+    /// Start the head of a new cluster (and a node on this machine).
+    #[arg(long, conflicts_with = "address")]
+    head: bool,
+    /// Join the cluster whose head is at this address, as a node.
+    #[arg(long)]
+    address: Option<String>,
+    /// Head: the gRPC port (default 6380). Node: the object transfer port (default: any free one).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Head: address to listen on. Anything but loopback must be asked for.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: String,
+    /// Address other machines reach this one on (node default 127.0.0.1).
+    #[arg(long)]
+    node_ip: Option<String>,
+    /// CPUs this machine offers (default: its cores).
+    #[arg(long)]
+    num_cpus: Option<f64>,
+    /// Bytes of shared memory for the object store (default: 30% of RAM).
+    #[arg(long)]
+    object_store_bytes: Option<u64>,
+    /// Head: where to write the token. Node: where to read it (or set FLEET_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Stay in the foreground instead of starting in the background.
+    #[arg(long)]
+    block: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Starts a head (`--head`) or a node joining one (`--address`).
+    Start(Start),
+    /// Nodes, resources, tasks by state, objects of a running cluster.
+    Status {
+        /// The head's address.
+        #[arg(long, env = "FLEET_ADDRESS")]
+        address: String,
+        /// Token file (default: the one `fleet start --head` wrote here).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+    /// Stops what `fleet start` started on this machine.
+    Stop,
     /// Prints the build's version and protocol version.
     Version,
 }
 
 fn main() -> anyhow::Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
     match Cli::parse().command {
-        Command::Version => {
-            println!(
-                "fleet {} (protocol {})",
-                env!("CARGO_PKG_VERSION"),
-                fleet::PROTOCOL_VERSION
-            );
-        }
+        Command::Start(s) => fleet::cli::start(
+            fleet::cli::StartArgs {
+                head: s.head,
+                address: s.address,
+                port: s.port.unwrap_or(if s.head { 6380 } else { 0 }),
+                bind: s.bind,
+                node_ip: s.node_ip,
+                num_cpus: s.num_cpus,
+                object_store_bytes: s.object_store_bytes,
+                token_file: s.token_file,
+                block: s.block,
+            },
+            argv,
+        )?,
+        Command::Status {
+            address,
+            token_file,
+        } => print!("{}", fleet::cli::status(&address, token_file)?),
+        Command::Stop => println!("stopped {} fleet processes", fleet::cli::stop()?),
+        Command::Version => println!(
+            "fleet {} (protocol {})",
+            env!("CARGO_PKG_VERSION"),
+            fleet::PROTOCOL_VERSION
+        ),
     }
     Ok(())
 }

@@ -28,7 +28,8 @@ pub(super) struct ActorEntry {
     pub(super) queue: VecDeque<u64>,
     /// Calls sent to the worker and not finished.
     pub(super) inflight: Vec<u64>,
-    pub(super) holds_cpus: bool,
+    /// The node whose CPUs it holds.
+    pub(super) holds_cpus: Option<String>,
 }
 
 impl ActorEntry {
@@ -75,7 +76,7 @@ impl State {
                 restarts_left: opts.max_restarts,
                 queue: VecDeque::new(),
                 inflight: Vec::new(),
-                holds_cpus: false,
+                holds_cpus: None,
             },
         );
         Ok(())
@@ -112,19 +113,23 @@ impl State {
             return true;
         }
         let need = a.create.num_cpus.max(0.0);
-        if self.available_cpus + 1e-9 < need {
-            return false;
-        }
+        let job = self.tasks.get(&id).map(|t| t.job).unwrap_or_default();
         let Some(w) = self
             .workers
             .iter()
-            .filter(|(_, w)| !w.blocked)
+            .filter(|(_, w)| w.job == job && !w.blocked)
+            .filter(|(_, w)| {
+                self.nodes
+                    .get(&w.node)
+                    .is_some_and(|n| n.alive && n.available_cpus + 1e-9 >= need)
+            })
             .min_by_key(|(_, w)| w.actors)
             .map(|(c, _)| *c)
         else {
             return false;
         };
-        self.available_cpus -= need;
+        let node = self.workers[&w].node.clone();
+        self.take_cpus(&node, need);
         if let Some(worker) = self.workers.get_mut(&w) {
             worker.actors += 1;
         }
@@ -132,7 +137,7 @@ impl State {
         if let Some(a) = self.actors.get_mut(&id) {
             a.life = Life::Creating;
             a.worker = Some(w);
-            a.holds_cpus = true;
+            a.holds_cpus = Some(node);
         }
         if let Some(t) = self.tasks.get_mut(&id) {
             t.worker = Some(w);
@@ -217,11 +222,14 @@ impl State {
                 continue;
             };
             a.worker = None;
-            if a.holds_cpus {
-                a.holds_cpus = false;
-                self.available_cpus += a.create.num_cpus.max(0.0);
-            }
+            let held = a
+                .holds_cpus
+                .take()
+                .map(|node| (node, a.create.num_cpus.max(0.0)));
             let inflight = std::mem::take(&mut a.inflight);
+            if let Some((node, n)) = held {
+                self.give_cpus(&node, n);
+            }
             let mut retry = Vec::new();
             let mut fail = Vec::new();
             for c in inflight {
@@ -253,6 +261,7 @@ impl State {
                 tracing::warn!(actor = id, "restarting an actor after its worker died");
                 let spec = a.create.clone();
                 // Rebuild: run the creation again; its arguments are pinned.
+                let job = self.objects.get(&id).map(|o| o.job).unwrap_or_default();
                 self.tasks.insert(
                     id,
                     Task {
@@ -260,6 +269,7 @@ impl State {
                         missing: 0,
                         retries_left: 0,
                         worker: None,
+                        job,
                     },
                 );
                 if let Some(o) = self.objects.get_mut(&id) {
@@ -292,19 +302,23 @@ impl State {
             return;
         }
         a.life = Life::Dead(err.clone());
-        if a.holds_cpus {
-            a.holds_cpus = false;
-            self.available_cpus += a.create.num_cpus.max(0.0);
+        let held = a
+            .holds_cpus
+            .take()
+            .map(|node| (node, a.create.num_cpus.max(0.0)));
+        let worker = a.worker.take();
+        let queued: Vec<u64> = a.queue.drain(..).collect();
+        let name = a.opts().name.clone();
+        let args = a_args(&a.create);
+        if let Some((node, n)) = held {
+            self.give_cpus(&node, n);
         }
-        if let Some(w) = a.worker.take() {
+        if let Some(w) = worker {
             if let Some(worker) = self.workers.get_mut(&w) {
                 worker.actors = worker.actors.saturating_sub(1);
             }
             self.out.push(w, Op::DestroyActor(id));
         }
-        let queued: Vec<u64> = a.queue.drain(..).collect();
-        let name = a.opts().name.clone();
-        let args = a_args(&a.create);
         for c in queued {
             self.complete(c, Payload::Error(err.clone()), Vec::new());
         }

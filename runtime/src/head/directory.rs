@@ -33,10 +33,16 @@ impl State {
                 contains: Vec::new(),
                 last_used: 0,
                 spilled: false,
+                lineage: None,
+                job: 0,
             },
         );
         if let Some(s) = self.sessions.get_mut(&holder) {
             s.holds.insert(id);
+            let job = s.job;
+            if let Some(o) = self.objects.get_mut(&id) {
+                o.job = job;
+            }
         }
         true
     }
@@ -133,8 +139,11 @@ impl State {
                 self.actor_freed(id);
             }
             if let ObjState::Done(Payload::Stored(loc)) = &o.state {
-                self.unstored(loc.size, o.spilled);
-                self.out.delete.push(loc.path.clone());
+                if loc.node == self.local_node {
+                    self.unstored(loc.size, o.spilled);
+                    self.out.delete.push(loc.path.clone());
+                }
+                self.free_everywhere(&loc.path);
             }
             for c in o.contains {
                 if let Some(inner) = self.objects.get_mut(&c) {

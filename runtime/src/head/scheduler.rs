@@ -56,6 +56,7 @@ impl State {
         }
         let retries_left = spec.max_retries;
         let actor = spec.actor_id;
+        let job = self.job_of(client);
         self.tasks.insert(
             id,
             Task {
@@ -63,6 +64,7 @@ impl State {
                 missing,
                 retries_left,
                 worker: None,
+                job,
             },
         );
         if failed.is_none() && actor != 0 {
@@ -90,28 +92,42 @@ impl State {
             }
             return;
         }
+        let mut freed = None;
         if let Some(w) = self.workers.get_mut(&client) {
             w.queue.retain(|t| *t != id);
             if w.queue.is_empty() {
                 if !w.blocked {
-                    self.available_cpus += w.lease;
+                    freed = Some((w.node.clone(), w.lease));
                 }
                 w.lease = 0.0;
                 w.function.clear();
             }
         }
+        if let Some((node, lease)) = freed {
+            self.give_cpus(&node, lease);
+        }
+        let mut lineage = None;
         if let Some(t) = self.tasks.get(&id) {
             let m = self
                 .run_micros
                 .entry(t.spec.function.clone())
                 .or_insert(result.exec_micros as f64);
             *m = 0.8 * *m + 0.2 * result.exec_micros as f64;
+            let plain = t.spec.actor_id == 0 && t.spec.create.is_none();
+            if plain && matches!(payload, Payload::Stored(_)) {
+                lineage = Some(t.spec.clone());
+            }
         }
         self.complete(id, payload, result.nested_refs);
+        if let Some(o) = self.objects.get_mut(&id) {
+            o.lineage = lineage;
+        }
     }
 
-    pub(super) fn worker_connected(&mut self, client: u32, worker_id: u64, pid: u32) {
-        self.starting = self.starting.saturating_sub(1);
+    pub(super) fn worker_connected(&mut self, client: u32, hello: &proto::Hello) {
+        let (worker_id, pid, node, job) =
+            (hello.worker_id, hello.pid, hello.node.clone(), hello.job);
+        self.worker_started(&node, job, true);
         self.workers.insert(
             client,
             Worker {
@@ -122,20 +138,20 @@ impl State {
                 function: String::new(),
                 blocked: false,
                 actors: 0,
+                node,
+                job,
             },
         );
-    }
-
-    /// A worker process failed to start or died before connecting.
-    pub(super) fn worker_never_connected(&mut self) {
-        self.starting = self.starting.saturating_sub(1);
     }
 
     /// A worker's session ended: its running task is retried or fails with
     /// `WorkerDied`; tasks queued behind it had not started and go back.
     pub(super) fn worker_lost(&mut self, client: u32, w: Worker) {
         if !w.blocked {
-            self.available_cpus += w.lease;
+            self.give_cpus(&w.node, w.lease);
+        }
+        if let Some(n) = self.nodes.get_mut(&w.node) {
+            n.workers = n.workers.saturating_sub(1);
         }
         self.actors_lost_with(client);
         tracing::warn!(pid = w.pid, worker = w.worker_id, "worker died");
@@ -155,10 +171,10 @@ impl State {
                     function: t.spec.function.clone(),
                     message: format!(
                         "worker pid {} on {} exited while running it (retries used up)",
-                        w.pid, self.node
+                        w.pid, w.node
                     ),
                     pid: w.pid,
-                    node: self.node.clone(),
+                    node: w.node.clone(),
                     ..Default::default()
                 };
                 e.set_kind(proto::ErrorKind::WorkerDied);
@@ -177,8 +193,12 @@ impl State {
         };
         if !w.blocked {
             w.blocked = true;
-            self.available_cpus += w.lease;
+            let (node, lease) = (w.node.clone(), w.lease);
+            self.give_cpus(&node, lease);
         }
+        let Some(w) = self.workers.get_mut(&client) else {
+            return;
+        };
         w.queue.retain(|t| !b.returned.contains(t));
         for id in b.returned.iter().rev() {
             if let Some(t) = self.tasks.get_mut(id) {
@@ -193,18 +213,9 @@ impl State {
             if w.blocked {
                 w.blocked = false;
                 // May overcommit for a moment, as a resumed task must run.
-                self.available_cpus -= w.lease;
+                let (node, lease) = (w.node.clone(), w.lease);
+                self.take_cpus(&node, lease);
             }
-        }
-    }
-
-    /// Keeps at least `min_workers` processes alive or starting.
-    pub(super) fn keep_pool(&mut self) {
-        let have = self.workers.len() + self.starting;
-        if have < self.limits.min_workers {
-            let n = self.limits.min_workers - have;
-            self.starting += n;
-            self.out.spawn += n;
         }
     }
 
@@ -215,11 +226,43 @@ impl State {
         }
     }
 
-    /// Places ready tasks on workers.
+    /// The node holding most of a task's large arguments, if any.
+    fn preferred_node(&self, spec: &proto::TaskSpec) -> Option<String> {
+        let mut best: Option<(&str, u64)> = None;
+        for a in spec.args.iter().filter_map(arg_ref) {
+            if let Some(ObjState::Done(Payload::Stored(loc))) =
+                self.objects.get(&a).map(|o| &o.state)
+            {
+                if best.is_none_or(|(_, size)| loc.size > size) {
+                    best = Some((&loc.node, loc.size));
+                }
+            }
+        }
+        best.map(|(n, _)| n.to_string())
+    }
+
+    /// An idle worker of `job` on a node with `need` CPUs free, preferring
+    /// `near`.
+    fn idle_worker(&self, job: u32, need: f64, near: Option<&str>, only: &str) -> Option<u32> {
+        self.workers
+            .iter()
+            .filter(|(_, w)| w.job == job && w.queue.is_empty() && !w.blocked)
+            .filter(|(_, w)| only.is_empty() || w.node == only)
+            .filter(|(_, w)| {
+                self.nodes
+                    .get(&w.node)
+                    .is_some_and(|n| n.alive && n.available_cpus + EPS >= need)
+            })
+            .min_by_key(|(c, w)| (Some(w.node.as_str()) != near, **c))
+            .map(|(c, _)| *c)
+    }
+
+    /// Places ready tasks on workers, and asks for more workers where CPUs
+    /// are free but no worker of the task's job is.
     pub(super) fn dispatch(&mut self) {
         let mut skipped = Vec::new();
         let mut misses = 0;
-        let mut want_worker = false;
+        let mut wanted: Vec<(u32, f64, String)> = Vec::new();
         while let Some(id) = self.ready.pop_front() {
             let Some(task) = self.tasks.get(&id) else {
                 continue;
@@ -231,30 +274,26 @@ impl State {
                 self.dirty_actors.push(task.spec.actor_id);
                 continue;
             }
+            let job = task.job;
+            let need = task.spec.num_cpus.max(0.0);
             if task.spec.create.is_some() {
                 if !self.place_actor(id) {
                     skipped.push(id);
-                    want_worker |= self.workers.is_empty();
+                    wanted.push((job, need, String::new()));
                 }
                 continue;
             }
-            let need = task.spec.num_cpus.max(0.0);
-            let fits = self.available_cpus + EPS >= need;
-            let idle = if fits {
-                self.workers
-                    .iter()
-                    .filter(|(_, w)| w.queue.is_empty() && !w.blocked)
-                    .map(|(c, _)| *c)
-                    .next()
-            } else {
-                None
-            };
+            let near = self.preferred_node(&task.spec);
+            let only = task.spec.node.clone();
+            let idle = self.idle_worker(job, need, near.as_deref(), &only);
             let target = idle.or_else(|| {
                 let depth = self.pipeline_depth(&task.spec.function);
                 self.workers
                     .iter()
                     .filter(|(_, w)| {
-                        !w.blocked
+                        w.job == job
+                            && (only.is_empty() || w.node == only)
+                            && !w.blocked
                             && w.queue.len() < depth
                             && w.function == task.spec.function
                             && (w.lease - need).abs() < EPS
@@ -266,12 +305,13 @@ impl State {
                 Some(c) => {
                     misses = 0;
                     if idle.is_some() {
-                        self.available_cpus -= need;
+                        let node = self.workers[&c].node.clone();
+                        self.take_cpus(&node, need);
                     }
                     self.assign(c, id, need);
                 }
                 None => {
-                    want_worker |= fits;
+                    wanted.push((job, need, only));
                     skipped.push(id);
                     misses += 1;
                     if misses >= SCAN_LIMIT {
@@ -284,10 +324,14 @@ impl State {
             self.ready.push_front(id);
         }
         self.pump_actors();
-        // CPUs are free but every worker is busy or lent out: start another.
-        if want_worker && self.starting == 0 && self.workers.len() < self.limits.max_workers {
-            self.starting += 1;
-            self.out.spawn += 1;
+        // Start workers for what could not be placed, where CPUs are free.
+        for (job, need, only) in wanted {
+            if !self.jobs.contains_key(&job) {
+                continue;
+            }
+            if let Some(node) = self.node_for_worker(job, need, &only) {
+                self.request_worker(&node, job);
+            }
         }
     }
 

@@ -1,24 +1,39 @@
-//! The head's gRPC service.
+//! The head's gRPC services: sessions, executables, status, and the `Node`
+//! service of the head's own node.
 
 use std::net::TcpListener;
-use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Head;
 use crate::client::transport::{batches, MAX_MESSAGE};
-use crate::proto::{self, head_server::HeadServer};
+use crate::node::transfer::{stream_file, ChunkStream, NodeService};
+use crate::proto::{self, head_server::HeadServer, node_server::NodeServer};
 
 struct Service(Arc<Head>);
 
-type FrameStream = Pin<Box<dyn Stream<Item = Result<proto::HeadFrame, Status>> + Send>>;
+type FrameStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<proto::HeadFrame, Status>> + Send>>;
+
+impl Service {
+    fn check(&self, token: &str) -> Result<(), Status> {
+        if token == self.0.token() {
+            Ok(())
+        } else {
+            tracing::warn!("refused a request with a wrong token");
+            Err(Status::unauthenticated("wrong or missing cluster token"))
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl proto::head_server::Head for Service {
     type SessionStream = FrameStream;
+    type FetchBinaryStream = ChunkStream;
 
     async fn session(
         &self,
@@ -28,10 +43,78 @@ impl proto::head_server::Head for Service {
             .into_inner()
             .map(|frame| frame.map(|f| f.ops).map_err(|s| s.message().to_string()));
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(self.0.clone().run_session(Box::pin(inbound), tx));
+        tokio::spawn(self.0.clone().run_session(Box::pin(inbound), tx, false));
         let outbound = batches(rx).map(|ops| Ok(proto::HeadFrame { ops }));
         Ok(Response::new(Box::pin(outbound)))
     }
+
+    async fn upload_binary(
+        &self,
+        request: Request<Streaming<proto::BinaryChunk>>,
+    ) -> Result<Response<proto::UploadReply>, Status> {
+        let mut chunks = request.into_inner();
+        let first = chunks
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("empty upload"))??;
+        self.check(&first.token)?;
+        let Some(path) = self.0.binary_path(&first.hash) else {
+            return Err(Status::invalid_argument("not a binary hash"));
+        };
+        if !path.is_file() {
+            let partial = path.with_extension(format!("partial{}", rand::random::<u32>()));
+            let mut file =
+                std::fs::File::create(&partial).map_err(|e| Status::internal(e.to_string()))?;
+            use std::io::Write;
+            let mut write = |data: &[u8]| {
+                file.write_all(data)
+                    .map_err(|e| Status::resource_exhausted(format!("storing the executable: {e}")))
+            };
+            write(&first.data)?;
+            while let Some(chunk) = chunks.next().await {
+                write(&chunk?.data)?;
+            }
+            drop(file);
+            std::fs::rename(&partial, &path).map_err(|e| Status::internal(e.to_string()))?;
+            make_executable(&path);
+        }
+        Ok(Response::new(proto::UploadReply { hash: first.hash }))
+    }
+
+    async fn fetch_binary(
+        &self,
+        request: Request<proto::FetchBinaryRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let r = request.into_inner();
+        self.check(&r.token)?;
+        let Some(path) = self.0.binary_path(&r.hash) else {
+            return Err(Status::invalid_argument("not a binary hash"));
+        };
+        Ok(Response::new(stream_file(path)))
+    }
+
+    async fn status(
+        &self,
+        request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusReply>, Status> {
+        self.check(&request.into_inner().token)?;
+        Ok(Response::new(self.0.status()))
+    }
+}
+
+pub(crate) fn make_executable(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700));
+}
+
+/// How long a silent connection (a node or worker whose machine vanished)
+/// is kept before its session ends.
+pub(crate) fn keepalive() -> Duration {
+    std::env::var("FLEET_HEARTBEAT_TIMEOUT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs_f64)
+        .unwrap_or(Duration::from_secs(10))
 }
 
 /// Serves the head on `listener` until `shutdown` fires.
@@ -48,11 +131,18 @@ pub(crate) async fn serve(
         }
         s
     });
+    let node = NodeService {
+        store: head.store().clone(),
+        token: head.token().to_string(),
+    };
     let service = HeadServer::new(Service(head))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(1)))
+        .http2_keepalive_timeout(Some(keepalive()))
         .add_service(service)
+        .add_service(NodeServer::new(node))
         .serve_with_incoming_shutdown(incoming, async {
             let _ = shutdown.await;
         })

@@ -19,7 +19,8 @@ impl State {
     /// An object's value was just stored on this node.
     pub(super) fn stored(&mut self, id: u64) {
         let size = match self.objects.get(&id).map(|o| &o.state) {
-            Some(ObjState::Done(Payload::Stored(loc))) => loc.size,
+            // Only the head's own node is accounted and spilled here.
+            Some(ObjState::Done(Payload::Stored(loc))) if loc.node == self.local_node => loc.size,
             _ => return,
         };
         self.store_used += size;
@@ -51,7 +52,7 @@ impl State {
             .iter()
             .filter(|(_, o)| !o.spilled)
             .filter_map(|(id, o)| match &o.state {
-                ObjState::Done(Payload::Stored(loc)) => {
+                ObjState::Done(Payload::Stored(loc)) if loc.node == self.local_node => {
                     Some((o.last_used, *id, loc.size, loc.path.clone()))
                 }
                 _ => None,

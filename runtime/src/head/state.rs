@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use super::actors::ActorEntry;
+pub(crate) use super::nodes::{Job, Node};
 use crate::proto::{self, head_op, object_value::Payload};
 
 /// Objects the head tracks.
@@ -23,6 +24,10 @@ pub(super) struct Obj {
     pub(super) last_used: u64,
     /// Its file was moved (or is being moved) to the spill folder.
     pub(super) spilled: bool,
+    /// The task that made a stored value, to rebuild it if its node is lost.
+    pub(super) lineage: Option<proto::TaskSpec>,
+    /// Job of the session that made it.
+    pub(super) job: u32,
 }
 
 pub(super) enum ObjState {
@@ -35,6 +40,7 @@ pub(super) struct Task {
     pub(super) missing: u32,
     pub(super) retries_left: u32,
     pub(super) worker: Option<u32>,
+    pub(super) job: u32,
 }
 
 pub(super) struct Worker {
@@ -50,17 +56,22 @@ pub(super) struct Worker {
     pub(super) blocked: bool,
     /// Actors it hosts.
     pub(super) actors: usize,
+    pub(super) node: String,
+    pub(super) job: u32,
 }
 
 pub(super) struct Session {
     pub(super) holds: HashSet<u64>,
+    /// The job its tasks belong to.
+    pub(super) job: u32,
 }
 
 /// Outbound effects of applying operations.
 #[derive(Default)]
 pub(super) struct Outbox {
     pub(super) ops: Vec<(u32, proto::HeadOp)>,
-    pub(super) spawn: usize,
+    /// Workers to start: (node, job).
+    pub(super) spawn: Vec<(String, u32)>,
     pub(super) delete: Vec<String>,
     /// Store files to move to disk: (object, path).
     pub(super) spill: Vec<(u64, String)>,
@@ -72,29 +83,18 @@ impl Outbox {
     }
 }
 
-/// Tuning of one head.
-#[derive(Clone, Debug)]
-pub(crate) struct Limits {
-    pub(crate) num_cpus: f64,
-    /// Bytes of the shared-memory store before spilling.
-    pub(crate) store_capacity: u64,
-    pub(crate) min_workers: usize,
-    pub(crate) max_workers: usize,
-}
-
 pub(crate) struct State {
     pub(super) objects: HashMap<u64, Obj>,
     pub(super) tasks: HashMap<u64, Task>,
     pub(super) ready: VecDeque<u64>,
     pub(super) workers: HashMap<u32, Worker>,
     pub(super) sessions: HashMap<u32, Session>,
-    /// Worker processes started but not yet connected.
-    pub(super) starting: usize,
-    pub(super) available_cpus: f64,
-    pub(super) limits: Limits,
+    pub(super) nodes: HashMap<String, Node>,
+    pub(super) jobs: HashMap<u32, Job>,
+    /// The head's own node.
+    pub(super) local_node: String,
     /// Mean run time per function, in microseconds.
     pub(super) run_micros: HashMap<String, f64>,
-    pub(super) node: String,
     pub(super) out: Outbox,
     pub(super) actors: HashMap<u64, ActorEntry>,
     pub(super) names: HashMap<String, u64>,
@@ -106,19 +106,18 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub(crate) fn new(limits: Limits, node: String) -> Self {
+    pub(crate) fn new(node: String, store_capacity: u64) -> Self {
         State {
             objects: HashMap::new(),
             tasks: HashMap::new(),
             ready: VecDeque::new(),
             workers: HashMap::new(),
             sessions: HashMap::new(),
-            starting: 0,
-            available_cpus: limits.num_cpus,
-            store_capacity: limits.store_capacity,
-            limits,
+            nodes: HashMap::new(),
+            jobs: HashMap::new(),
+            local_node: node,
+            store_capacity,
             run_micros: HashMap::new(),
-            node,
             out: Outbox::default(),
             actors: HashMap::new(),
             names: HashMap::new(),
@@ -132,13 +131,21 @@ impl State {
         std::mem::take(&mut self.out)
     }
 
-    pub(super) fn open_session(&mut self, client: u32) {
+    pub(super) fn open_session(&mut self, client: u32, job: u32) {
         self.sessions.insert(
             client,
             Session {
                 holds: HashSet::new(),
+                job,
             },
         );
+    }
+
+    pub(super) fn job_of(&self, client: u32) -> u32 {
+        self.sessions
+            .get(&client)
+            .map(|s| s.job)
+            .unwrap_or_default()
     }
 
     /// A session ended: its handles are released; a worker's tasks go back
@@ -164,7 +171,11 @@ impl State {
             tasks: self.tasks.len(),
             ready: self.ready.len(),
             workers: self.workers.len(),
-            starting: self.starting,
+            starting: self
+                .nodes
+                .values()
+                .map(|n| n.starting.values().sum::<usize>())
+                .sum(),
             worker_pids: self.workers.values().map(|w| w.pid).collect(),
             actors: self.actors.len(),
             store_used: self.store_used,

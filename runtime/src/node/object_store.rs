@@ -118,8 +118,8 @@ impl ObjectStore {
         &self.spill_dir
     }
 
-    pub(crate) fn capacity(&self) -> u64 {
-        self.capacity
+    pub(crate) fn node(&self) -> &str {
+        &self.node
     }
 
     fn too_large(&self, size: u64) -> Error {

@@ -16,13 +16,13 @@ use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
 
-use crate::worker::hook::{ENV_HEAD, ENV_TOKEN, ENV_WORKER_ID};
+use crate::worker::hook::{ENV_HEAD, ENV_JOB, ENV_NODE, ENV_TOKEN, ENV_WORKER_ID};
 
 /// Called when a worker process exits: (worker id, description).
 pub(crate) type OnExit = Arc<dyn Fn(u64, String) + Send + Sync>;
 
 enum Command_ {
-    Spawn(u64),
+    Spawn(u64, PathBuf, u32),
     Shutdown,
 }
 
@@ -36,9 +36,10 @@ pub(crate) struct Supervisor {
 /// What a worker needs to find its head.
 #[derive(Clone)]
 pub(crate) struct WorkerEnv {
-    pub(crate) program: PathBuf,
     pub(crate) head: String,
     pub(crate) token: String,
+    /// The node's name, reported in the worker's hello.
+    pub(crate) node: String,
 }
 
 impl Supervisor {
@@ -57,8 +58,12 @@ impl Supervisor {
         }
     }
 
-    pub(crate) fn spawn(&self, worker_id: u64) {
-        let _ = self.tx.lock().send(Command_::Spawn(worker_id));
+    /// Starts `program` as a worker for `job`.
+    pub(crate) fn spawn(&self, worker_id: u64, program: PathBuf, job: u32) {
+        let _ = self
+            .tx
+            .lock()
+            .send(Command_::Spawn(worker_id, program, job));
     }
 
     /// Process ids of the workers alive now.
@@ -90,14 +95,16 @@ fn spawner(
     let parent = std::process::id() as i32;
     let mut waiters = Vec::new();
     while let Ok(cmd) = rx.recv() {
-        let worker_id = match cmd {
-            Command_::Spawn(id) => id,
+        let (worker_id, program, job) = match cmd {
+            Command_::Spawn(id, program, job) => (id, program, job),
             Command_::Shutdown => break,
         };
-        let mut cmd = Command::new(&env.program);
+        let mut cmd = Command::new(&program);
         cmd.env(ENV_WORKER_ID, worker_id.to_string())
             .env(ENV_HEAD, &env.head)
             .env(ENV_TOKEN, &env.token)
+            .env(ENV_JOB, job.to_string())
+            .env(ENV_NODE, &env.node)
             .stdin(Stdio::null());
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
@@ -125,7 +132,7 @@ fn spawner(
                 }));
             }
             Err(e) => {
-                tracing::error!("cannot start a worker from {}: {e}", env.program.display());
+                tracing::error!("cannot start a worker from {}: {e}", program.display());
                 on_exit(worker_id, format!("failed to start: {e}"));
             }
         }

@@ -123,20 +123,25 @@ impl ActorHost {
                 }
             };
             let started = Instant::now();
-            let client = &self.client;
-            let outcome = match registry::actor_method(&call.function) {
-                None => Err(task_error(
-                    client,
-                    &call,
-                    ErrorKind::UnknownFunction,
-                    "no such actor method in this build".into(),
-                )),
-                Some(m) => resolve_args(client, &call).and_then(|mut args| {
-                    guarded(client, &call, || (m.invoke)(&instance.state, &mut args))
-                }),
-            };
-            send_result(client, &call, outcome, started);
+            self.client
+                .deferring_releases(|| self.call(instance, &call, started));
         }
+    }
+
+    fn call(&self, instance: &Instance, call: &proto::TaskSpec, started: Instant) {
+        let client = &self.client;
+        let outcome = match registry::actor_method(&call.function) {
+            None => Err(task_error(
+                client,
+                call,
+                ErrorKind::UnknownFunction,
+                "no such actor method in this build".into(),
+            )),
+            Some(m) => resolve_args(client, call).and_then(|mut args| {
+                guarded(client, call, || (m.invoke)(&instance.state, &mut args))
+            }),
+        };
+        send_result(client, call, outcome, started);
     }
 
     /// Drops the instance; calls already running finish.

@@ -61,7 +61,7 @@ pub(crate) fn resolve_args(
     for a in &spec.args {
         let v = match &a.kind {
             Some(proto::arg::Kind::Value(b)) => Ok(Bytes::Inline(b.clone())),
-            Some(proto::arg::Kind::Stored(loc)) => client.store().read(loc),
+            Some(proto::arg::Kind::Stored(loc)) => client.read_stored(loc),
             _ => Err(crate::Error::Codec("an argument was not resolved".into())),
         };
         values.push(v.map_err(|e| task_error(client, spec, ErrorKind::Codec, e.to_string()))?);
@@ -181,9 +181,11 @@ impl Executor {
     fn execute(&self, spec: proto::TaskSpec) {
         CURRENT.set(Some(spec.task_id));
         let started = Instant::now();
-        let outcome = self.invoke(&spec);
-        CURRENT.set(None);
-        send_result(&self.client, &spec, outcome, started);
+        self.client.deferring_releases(|| {
+            let outcome = self.invoke(&spec);
+            CURRENT.set(None);
+            send_result(&self.client, &spec, outcome, started);
+        });
     }
 
     fn invoke(&self, spec: &proto::TaskSpec) -> Result<Output, proto::TaskError> {

@@ -12,6 +12,10 @@ pub(crate) const ENV_WORKER_ID: &str = "FLEET_WORKER_ID";
 pub(crate) const ENV_HEAD: &str = "FLEET_WORKER_HEAD";
 /// The cluster token the worker presents.
 pub(crate) const ENV_TOKEN: &str = "FLEET_WORKER_TOKEN";
+/// The job (driver) the worker serves.
+pub(crate) const ENV_JOB: &str = "FLEET_WORKER_JOB";
+/// The node that started the worker.
+pub(crate) const ENV_NODE: &str = "FLEET_WORKER_NODE";
 
 #[used]
 #[link_section = ".init_array"]

@@ -1,0 +1,256 @@
+//! The cluster commands of the `fleet` CLI: `start`, `status`, `stop`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::daemon::{self, HeadOptions, NodeOptions};
+use crate::error::{Error, Result};
+
+/// `fleet start`'s settings, as parsed by the binary.
+#[derive(Clone, Debug)]
+pub struct StartArgs {
+    /// Start a head (and its node).
+    pub head: bool,
+    /// Join the head at this address as a node.
+    pub address: Option<String>,
+    /// Port (head: gRPC; node: object transfer, 0 for any).
+    pub port: u16,
+    /// Listen address of the head.
+    pub bind: String,
+    /// Address others reach this node on.
+    pub node_ip: Option<String>,
+    /// CPUs offered; default: the cores of this machine.
+    pub num_cpus: Option<f64>,
+    /// Shared-memory store size in bytes.
+    pub object_store_bytes: Option<u64>,
+    /// Token file to write (head) or read (node).
+    pub token_file: Option<PathBuf>,
+    /// Stay in the foreground.
+    pub block: bool,
+}
+
+fn pid_dir() -> PathBuf {
+    daemon::runtime_dir().join("pids")
+}
+
+fn default_token_file() -> PathBuf {
+    daemon::runtime_dir().join("token")
+}
+
+fn cores() -> f64 {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64
+}
+
+/// Fires when the process gets SIGINT or SIGTERM.
+fn stop_on_signal() -> oneshot::Receiver<()> {
+    let (tx, rx) = oneshot::channel();
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        });
+        let _ = tx.send(());
+    });
+    rx
+}
+
+fn record_pid() -> Result<PathBuf> {
+    let dir = pid_dir();
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(std::process::id().to_string());
+    std::fs::write(&path, "")?;
+    Ok(path)
+}
+
+/// `fleet start`: in the foreground with `block`, else as a background
+/// process that this call waits for until it serves.
+pub fn start(args: StartArgs, argv: Vec<String>) -> Result<()> {
+    if !args.block {
+        return start_background(argv);
+    }
+    let pid_file = record_pid()?;
+    let result = run_foreground(args);
+    let _ = std::fs::remove_file(pid_file);
+    result
+}
+
+fn run_foreground(args: StartArgs) -> Result<()> {
+    let capacity = args
+        .object_store_bytes
+        .unwrap_or_else(crate::node::object_store::default_capacity);
+    if args.head {
+        let token_file = args.token_file.clone().unwrap_or_else(default_token_file);
+        let shown = token_file.clone();
+        daemon::run_head(
+            HeadOptions {
+                bind: args.bind.clone(),
+                port: args.port,
+                node_ip: args.node_ip.clone(),
+                num_cpus: args.num_cpus.unwrap_or_else(cores),
+                store_capacity: capacity,
+                token: std::env::var(crate::ENV_TOKEN)
+                    .ok()
+                    .filter(|t| !t.is_empty()),
+                token_file,
+            },
+            |address| {
+                println!("fleet head serving at {address}");
+                println!("  token: {}", shown.display());
+                println!("  join a machine:  fleet start --address {address} --token-file <copy of the token>");
+                println!(
+                    "  run a driver:    FLEET_ADDRESS={address} FLEET_TOKEN=$(cat {}) ./my_app",
+                    shown.display()
+                );
+            },
+            stop_on_signal(),
+        )
+    } else {
+        let Some(head) = args.address.clone() else {
+            return Err(Error::Startup(
+                "fleet start needs --head or --address".into(),
+            ));
+        };
+        let token = match std::env::var(crate::ENV_TOKEN)
+            .ok()
+            .filter(|t| !t.is_empty())
+        {
+            Some(t) => t,
+            None => {
+                daemon::read_token(&args.token_file.clone().unwrap_or_else(default_token_file))?
+            }
+        };
+        crate::logging::init();
+        daemon::run_node(
+            NodeOptions {
+                head,
+                token,
+                num_cpus: args.num_cpus.unwrap_or_else(cores),
+                node_ip: args.node_ip.clone().unwrap_or_else(|| "127.0.0.1".into()),
+                port: args.port,
+                store_capacity: capacity,
+            },
+            stop_on_signal(),
+        )
+    }
+}
+
+fn start_background(mut argv: Vec<String>) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let logs = daemon::runtime_dir().join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let log = logs.join(format!("start-{}.log", std::process::id()));
+    let out = std::fs::File::create(&log)?;
+    argv.push("--block".into());
+    let exe = std::env::current_exe()?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(&argv[1..])
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    // SAFETY: setsid is async-signal-safe; it detaches from our terminal.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("serving at") || text.contains("joined the cluster") {
+            print!("{text}");
+            println!("  logs: {}", log.display());
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(Error::Startup(format!(
+                "fleet start exited ({status}):\n{text}"
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Startup(format!(
+                "fleet start did not come up; see {}",
+                log.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `fleet status`: nodes, resources, tasks by state, objects.
+pub fn status(address: &str, token_file: Option<PathBuf>) -> Result<String> {
+    let token = match std::env::var(crate::ENV_TOKEN)
+        .ok()
+        .filter(|t| !t.is_empty())
+    {
+        Some(t) => t,
+        None => daemon::read_token(&token_file.unwrap_or_else(default_token_file))?,
+    };
+    let s = daemon::status(address, &token)?;
+    let mut out = format!("cluster at {address}\n");
+    for n in &s.nodes {
+        out += &format!(
+            "  node {:<22} {:>5} cpus ({:>5} free)  {:>3} workers  store {}/{} MiB{}\n",
+            n.name,
+            n.num_cpus,
+            n.available_cpus,
+            n.workers,
+            n.store_used >> 20,
+            n.store_capacity >> 20,
+            if n.alive { "" } else { "  DEAD" }
+        );
+    }
+    out += &format!(
+        "  tasks: {} running, {} ready, {} waiting on arguments\n  objects: {}  actors: {}  drivers: {}\n",
+        s.tasks_running, s.tasks_ready, s.tasks_pending, s.objects, s.actors, s.drivers
+    );
+    for w in &s.waiting {
+        out += &format!("  note: {w}\n");
+    }
+    out += &format!("  logs and token: {}\n", daemon::runtime_dir().display());
+    Ok(out)
+}
+
+/// `fleet stop`: stops what `fleet start` started on this machine.
+pub fn stop() -> Result<usize> {
+    let Ok(entries) = std::fs::read_dir(pid_dir()) else {
+        return Ok(0);
+    };
+    let pids: Vec<(i32, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path())))
+        .collect();
+    for (pid, _) in &pids {
+        // SAFETY: plain kill(2).
+        unsafe { libc::kill(*pid, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for (pid, file) in &pids {
+        // SAFETY: signal 0 only checks for existence.
+        while unsafe { libc::kill(*pid, 0) } == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // SAFETY: plain kill(2) of a straggler.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+        let _ = std::fs::remove_file(file);
+    }
+    Ok(pids.len())
+}

@@ -1,0 +1,130 @@
+//! The long-running processes `fleet start` runs: a head (with its own
+//! node) and node agents; and `fleet status`.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+use crate::head::{Head, HeadConfig};
+use crate::proto;
+
+pub use crate::node::agent::{run as run_node, NodeOptions};
+
+/// How `fleet start --head` runs.
+#[derive(Clone, Debug)]
+pub struct HeadOptions {
+    /// Address to listen on; loopback unless told otherwise.
+    pub bind: String,
+    /// Port of the head's gRPC service.
+    pub port: u16,
+    /// Address other machines reach the head on (default: `bind`).
+    pub node_ip: Option<String>,
+    /// CPUs of the head's own node (0: the head runs no tasks).
+    pub num_cpus: f64,
+    /// Bytes of the head node's shared-memory object store.
+    pub store_capacity: u64,
+    /// The cluster token; default: a new random one.
+    pub token: Option<String>,
+    /// Where the token is written, readable only by this user.
+    pub token_file: PathBuf,
+}
+
+/// This user's folder for Fleet's files on this machine (token, pids, logs).
+pub fn runtime_dir() -> PathBuf {
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    std::env::temp_dir().join(format!("fleet-{uid}"))
+}
+
+/// Writes `token` to `path`, readable and writable by this user only.
+pub fn write_token(path: &Path, token: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(token.as_bytes())?;
+    Ok(())
+}
+
+/// Reads a token file (trailing whitespace ignored).
+pub fn read_token(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path)
+        .map(|t| t.trim().to_string())
+        .map_err(|e| Error::Startup(format!("reading the token file {}: {e}", path.display())))
+}
+
+/// Runs a head until `stop` fires. `ready` is called with the address
+/// once it serves.
+pub fn run_head(
+    opts: HeadOptions,
+    ready: impl FnOnce(&str),
+    stop: oneshot::Receiver<()>,
+) -> Result<()> {
+    crate::logging::init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("fleet-head")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Startup(e.to_string()))?;
+    let listener = TcpListener::bind((opts.bind.as_str(), opts.port))
+        .map_err(|e| Error::Startup(format!("binding {}:{}: {e}", opts.bind, opts.port)))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| Error::Startup(e.to_string()))?
+        .port();
+    let address = format!("{}:{port}", opts.node_ip.as_deref().unwrap_or(&opts.bind));
+    let token = opts
+        .token
+        .clone()
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+    write_token(&opts.token_file, &token)?;
+    let head = Head::new(HeadConfig {
+        token: token.clone(),
+        node: address.clone(),
+        num_cpus: opts.num_cpus,
+        store_capacity: opts.store_capacity,
+        embedded_registry: None,
+    })?;
+    let (stop_server, server_stopped) = oneshot::channel();
+    let server = head.clone();
+    let serving =
+        rt.spawn(async move { crate::head::serve(server, listener, server_stopped).await });
+    head.attach_supervisor(crate::cluster::local_supervisor(&head, &address, &token));
+    ready(&address);
+    let _ = rt.block_on(stop);
+    head.shutdown();
+    let _ = stop_server.send(());
+    let _ = rt.block_on(serving);
+    rt.shutdown_background();
+    Ok(())
+}
+
+/// Asks a head for its status.
+pub fn status(address: &str, token: &str) -> Result<proto::StatusReply> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Startup(e.to_string()))?;
+    rt.block_on(async {
+        let mut client = proto::head_client::HeadClient::connect(format!("http://{address}"))
+            .await
+            .map_err(|e| Error::Connection(format!("cannot reach the head at {address}: {e}")))?;
+        client
+            .status(proto::StatusRequest {
+                token: token.to_string(),
+            })
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| Error::Connection(s.message().to_string()))
+    })
+}

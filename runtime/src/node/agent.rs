@@ -1,0 +1,227 @@
+//! The node agent (`fleet start --address HEAD`): registers the machine
+//! with the head, serves its object store to other nodes, fetches each
+//! job's executable once by hash and starts workers from it on request.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tokio::sync::{mpsc::UnboundedSender, oneshot};
+
+use super::object_store::ObjectStore;
+use super::supervisor::{Supervisor, WorkerEnv};
+use super::transfer::{save, NodeService};
+use crate::client::transport;
+use crate::error::{Error, Result};
+use crate::proto::{
+    self, client_op::Op, head_client::HeadClient, head_op, node_server::NodeServer,
+};
+
+/// How a node agent joins.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// The head's address.
+    pub head: String,
+    /// The cluster token.
+    pub token: String,
+    /// CPUs this node offers.
+    pub num_cpus: f64,
+    /// Address other nodes reach this one on (also the bind address).
+    pub node_ip: String,
+    /// Port of the object transfer service (0: any free port).
+    pub port: u16,
+    /// Bytes of shared memory for the object store.
+    pub store_capacity: u64,
+}
+
+/// The ELF machine number of an executable, if it is one.
+fn elf_machine(path: &Path) -> Option<u16> {
+    let mut head = [0u8; 20];
+    let mut f = std::fs::File::open(path).ok()?;
+    std::io::Read::read_exact(&mut f, &mut head).ok()?;
+    (head[..4] == *b"\x7fELF").then(|| u16::from_le_bytes([head[18], head[19]]))
+}
+
+fn own_machine() -> Option<u16> {
+    std::env::current_exe().ok().and_then(|p| elf_machine(&p))
+}
+
+async fn fetch_binary(head: &str, token: &str, hash: &str, dest: &Path) -> Result<()> {
+    let mut client = HeadClient::connect(format!("http://{head}"))
+        .await
+        .map_err(|e| Error::Connection(format!("reaching the head at {head}: {e}")))?
+        .max_decoding_message_size(transport::MAX_MESSAGE);
+    let chunks = client
+        .fetch_binary(proto::FetchBinaryRequest {
+            hash: hash.to_string(),
+            token: token.to_string(),
+        })
+        .await
+        .map_err(|s| Error::Connection(format!("fetching executable {hash}: {}", s.message())))?
+        .into_inner();
+    save(chunks, dest).await?;
+    crate::head::make_executable(dest);
+    Ok(())
+}
+
+struct Agent {
+    opts: NodeOptions,
+    binaries: PathBuf,
+    supervisor: Supervisor,
+    out: UnboundedSender<proto::ClientOp>,
+    fetching: tokio::sync::Mutex<()>,
+}
+
+impl Agent {
+    async fn spawn(&self, s: proto::SpawnWorker) {
+        let exit = |status: String| {
+            let _ = self.out.send(proto::ClientOp {
+                op: Some(Op::WorkerExit(proto::WorkerExit {
+                    worker_id: s.worker_id,
+                    status,
+                    started: false,
+                })),
+            });
+        };
+        if !crate::node::transfer::safe_name(&s.binary_hash) {
+            return exit("cannot run: no executable named".into());
+        }
+        let path = self.binaries.join(&s.binary_hash);
+        {
+            let _one = self.fetching.lock().await;
+            if !path.is_file() {
+                if let Err(e) =
+                    fetch_binary(&self.opts.head, &self.opts.token, &s.binary_hash, &path).await
+                {
+                    return exit(format!("failed to fetch the executable: {e}"));
+                }
+            }
+        }
+        let (theirs, ours) = (elf_machine(&path), own_machine());
+        if theirs != ours {
+            tracing::error!(job = s.job, "the job's executable is for another machine type ({theirs:?}, this node is {ours:?})");
+            return exit(format!(
+                "cannot run: the executable is for ELF machine {theirs:?}, this node ({}) is {ours:?}",
+                std::env::consts::ARCH
+            ));
+        }
+        self.supervisor.spawn(s.worker_id, path, s.job);
+    }
+}
+
+/// Runs a node agent until the head goes away or `stop` fires.
+pub fn run(opts: NodeOptions, stop: oneshot::Receiver<()>) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("fleet-node")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Startup(e.to_string()))?;
+    let listener = TcpListener::bind((opts.node_ip.as_str(), opts.port))
+        .map_err(|e| Error::Startup(format!("binding {}:{}: {e}", opts.node_ip, opts.port)))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| Error::Startup(e.to_string()))?
+        .port();
+    let name = format!("{}:{port}", opts.node_ip);
+    let store = ObjectStore::create(&name, opts.store_capacity)?;
+    let binaries = store.spill_dir().join("binaries");
+    std::fs::create_dir_all(&binaries)?;
+    let result = rt.block_on(serve(opts, name, store.clone(), binaries, listener, stop));
+    store.remove_all();
+    rt.shutdown_background();
+    result
+}
+
+async fn serve(
+    opts: NodeOptions,
+    name: String,
+    store: ObjectStore,
+    binaries: PathBuf,
+    listener: TcpListener,
+    stop: oneshot::Receiver<()>,
+) -> Result<()> {
+    listener.set_nonblocking(true)?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(
+        tokio::net::TcpListener::from_std(listener)?,
+    );
+    let node = NodeService {
+        store: store.clone(),
+        token: opts.token.clone(),
+    };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(NodeServer::new(node))
+            .serve_with_incoming(incoming),
+    );
+    let (out, mut inbound) = transport::connect(&opts.head).await?;
+    let hello = proto::Hello {
+        protocol_version: crate::head::PROTOCOL_VERSION,
+        role: proto::Role::Node.into(),
+        pid: std::process::id(),
+        token: opts.token.clone(),
+        node_info: Some(proto::NodeInfo {
+            address: name.clone(),
+            num_cpus: opts.num_cpus,
+            store_dir: store.dir().to_string_lossy().into_owned(),
+            spill_dir: store.spill_dir().to_string_lossy().into_owned(),
+            store_capacity: opts.store_capacity,
+            arch: std::env::consts::ARCH.into(),
+        }),
+        ..Default::default()
+    };
+    let (_welcome, leftover) = transport::handshake(&out, &mut inbound, hello).await?;
+    let exits = out.clone();
+    let supervisor = Supervisor::start(
+        WorkerEnv {
+            head: opts.head.clone(),
+            token: opts.token.clone(),
+            node: name.clone(),
+        },
+        Arc::new(move |worker_id, status| {
+            let _ = exits.send(proto::ClientOp {
+                op: Some(Op::WorkerExit(proto::WorkerExit {
+                    worker_id,
+                    status,
+                    started: true,
+                })),
+            });
+        }),
+    );
+    tracing::info!(node = %name, head = %opts.head, "node agent joined");
+    println!("fleet node {name} joined the cluster at {}", opts.head);
+    let agent = Arc::new(Agent {
+        opts,
+        binaries,
+        supervisor,
+        out,
+        fetching: tokio::sync::Mutex::new(()),
+    });
+    let handle = |op: proto::HeadOp| match op.op {
+        Some(head_op::Op::SpawnWorker(s)) => {
+            let agent = agent.clone();
+            tokio::spawn(async move { agent.spawn(s).await });
+        }
+        Some(head_op::Op::FreeFile(f)) if crate::node::transfer::safe_name(&f) => {
+            ObjectStore::delete(&store.dir().join(&f).to_string_lossy());
+            ObjectStore::delete(&store.spill_dir().join(&f).to_string_lossy());
+        }
+        _ => {}
+    };
+    leftover.into_iter().for_each(handle);
+    let mut stop = stop;
+    let why = loop {
+        tokio::select! {
+            ops = inbound.next() => match ops {
+                Some(Ok(ops)) => ops.into_iter().for_each(handle),
+                Some(Err(e)) => break e.to_string(),
+                None => break "the head closed the session".to_string(),
+            },
+            _ = &mut stop => break "stopped".to_string(),
+        }
+    };
+    tracing::warn!(node = %name, "node agent leaving: {why}");
+    agent.supervisor.shutdown();
+    Ok(())
+}

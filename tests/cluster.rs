@@ -1,0 +1,322 @@
+//! Many machines on one: a head on 127.0.0.1 and node agents on other
+//! loopback addresses, each a separate `fleet start` process; this test
+//! process joins as a driver (its executable is shipped to the nodes).
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use fleet::{remote, Blob, Config, ObjectRef};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// A child process killed (and reaped) when dropped.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command) -> Proc {
+        cmd.stdout(Stdio::piped()).stdin(Stdio::null());
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("start a process");
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc { child, lines }
+    }
+
+    /// Waits for a line containing `marker`; returns it.
+    fn expect_line(&self, marker: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(WAIT)
+                .unwrap_or_else(|_| panic!("no line with {marker:?} in time"));
+            if line.contains(marker) {
+                return line;
+            }
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn fleet_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir")
+        .join("fleet");
+    assert!(
+        bin.is_file(),
+        "build the CLI first: cargo build -p fleet ({})",
+        bin.display()
+    );
+    bin
+}
+
+struct TestCluster {
+    address: String,
+    token: String,
+    _dir: tempdir::Dir,
+    _head: Proc,
+    nodes: Vec<(String, Proc)>,
+}
+
+mod tempdir {
+    /// A temporary folder removed on drop.
+    pub(crate) struct Dir(pub(crate) std::path::PathBuf);
+    impl Dir {
+        pub(crate) fn new() -> Dir {
+            let p = std::env::temp_dir().join(format!(
+                "fleet-test-{}-{:x}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos()
+            ));
+            std::fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl TestCluster {
+    fn start(head_cpus: u32) -> TestCluster {
+        let dir = tempdir::Dir::new();
+        let token = format!("test-token-{}", std::process::id());
+        let head = Proc::spawn(
+            Command::new(fleet_bin())
+                .args(["start", "--head", "--port", "0", "--block"])
+                .args(["--num-cpus", &head_cpus.to_string()])
+                .arg("--token-file")
+                .arg(dir.0.join("token"))
+                .env("FLEET_TOKEN", &token),
+        );
+        let line = head.expect_line("serving at");
+        let address = line.rsplit(' ').next().expect("address").to_string();
+        TestCluster {
+            address,
+            token,
+            _dir: dir,
+            _head: head,
+            nodes: Vec::new(),
+        }
+    }
+
+    /// Starts a node agent on `ip`; returns its name.
+    fn add_node(&mut self, ip: &str, cpus: u32) -> String {
+        let node = Proc::spawn(
+            Command::new(fleet_bin())
+                .args([
+                    "start",
+                    "--address",
+                    &self.address,
+                    "--node-ip",
+                    ip,
+                    "--block",
+                ])
+                .args(["--num-cpus", &cpus.to_string()])
+                .env("FLEET_TOKEN", &self.token),
+        );
+        let line = node.expect_line("joined the cluster");
+        let name = line
+            .split_whitespace()
+            .nth(2)
+            .expect("node name")
+            .to_string();
+        self.nodes.push((name.clone(), node));
+        name
+    }
+
+    fn join(&self) -> fleet::Cluster {
+        fleet::init_with(Config {
+            address: Some(self.address.clone()),
+            token: Some(self.token.clone()),
+            ..Default::default()
+        })
+        .expect("join the cluster")
+    }
+}
+
+#[remote]
+fn where_am_i(pause_ms: u64) -> String {
+    std::thread::sleep(Duration::from_millis(pause_ms));
+    fleet::current_node().unwrap_or_default()
+}
+
+#[remote]
+fn double(x: u64, pause_ms: u64) -> (u64, String) {
+    std::thread::sleep(Duration::from_millis(pause_ms));
+    (x * 2, fleet::current_node().unwrap_or_default())
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i % 251) as u8 ^ (i >> 20) as u8)
+        .collect()
+}
+
+#[remote]
+fn make_big(len: usize) -> (Blob, String) {
+    (
+        Blob::from(pattern(len)),
+        fleet::current_node().unwrap_or_default(),
+    )
+}
+
+#[remote]
+fn digest(b: (Blob, String)) -> (u64, usize, String) {
+    let sum = b.0.iter().enumerate().fold(0u64, |acc, (i, x)| {
+        acc.wrapping_mul(31).wrapping_add(u64::from(*x) ^ i as u64)
+    });
+    (sum, b.0.len(), fleet::current_node().unwrap_or_default())
+}
+
+#[test]
+fn tasks_spread_over_all_nodes() {
+    let mut c = TestCluster::start(1);
+    let b = c.add_node("127.0.0.2", 1);
+    let d = c.add_node("127.0.0.3", 1);
+    let _driver = c.join();
+    let refs: Vec<ObjectRef<String>> = (0..30).map(|_| where_am_i::remote(150)).collect();
+    let seen: HashSet<String> = fleet::get_all(&refs)
+        .expect("results")
+        .into_iter()
+        .collect();
+    let all: HashSet<String> = [c.address.clone(), b, d].into_iter().collect();
+    assert_eq!(seen, all, "every node ran tasks");
+}
+
+#[test]
+fn a_256_mib_object_made_on_one_node_is_read_on_another() {
+    let mut c = TestCluster::start(0);
+    let a = c.add_node("127.0.0.2", 1);
+    let b = c.add_node("127.0.0.3", 1);
+    let _driver = c.join();
+    let len = 256 << 20;
+    let big = make_big::options().node(a.clone()).remote(len);
+    let (sum, n, reader) =
+        fleet::get(&digest::options().node(b.clone()).remote(&big)).expect("digest");
+    assert_eq!(reader, b);
+    let expected = pattern(len);
+    let want = expected.iter().enumerate().fold(0u64, |acc, (i, x)| {
+        acc.wrapping_mul(31).wrapping_add(u64::from(*x) ^ i as u64)
+    });
+    assert_eq!((sum, n), (want, len), "the bytes arrived intact on {b}");
+    // The driver (on the head's machine) reads it too.
+    let (blob, made_on) = fleet::get(&big).expect("driver reads the object");
+    assert_eq!(made_on, a);
+    assert!(blob[..] == expected[..], "byte-equal at the driver");
+}
+
+#[test]
+fn a_node_killed_mid_run_loses_no_task() {
+    let mut c = TestCluster::start(1);
+    c.add_node("127.0.0.2", 1);
+    c.add_node("127.0.0.3", 1);
+    let _driver = c.join();
+    let refs: Vec<ObjectRef<(u64, String)>> = (0..2000u64).map(|x| double::remote(x, 2)).collect();
+    // Once work is flowing on every node, kill one node agent outright.
+    let (ready, _) = fleet::wait(&refs, 200, Some(WAIT)).expect("wait");
+    assert_eq!(ready.len(), 200);
+    c.nodes[0].1.kill();
+    let results = fleet::get_all(&refs).expect("every task still finishes");
+    for (x, (y, _)) in results.iter().enumerate() {
+        assert_eq!(*y, 2 * x as u64);
+    }
+}
+
+#[test]
+fn a_node_joining_mid_run_gets_work() {
+    let mut c = TestCluster::start(1);
+    let _driver = c.join();
+    let refs: Vec<ObjectRef<String>> = (0..200).map(|_| where_am_i::remote(30)).collect();
+    let (ready, _) = fleet::wait(&refs, 10, Some(WAIT)).expect("wait");
+    assert_eq!(ready.len(), 10);
+    let late = c.add_node("127.0.0.4", 1);
+    let seen: HashSet<String> = fleet::get_all(&refs)
+        .expect("results")
+        .into_iter()
+        .collect();
+    assert!(
+        seen.contains(&late),
+        "the new node {late} ran tasks: {seen:?}"
+    );
+}
+
+const DRIVER_ENV: &str = "FLEET_TEST_DRIVER_OF";
+
+/// Not a test on its own: the body of a second driver process.
+#[test]
+fn driver_role() {
+    let Ok(address) = std::env::var(DRIVER_ENV) else {
+        return;
+    };
+    let _c = fleet::init_with(Config {
+        address: Some(address),
+        ..Default::default()
+    })
+    .expect("join");
+    let refs: Vec<ObjectRef<(u64, String)>> = (0..300u64).map(|x| double::remote(x, 1)).collect();
+    let sum: u64 = fleet::get_all(&refs)
+        .expect("results")
+        .iter()
+        .map(|r| r.0)
+        .sum();
+    println!("RESULT {sum}");
+}
+
+#[test]
+fn two_drivers_use_one_cluster_at_once() {
+    let mut c = TestCluster::start(1);
+    c.add_node("127.0.0.2", 1);
+    let spawn = || {
+        Proc::spawn(
+            Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "driver_role", "--nocapture"])
+                .env(DRIVER_ENV, &c.address)
+                .env("FLEET_TOKEN", &c.token),
+        )
+    };
+    let (one, two) = (spawn(), spawn());
+    let want = (0..300u64).map(|x| 2 * x).sum::<u64>();
+    for d in [&one, &two] {
+        let line = d.expect_line("RESULT");
+        assert_eq!(line, format!("RESULT {want}"));
+    }
+}
