@@ -167,6 +167,7 @@ fn hello(protocol_version: u32, token: &str) -> Hello {
         pid: std::process::id(),
         worker_id: 0,
         token: token.into(),
+        ..Default::default()
     }
 }
 
