@@ -45,6 +45,35 @@ pub fn get_all_timeout<T: DeserializeOwned>(
     ids.iter().map(|id| client.value(*id)).collect()
 }
 
+/// [`get_all`] with a progress bar (done/total, rate, time left) on the
+/// terminal; no bar when stderr is not a terminal.
+pub fn get_all_with_progress<T: DeserializeOwned>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
+    let Some(first) = refs.first() else {
+        return Ok(Vec::new());
+    };
+    let client = &first.handle.client;
+    let ids: Vec<u64> = refs.iter().map(|r| r.handle.id).collect();
+    let bar = indicatif::ProgressBar::new(ids.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut done = 0;
+    while done < ids.len() {
+        // Wake on every few percent finished, or at least twice a second.
+        let step = (ids.len() / 50).max(1);
+        client.wait(
+            &ids,
+            (done + step).min(ids.len()),
+            Some(Duration::from_millis(500)),
+        );
+        done = ids.iter().filter(|id| client.is_ready(**id)).count();
+        bar.set_position(done as u64);
+    }
+    bar.finish_and_clear();
+    ids.iter().map(|id| client.value(*id)).collect()
+}
+
 /// Stores `value` in the cluster and returns a ref to it. Large values go
 /// to the node's shared-memory store; tasks on this node map them.
 pub fn put<T: Serialize>(value: T) -> Result<ObjectRef<T>> {

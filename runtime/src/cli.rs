@@ -29,6 +29,18 @@ pub struct StartArgs {
     pub token_file: Option<PathBuf>,
     /// Stay in the foreground.
     pub block: bool,
+    /// Head: the dashboard's port (0: any; `None`: no dashboard).
+    pub dashboard_port: Option<u16>,
+    /// Head: the dashboard's listen address.
+    pub dashboard_bind: String,
+}
+
+/// The start time of a process (field 22 of /proc/PID/stat): with the pid
+/// it names one process, so `fleet stop` never signals a reused pid.
+fn process_start(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(19).map(str::to_string)
 }
 
 fn pid_dir() -> PathBuf {
@@ -75,7 +87,10 @@ fn record_pid() -> Result<PathBuf> {
     let dir = pid_dir();
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(std::process::id().to_string());
-    std::fs::write(&path, "")?;
+    std::fs::write(
+        &path,
+        process_start(std::process::id() as i32).unwrap_or_default(),
+    )?;
     Ok(path)
 }
 
@@ -109,8 +124,19 @@ fn run_foreground(args: StartArgs) -> Result<()> {
                     .ok()
                     .filter(|t| !t.is_empty()),
                 token_file,
+                dashboard: args
+                    .dashboard_port
+                    .map(|p| {
+                        format!("{}:{p}", args.dashboard_bind)
+                            .parse()
+                            .map_err(|e| Error::Startup(format!("--dashboard-bind: {e}")))
+                    })
+                    .transpose()?,
             },
-            |address| {
+            |address, dashboard| {
+                if let Some(d) = dashboard {
+                    println!("fleet dashboard at http://{d}");
+                }
                 println!("fleet head serving at {address}");
                 println!("  token: {}", shown.display());
                 println!("  join a machine:  fleet start --address {address} --token-file <copy of the token>");
@@ -127,15 +153,7 @@ fn run_foreground(args: StartArgs) -> Result<()> {
                 "fleet start needs --head or --address".into(),
             ));
         };
-        let token = match std::env::var(crate::ENV_TOKEN)
-            .ok()
-            .filter(|t| !t.is_empty())
-        {
-            Some(t) => t,
-            None => {
-                daemon::read_token(&args.token_file.clone().unwrap_or_else(default_token_file))?
-            }
-        };
+        let token = token(args.token_file.clone())?;
         crate::logging::init();
         daemon::run_node(
             NodeOptions {
@@ -195,16 +213,31 @@ fn start_background(mut argv: Vec<String>) -> Result<()> {
     }
 }
 
-/// `fleet status`: nodes, resources, tasks by state, objects.
-pub fn status(address: &str, token_file: Option<PathBuf>) -> Result<String> {
-    let token = match std::env::var(crate::ENV_TOKEN)
+fn token(token_file: Option<PathBuf>) -> Result<String> {
+    match std::env::var(crate::ENV_TOKEN)
         .ok()
         .filter(|t| !t.is_empty())
     {
-        Some(t) => t,
-        None => daemon::read_token(&token_file.unwrap_or_else(default_token_file))?,
-    };
-    let s = daemon::status(address, &token)?;
+        Some(t) => Ok(t),
+        None => daemon::read_token(&token_file.unwrap_or_else(default_token_file)),
+    }
+}
+
+/// `fleet timeline`: writes recent tasks as a Chrome trace to `out`;
+/// returns how many tasks it holds.
+pub fn timeline(
+    address: &str,
+    token_file: Option<PathBuf>,
+    out: &std::path::Path,
+) -> Result<usize> {
+    let json = daemon::timeline(address, &token(token_file)?)?;
+    std::fs::write(out, &json)?;
+    Ok(json.matches("\"ph\":\"X\"").count())
+}
+
+/// `fleet status`: nodes, resources, tasks by state, objects.
+pub fn status(address: &str, token_file: Option<PathBuf>) -> Result<String> {
+    let s = daemon::status(address, &token(token_file)?)?;
     let mut out = format!("cluster at {address}\n");
     for n in &s.nodes {
         out += &format!(
@@ -234,10 +267,19 @@ pub fn stop() -> Result<usize> {
     let Ok(entries) = std::fs::read_dir(pid_dir()) else {
         return Ok(0);
     };
-    let pids: Vec<(i32, PathBuf)> = entries
-        .flatten()
-        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path())))
-        .collect();
+    let mut pids: Vec<(i32, PathBuf)> = Vec::new();
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        let recorded = std::fs::read_to_string(e.path()).unwrap_or_default();
+        if !recorded.is_empty() && process_start(pid).as_deref() == Some(recorded.trim()) {
+            pids.push((pid, e.path()));
+        } else {
+            // Left by a process that is gone; the pid may be someone else's now.
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
     for (pid, _) in &pids {
         // SAFETY: plain kill(2).
         unsafe { libc::kill(*pid, libc::SIGTERM) };

@@ -33,6 +33,9 @@ pub struct Config {
     /// Bytes of the local cluster's shared-memory object store before it
     /// spills to disk; default: 30% of memory.
     pub object_store_bytes: Option<u64>,
+    /// Port of the local cluster's dashboard on 127.0.0.1; default: any
+    /// free port. `FLEET_DASHBOARD=0` turns it off.
+    pub dashboard_port: Option<u16>,
 }
 
 /// A running cluster session. Dropping the last guard disconnects, and for
@@ -46,6 +49,7 @@ struct Inner {
     client: Arc<Client>,
     head: Option<Arc<Head>>,
     address: String,
+    dashboard: Option<String>,
     runtime: Mutex<Option<Runtime>>,
     stop_server: Mutex<Option<oneshot::Sender<()>>>,
 }
@@ -84,6 +88,17 @@ impl Cluster {
     /// The head's gRPC address.
     pub fn address(&self) -> &str {
         &self.inner.address
+    }
+
+    /// The dashboard's URL (local clusters).
+    pub fn dashboard_url(&self) -> Option<&str> {
+        self.inner.dashboard.as_deref()
+    }
+
+    /// Recent tasks as a Chrome trace (JSON for chrome://tracing or
+    /// Perfetto), as `fleet timeline` writes it (local clusters).
+    pub fn timeline(&self) -> Option<String> {
+        self.inner.head.as_ref().map(|h| h.timeline())
     }
 
     /// Process ids of this local cluster's worker processes (empty when
@@ -185,6 +200,23 @@ fn start_local(config: &Config) -> Result<Inner> {
         }
     });
     head.attach_supervisor(local_supervisor(&head, &address, &token));
+    let dashboard = if std::env::var("FLEET_DASHBOARD").is_ok_and(|v| v == "0") {
+        None
+    } else {
+        let h = head.clone();
+        let at = std::net::SocketAddr::from(([127, 0, 0, 1], config.dashboard_port.unwrap_or(0)));
+        match block_on(&rt, async move { h.serve_dashboard(at).await }) {
+            Ok(a) => {
+                let url = format!("http://{a}");
+                eprintln!("fleet: local cluster with {cpus} CPUs; dashboard at {url}");
+                Some(url)
+            }
+            Err(e) => {
+                tracing::warn!("no dashboard: {e}");
+                None
+            }
+        }
+    };
 
     let session_head = head.clone();
     let session_token = token.clone();
@@ -213,6 +245,7 @@ fn start_local(config: &Config) -> Result<Inner> {
         client,
         head: Some(head),
         address,
+        dashboard,
         runtime: Mutex::new(Some(rt)),
         stop_server: Mutex::new(Some(stop_tx)),
     })
@@ -222,11 +255,18 @@ fn start_local(config: &Config) -> Result<Inner> {
 /// (this one, or a job's uploaded one) and report to `head`.
 pub(crate) fn local_supervisor(head: &Arc<Head>, address: &str, token: &str) -> Supervisor {
     let weak = Arc::downgrade(head);
+    let logs = Arc::downgrade(head);
     Supervisor::start(
         WorkerEnv {
             head: address.to_string(),
             token: token.to_string(),
             node: address.to_string(),
+            on_log: Arc::new(move |worker, stderr, lines| {
+                if let Some(h) = logs.upgrade() {
+                    h.forward_log(worker, stderr, lines);
+                }
+            }),
+            show_node: false,
         },
         Arc::new(move |id, status| {
             if let Some(h) = weak.upgrade() {
@@ -302,6 +342,7 @@ fn join(address: &str, config: &Config) -> Result<Inner> {
         client,
         head: None,
         address: address.to_string(),
+        dashboard: None,
         runtime: Mutex::new(Some(rt)),
         stop_server: Mutex::new(None),
     })

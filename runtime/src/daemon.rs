@@ -29,6 +29,8 @@ pub struct HeadOptions {
     pub token: Option<String>,
     /// Where the token is written, readable only by this user.
     pub token_file: PathBuf,
+    /// The dashboard's address (`None`: no dashboard).
+    pub dashboard: Option<std::net::SocketAddr>,
 }
 
 /// This user's folder for Fleet's files on this machine (token, pids, logs).
@@ -66,7 +68,7 @@ pub fn read_token(path: &Path) -> Result<String> {
 /// once it serves.
 pub fn run_head(
     opts: HeadOptions,
-    ready: impl FnOnce(&str),
+    ready: impl FnOnce(&str, Option<std::net::SocketAddr>),
     stop: oneshot::Receiver<()>,
 ) -> Result<()> {
     crate::logging::init();
@@ -100,7 +102,14 @@ pub fn run_head(
     let serving =
         rt.spawn(async move { crate::head::serve(server, listener, server_stopped).await });
     head.attach_supervisor(crate::cluster::local_supervisor(&head, &address, &token));
-    ready(&address);
+    let dashboard = match opts.dashboard {
+        Some(at) => Some(
+            rt.block_on(head.serve_dashboard(at))
+                .map_err(|e| Error::Startup(format!("dashboard on {at}: {e}")))?,
+        ),
+        None => None,
+    };
+    ready(&address, dashboard);
     let _ = rt.block_on(stop);
     head.shutdown();
     let _ = stop_server.send(());
@@ -125,6 +134,27 @@ pub fn status(address: &str, token: &str) -> Result<proto::StatusReply> {
             })
             .await
             .map(|r| r.into_inner())
+            .map_err(|s| Error::Connection(s.message().to_string()))
+    })
+}
+
+/// Asks a head for recent tasks as Chrome trace JSON.
+pub fn timeline(address: &str, token: &str) -> Result<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Startup(e.to_string()))?;
+    rt.block_on(async {
+        let mut client = proto::head_client::HeadClient::connect(format!("http://{address}"))
+            .await
+            .map_err(|e| Error::Connection(format!("cannot reach the head at {address}: {e}")))?
+            .max_decoding_message_size(crate::client::transport::MAX_MESSAGE);
+        client
+            .timeline(proto::StatusRequest {
+                token: token.to_string(),
+            })
+            .await
+            .map(|r| r.into_inner().json)
             .map_err(|s| Error::Connection(s.message().to_string()))
     })
 }

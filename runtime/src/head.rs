@@ -3,8 +3,10 @@
 //! start --head` runs it in the `fleet` process.
 
 mod actors;
+mod dashboard;
 mod directory;
 mod nodes;
+pub(crate) mod observe;
 mod scheduler;
 mod service;
 mod spilling;
@@ -61,6 +63,8 @@ pub(crate) struct Head {
     senders: DashMap<u32, UnboundedSender<proto::HeadOp>>,
     /// Worker ids whose session is open.
     connected_workers: DashMap<u64, ()>,
+    /// Job of every worker started, for routing its output.
+    worker_jobs: DashMap<u64, u32>,
     started: Mutex<Started>,
     next_client: AtomicU32,
     next_worker: AtomicU64,
@@ -94,13 +98,14 @@ impl Head {
         );
         if let Some(registry) = &config.embedded_registry {
             let cpus = config.num_cpus.max(1.0) as usize;
-            state.add_job(EMBEDDED_JOB, None, registry.clone(), cpus);
+            state.add_job(EMBEDDED_JOB, None, None, registry.clone(), cpus);
         }
         let head = Arc::new_cyclic(|weak| Head {
             spiller: Mutex::new(spilling::start_spiller(weak.clone(), store.clone())),
             state: Mutex::new(state),
             senders: DashMap::new(),
             connected_workers: DashMap::new(),
+            worker_jobs: DashMap::new(),
             started: Mutex::new(HashMap::new()),
             next_client: AtomicU32::new(1),
             next_worker: AtomicU64::new(1),
@@ -129,6 +134,20 @@ impl Head {
 
     pub(crate) fn status(&self) -> proto::StatusReply {
         self.state.lock().status()
+    }
+
+    /// Recent tasks as Chrome trace JSON.
+    pub(crate) fn timeline(&self) -> String {
+        self.state.lock().chrome_trace().to_string()
+    }
+
+    /// Starts the dashboard on `addr` (port 0: any free port); returns
+    /// its address.
+    pub(crate) async fn serve_dashboard(
+        self: &Arc<Self>,
+        addr: std::net::SocketAddr,
+    ) -> std::io::Result<std::net::SocketAddr> {
+        dashboard::serve(self.clone(), addr).await
     }
 
     pub(crate) fn token(&self) -> &str {
@@ -178,7 +197,12 @@ impl Head {
         }
         let mut st = self.state.lock();
         match hello.role() {
-            Role::Driver if local => Ok(EMBEDDED_JOB),
+            Role::Driver if local => {
+                if let Some(job) = st.jobs.get_mut(&EMBEDDED_JOB) {
+                    job.driver = Some(client);
+                }
+                Ok(EMBEDDED_JOB)
+            }
             Role::Driver => {
                 let Some(path) = self.binary_path(&hello.binary_hash) else {
                     return Err(
@@ -190,6 +214,7 @@ impl Head {
                 }
                 st.add_job(
                     client,
+                    Some(client),
                     Some(hello.binary_hash.clone()),
                     hello.registry_hash.clone(),
                     0,
@@ -314,6 +339,7 @@ impl Head {
 
     fn apply(&self, client: u32, ops: Vec<proto::ClientOp>) {
         let mut exits = Vec::new();
+        let mut logs = Vec::new();
         let out = {
             let mut st = self.state.lock();
             for op in ops.into_iter().filter_map(|o| o.op) {
@@ -329,6 +355,7 @@ impl Head {
                     Op::KillActor(id) => st.kill_actor(id),
                     Op::Lookup(l) => st.lookup(client, l),
                     Op::WorkerExit(e) => exits.push(e),
+                    Op::Log(l) => logs.push(l),
                     Op::Hello(_) => {}
                 }
             }
@@ -338,6 +365,26 @@ impl Head {
         self.flush(out);
         for e in exits {
             self.worker_exited(e.worker_id, e.status);
+        }
+        for l in logs {
+            self.forward_log(l.worker_id, l.stderr, l.lines);
+        }
+    }
+
+    /// Sends a worker's output to its job's driver.
+    pub(crate) fn forward_log(&self, worker_id: u64, stderr: bool, lines: Vec<String>) {
+        let Some(job) = self.worker_jobs.get(&worker_id).map(|j| *j) else {
+            return;
+        };
+        let driver = self.state.lock().jobs.get(&job).and_then(|j| j.driver);
+        if let Some(tx) = driver.and_then(|d| self.senders.get(&d)) {
+            let _ = tx.send(proto::HeadOp {
+                op: Some(head_op::Op::Log(proto::LogLines {
+                    worker_id,
+                    stderr,
+                    lines,
+                })),
+            });
         }
     }
 
@@ -368,6 +415,7 @@ impl Head {
             self.state.lock().worker_started(node, job, false);
             return;
         }
+        self.worker_jobs.insert(worker_id, job);
         let (session, binary) = {
             let st = self.state.lock();
             let session = st.nodes.get(node).and_then(|n| n.session);

@@ -48,7 +48,10 @@ mod task;
 mod worker;
 
 pub use actor::{get_actor, kill, Actor, ActorHandle, ActorOptions, ActorPool};
-pub use api::{current_node, get, get_all, get_all_timeout, get_timeout, put, wait, ReadySplit};
+pub use api::{
+    current_node, get, get_all, get_all_timeout, get_all_with_progress, get_timeout, put, wait,
+    ReadySplit,
+};
 pub use blob::Blob;
 pub use cluster::{init, init_with, Cluster, Config, ENV_ADDRESS, ENV_TOKEN};
 pub use codec::INLINE_MAX;

@@ -44,6 +44,15 @@ struct Start {
     /// Stay in the foreground instead of starting in the background.
     #[arg(long)]
     block: bool,
+    /// Head: the dashboard's port (0: any free port).
+    #[arg(long, default_value_t = 8265)]
+    dashboard_port: u16,
+    /// Head: the dashboard's listen address (read-only; loopback by default).
+    #[arg(long, default_value = "127.0.0.1")]
+    dashboard_bind: String,
+    /// Head: no dashboard.
+    #[arg(long)]
+    no_dashboard: bool,
 }
 
 #[derive(Subcommand)]
@@ -61,6 +70,18 @@ enum Command {
     },
     /// Stops what `fleet start` started on this machine.
     Stop,
+    /// Writes recent tasks as a Chrome trace (chrome://tracing, Perfetto).
+    Timeline {
+        /// The head's address.
+        #[arg(long, env = "FLEET_ADDRESS")]
+        address: String,
+        /// Token file (default: the one `fleet start --head` wrote here).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Output file.
+        #[arg(short, long, default_value = "timeline.json")]
+        output: PathBuf,
+    },
     /// Prints the build's version and protocol version.
     Version,
 }
@@ -79,6 +100,8 @@ fn main() -> anyhow::Result<()> {
                 object_store_bytes: s.object_store_bytes,
                 token_file: s.token_file,
                 block: s.block,
+                dashboard_port: (!s.no_dashboard).then_some(s.dashboard_port),
+                dashboard_bind: s.dashboard_bind,
             },
             argv,
         )?,
@@ -87,6 +110,14 @@ fn main() -> anyhow::Result<()> {
             token_file,
         } => print!("{}", fleet::cli::status(&address, token_file)?),
         Command::Stop => println!("stopped {} fleet processes", fleet::cli::stop()?),
+        Command::Timeline {
+            address,
+            token_file,
+            output,
+        } => {
+            let n = fleet::cli::timeline(&address, token_file, &output)?;
+            println!("wrote {n} tasks to {}", output.display());
+        }
         Command::Version => println!(
             "fleet {} (protocol {})",
             env!("CARGO_PKG_VERSION"),

@@ -119,6 +119,7 @@ pub(crate) async fn receive(
     let route = |op: proto::HeadOp| match op.op {
         Some(head_op::Op::Ready(v)) => client.on_ready(v),
         Some(head_op::Op::Reply(r)) => client.on_reply(r),
+        Some(head_op::Op::Log(l)) => print_log(&l),
         Some(head_op::Op::Refused(why)) => tracing::error!("the head refused: {why}"),
         Some(other) => {
             if let Some(worker) = &worker {
@@ -136,4 +137,25 @@ pub(crate) async fn receive(
         }
     };
     client.on_disconnect(&why);
+}
+
+/// Prints a worker's output in the driver, unless `FLEET_LOG_TO_DRIVER=0`.
+fn print_log(l: &proto::LogLines) {
+    use std::io::Write;
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if !*ENABLED.get_or_init(|| std::env::var("FLEET_LOG_TO_DRIVER").map_or(true, |v| v != "0")) {
+        return;
+    }
+    if l.stderr {
+        let mut e = std::io::stderr().lock();
+        for line in &l.lines {
+            let _ = writeln!(e, "{line}");
+        }
+    } else {
+        let mut o = std::io::stdout().lock();
+        for line in &l.lines {
+            let _ = writeln!(o, "{line}");
+        }
+        let _ = o.flush();
+    }
 }

@@ -307,7 +307,9 @@ impl State {
             .take()
             .map(|node| (node, a.create.num_cpus.max(0.0)));
         let worker = a.worker.take();
-        let queued: Vec<u64> = a.queue.drain(..).collect();
+        // Calls already sent die with it too: the worker drops them.
+        let mut queued: Vec<u64> = a.inflight.drain(..).collect();
+        queued.extend(a.queue.drain(..));
         let name = a.opts().name.clone();
         let args = a_args(&a.create);
         if let Some((node, n)) = held {

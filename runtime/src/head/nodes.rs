@@ -25,6 +25,8 @@ pub(crate) struct Node {
 }
 
 pub(crate) struct Job {
+    /// The driver's session, where its workers' output goes.
+    pub(super) driver: Option<u32>,
     /// Executable content hash; `None`: the head's own executable.
     pub(super) binary: Option<String>,
     pub(super) registry: String,
@@ -58,6 +60,7 @@ impl State {
     pub(crate) fn add_job(
         &mut self,
         job: u32,
+        driver: Option<u32>,
         binary: Option<String>,
         registry: String,
         min_workers: usize,
@@ -65,6 +68,7 @@ impl State {
         self.jobs.insert(
             job,
             Job {
+                driver,
                 binary,
                 registry,
                 min_workers,

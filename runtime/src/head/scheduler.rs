@@ -92,6 +92,17 @@ impl State {
             }
             return;
         }
+        if let Some(function) = self.tasks.get(&id).map(|t| t.spec.function.clone()) {
+            let ok = !matches!(payload, Payload::Error(_));
+            self.record(
+                client,
+                id,
+                &function,
+                ok,
+                result.start_micros,
+                result.exec_micros,
+            );
+        }
         let mut freed = None;
         if let Some(w) = self.workers.get_mut(&client) {
             w.queue.retain(|t| *t != id);

@@ -93,6 +93,16 @@ impl proto::head_server::Head for Service {
         Ok(Response::new(stream_file(path)))
     }
 
+    async fn timeline(
+        &self,
+        request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::TimelineReply>, Status> {
+        self.check(&request.into_inner().token)?;
+        Ok(Response::new(proto::TimelineReply {
+            json: self.0.timeline(),
+        }))
+    }
+
     async fn status(
         &self,
         request: Request<proto::StatusRequest>,

@@ -100,6 +100,11 @@ pub(crate) struct State {
     pub(super) names: HashMap<String, u64>,
     /// Actors whose queues may have calls to send.
     pub(super) dirty_actors: Vec<u64>,
+    /// Recently finished tasks, oldest first.
+    pub(super) events: std::collections::VecDeque<super::observe::TaskEvent>,
+    pub(super) event_seq: u64,
+    /// Finished and failed counts per function.
+    pub(super) finished: HashMap<String, super::observe::Finished>,
     pub(super) store_used: u64,
     pub(super) store_capacity: u64,
     pub(super) tick: u64,
@@ -122,6 +127,9 @@ impl State {
             actors: HashMap::new(),
             names: HashMap::new(),
             dirty_actors: Vec::new(),
+            events: Default::default(),
+            event_seq: 0,
+            finished: HashMap::new(),
             store_used: 0,
             tick: 0,
         }

@@ -173,11 +173,22 @@ async fn serve(
     };
     let (_welcome, leftover) = transport::handshake(&out, &mut inbound, hello).await?;
     let exits = out.clone();
+    let logs = out.clone();
     let supervisor = Supervisor::start(
         WorkerEnv {
             head: opts.head.clone(),
             token: opts.token.clone(),
             node: name.clone(),
+            on_log: Arc::new(move |worker_id, stderr, lines| {
+                let _ = logs.send(proto::ClientOp {
+                    op: Some(Op::Log(proto::LogLines {
+                        worker_id,
+                        stderr,
+                        lines,
+                    })),
+                });
+            }),
+            show_node: true,
         },
         Arc::new(move |worker_id, status| {
             let _ = exits.send(proto::ClientOp {

@@ -21,6 +21,13 @@ use crate::worker::hook::{ENV_HEAD, ENV_JOB, ENV_NODE, ENV_TOKEN, ENV_WORKER_ID}
 /// Called when a worker process exits: (worker id, description).
 pub(crate) type OnExit = Arc<dyn Fn(u64, String) + Send + Sync>;
 
+/// Called with lines a worker printed, prefixed: (worker id, stderr, lines).
+pub(crate) type OnLog = Arc<dyn Fn(u64, bool, Vec<String>) + Send + Sync>;
+
+/// A worker writes this, then a function name, on a line of its own when it
+/// starts running another function, so its output can be labelled.
+pub(crate) const TASK_MARKER: &str = "\u{1e}fleet-task:";
+
 enum Command_ {
     Spawn(u64, PathBuf, u32),
     Shutdown,
@@ -40,6 +47,10 @@ pub(crate) struct WorkerEnv {
     pub(crate) token: String,
     /// The node's name, reported in the worker's hello.
     pub(crate) node: String,
+    /// Where the workers' output goes.
+    pub(crate) on_log: OnLog,
+    /// Name the node in output prefixes (the head's own node does not).
+    pub(crate) show_node: bool,
 }
 
 impl Supervisor {
@@ -105,7 +116,9 @@ fn spawner(
             .env(ENV_TOKEN, &env.token)
             .env(ENV_JOB, job.to_string())
             .env(ENV_NODE, &env.node)
-            .stdin(Stdio::null());
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
@@ -119,6 +132,14 @@ fn spawner(
         match cmd.spawn() {
             Ok(mut child) => {
                 live.lock().insert(worker_id, child.id());
+                let pid = child.id();
+                let node = env.show_node.then(|| env.node.clone());
+                if let Some(out) = child.stdout.take() {
+                    forward(out, worker_id, pid, node.clone(), false, env.on_log.clone());
+                }
+                if let Some(err) = child.stderr.take() {
+                    forward(err, worker_id, pid, node, true, env.on_log.clone());
+                }
                 let live = live.clone();
                 let on_exit = on_exit.clone();
                 waiters.push(std::thread::spawn(move || {
@@ -144,4 +165,45 @@ fn spawner(
     for w in waiters {
         let _ = w.join();
     }
+}
+
+/// Reads one output stream of a worker to its end, labelling each line
+/// with the function the worker runs and its pid. Reading the pipe here,
+/// outside the worker, means nothing it printed is lost when it dies.
+fn forward(
+    stream: impl std::io::Read + Send + 'static,
+    worker_id: u64,
+    pid: u32,
+    node: Option<String>,
+    stderr: bool,
+    on_log: OnLog,
+) {
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut function = String::new();
+        let mut reader = std::io::BufReader::new(stream);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let text = line.trim_end_matches(['\n', '\r']);
+            if let Some(f) = text.strip_prefix(TASK_MARKER) {
+                function = f.to_string();
+                continue;
+            }
+            let at = match &node {
+                Some(n) => format!(" node={n}"),
+                None => String::new(),
+            };
+            let label = if function.is_empty() {
+                format!("(pid={pid}{at})")
+            } else {
+                format!("({function} pid={pid}{at})")
+            };
+            on_log(worker_id, stderr, vec![format!("{label} {text}")]);
+        }
+    });
 }

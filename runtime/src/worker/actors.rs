@@ -17,6 +17,8 @@ use crate::registry::{self, ActorState};
 
 struct Instance {
     state: ActorState,
+    /// Destroyed: calls still in the mailbox are dropped unrun.
+    dead: std::sync::atomic::AtomicBool,
     max_concurrency: usize,
     mailbox: Mutex<Mailbox>,
 }
@@ -97,6 +99,7 @@ impl ActorHost {
             if !self.destroyed.lock().remove(&id) {
                 let instance = Arc::new(Instance {
                     state,
+                    dead: std::sync::atomic::AtomicBool::new(false),
                     max_concurrency: opts.max_concurrency.max(1) as usize,
                     mailbox: Mutex::new(Mailbox {
                         calls: VecDeque::new(),
@@ -114,6 +117,9 @@ impl ActorHost {
         loop {
             let call = {
                 let mut m = instance.mailbox.lock();
+                if instance.dead.load(std::sync::atomic::Ordering::Acquire) {
+                    m.calls.clear();
+                }
                 match m.calls.pop_front() {
                     Some(c) => c,
                     None => {
@@ -130,6 +136,7 @@ impl ActorHost {
 
     fn call(&self, instance: &Instance, call: &proto::TaskSpec, started: Instant) {
         let client = &self.client;
+        super::executor::announce(&call.function, true);
         let outcome = match registry::actor_method(&call.function) {
             None => Err(task_error(
                 client,
@@ -146,8 +153,16 @@ impl ActorHost {
 
     /// Drops the instance; calls already running finish.
     pub(crate) fn destroy(&self, id: u64) {
-        if self.actors.lock().remove(&id).is_none() {
-            self.destroyed.lock().insert(id);
+        match self.actors.lock().remove(&id) {
+            Some(instance) => {
+                instance
+                    .dead
+                    .store(true, std::sync::atomic::Ordering::Release);
+                instance.mailbox.lock().calls.clear();
+            }
+            None => {
+                self.destroyed.lock().insert(id);
+            }
         }
     }
 }

@@ -34,6 +34,27 @@ pub(crate) struct Executor {
     client: Arc<Client>,
 }
 
+/// Tells the node agent reading this worker's output which function runs
+/// now, when that changes (so a stream of calls to one function costs
+/// nothing). `actor` names the type instead of the method, as Ray does.
+pub(crate) fn announce(function: &str, actor: bool) {
+    use std::io::Write;
+    static LAST: Mutex<String> = Mutex::new(String::new());
+    let mut parts = function.rsplit("::");
+    let name = match (parts.next(), parts.next()) {
+        (Some(_), Some(class)) if actor => class,
+        (Some(f), _) => f,
+        _ => function,
+    };
+    let mut last = LAST.lock();
+    if *last != name {
+        name.clone_into(&mut last);
+        let marker = crate::node::supervisor::TASK_MARKER;
+        let _ = writeln!(std::io::stdout().lock(), "{marker}{name}");
+        let _ = writeln!(std::io::stderr().lock(), "{marker}{name}");
+    }
+}
+
 /// A task's error, attributed to this worker.
 pub(crate) fn task_error(
     client: &Client,
@@ -104,6 +125,11 @@ pub(crate) fn send_result(
 ) {
     let id = spec.task_id;
     let exec_micros = started.elapsed().as_micros() as u64;
+    let start_micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or_default()
+        .saturating_sub(exec_micros);
     let (payload, nested_refs) = match outcome {
         Ok(Output(enc)) => {
             let payload = if enc.bytes.len() > INLINE_MAX {
@@ -130,6 +156,7 @@ pub(crate) fn send_result(
         }),
         nested_refs,
         exec_micros,
+        start_micros,
     }));
 }
 
@@ -180,6 +207,7 @@ impl Executor {
 
     fn execute(&self, spec: proto::TaskSpec) {
         CURRENT.set(Some(spec.task_id));
+        announce(&spec.function, false);
         let started = Instant::now();
         self.client.deferring_releases(|| {
             let outcome = self.invoke(&spec);

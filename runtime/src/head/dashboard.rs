@@ -1,0 +1,75 @@
+//! The dashboard: a read-only page served by the head, live over
+//! server-sent events, with the same data as JSON under `/api/`. Every
+//! asset is in the binary; the page needs no network.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::Stream;
+
+use super::Head;
+
+const PAGE: &str = include_str!("dashboard/index.html");
+
+#[derive(serde::Deserialize)]
+struct Since {
+    #[serde(default)]
+    since: u64,
+}
+
+async fn page() -> Html<&'static str> {
+    Html(PAGE)
+}
+
+async fn snapshot(State(head): State<Arc<Head>>, Query(q): Query<Since>) -> impl IntoResponse {
+    Json(head.state.lock().snapshot(q.since))
+}
+
+async fn timeline(State(head): State<Arc<Head>>) -> impl IntoResponse {
+    Json(head.state.lock().chrome_trace())
+}
+
+/// A snapshot every half second; each carries the task events since the
+/// previous one.
+async fn events(
+    State(head): State<Arc<Head>>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let stream = futures::stream::unfold((head, 0u64, true), |(head, since, first)| async move {
+        if !first {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let snap = head.state.lock().snapshot(since);
+        let json = serde_json::to_string(&snap).unwrap_or_default();
+        let next = serde_json::from_str::<serde_json::Value>(&json)
+            .ok()
+            .and_then(|v| v["last_seq"].as_u64())
+            .unwrap_or(since);
+        Some((Ok(Event::default().data(json)), (head, next, false)))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// Serves the dashboard on `addr`; returns the address it listens on.
+pub(crate) async fn serve(head: Arc<Head>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let app = Router::new()
+        .route("/", get(page))
+        .route("/api/snapshot", get(snapshot))
+        .route("/api/timeline", get(timeline))
+        .route("/api/events", get(events))
+        .with_state(head);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("the dashboard stopped: {e}");
+        }
+    });
+    Ok(bound)
+}
