@@ -298,9 +298,8 @@ async fn upload(
     path: std::path::PathBuf,
     hash: String,
 ) -> Result<()> {
-    let mut client = crate::proto::head_client::HeadClient::connect(format!("http://{address}"))
-        .await
-        .map_err(|e| Error::Connection(format!("cannot reach the head at {address}: {e}")))?;
+    let mut client =
+        crate::proto::head_client::HeadClient::new(crate::net::channel(&address).await?);
     let data = std::fs::read(&path)?;
     let chunks: Vec<proto::BinaryChunk> = data
         .chunks(1 << 20)

@@ -125,9 +125,7 @@ pub fn status(address: &str, token: &str) -> Result<proto::StatusReply> {
         .build()
         .map_err(|e| Error::Startup(e.to_string()))?;
     rt.block_on(async {
-        let mut client = proto::head_client::HeadClient::connect(format!("http://{address}"))
-            .await
-            .map_err(|e| Error::Connection(format!("cannot reach the head at {address}: {e}")))?;
+        let mut client = proto::head_client::HeadClient::new(crate::net::channel(address).await?);
         client
             .status(proto::StatusRequest {
                 token: token.to_string(),
@@ -145,9 +143,7 @@ pub fn timeline(address: &str, token: &str) -> Result<String> {
         .build()
         .map_err(|e| Error::Startup(e.to_string()))?;
     rt.block_on(async {
-        let mut client = proto::head_client::HeadClient::connect(format!("http://{address}"))
-            .await
-            .map_err(|e| Error::Connection(format!("cannot reach the head at {address}: {e}")))?
+        let mut client = proto::head_client::HeadClient::new(crate::net::channel(address).await?)
             .max_decoding_message_size(crate::client::transport::MAX_MESSAGE);
         client
             .timeline(proto::StatusRequest {

@@ -39,6 +39,7 @@ pub mod daemon;
 mod error;
 mod head;
 mod logging;
+pub mod net;
 mod node;
 mod object_ref;
 #[doc(hidden)]

@@ -13,6 +13,16 @@ use clap::{Args, Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// TLS for every connection: this process's certificate (PEM). Also
+    /// FLEET_TLS_CERT; workers started from here inherit it.
+    #[arg(long, global = true)]
+    tls_cert: Option<PathBuf>,
+    /// TLS: the certificate's private key (PEM). Also FLEET_TLS_KEY.
+    #[arg(long, global = true)]
+    tls_key: Option<PathBuf>,
+    /// TLS: the cluster's CA certificate (PEM). Also FLEET_TLS_CA.
+    #[arg(long, global = true)]
+    tls_ca: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -88,7 +98,19 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let argv: Vec<String> = std::env::args().collect();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    // Before any thread starts: the settings reach every connection of this
+    // process and of the workers it starts.
+    for (var, value) in [
+        (fleet::net::ENV_TLS_CERT, &cli.tls_cert),
+        (fleet::net::ENV_TLS_KEY, &cli.tls_key),
+        (fleet::net::ENV_TLS_CA, &cli.tls_ca),
+    ] {
+        if let Some(path) = value {
+            std::env::set_var(var, std::fs::canonicalize(path)?);
+        }
+    }
+    match cli.command {
         Command::Start(s) => fleet::cli::start(
             fleet::cli::StartArgs {
                 head: s.head,

@@ -45,19 +45,7 @@ pub(crate) fn batches<T: Message + Send + 'static>(
 
 /// Opens a session stream to a head over gRPC.
 pub(crate) async fn connect(address: &str) -> Result<(UnboundedSender<proto::ClientOp>, Inbound)> {
-    let uri = if address.contains("://") {
-        address.to_string()
-    } else {
-        format!("http://{address}")
-    };
-    let endpoint = tonic::transport::Endpoint::from_shared(uri.clone())
-        .map_err(|e| Error::Connection(format!("bad address {address}: {e}")))?
-        .tcp_nodelay(true)
-        .connect_timeout(std::time::Duration::from_secs(10));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| Error::Connection(format!("cannot reach the head at {uri}: {e}")))?;
+    let channel = crate::net::channel(address).await?;
     let mut client = HeadClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);

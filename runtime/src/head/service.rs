@@ -148,7 +148,8 @@ pub(crate) async fn serve(
     let service = HeadServer::new(Service(head))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    tonic::transport::Server::builder()
+    crate::net::server()
+        .map_err(std::io::Error::other)?
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(keepalive()))
         .add_service(service)

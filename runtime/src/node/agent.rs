@@ -48,9 +48,7 @@ fn own_machine() -> Option<u16> {
 }
 
 async fn fetch_binary(head: &str, token: &str, hash: &str, dest: &Path) -> Result<()> {
-    let mut client = HeadClient::connect(format!("http://{head}"))
-        .await
-        .map_err(|e| Error::Connection(format!("reaching the head at {head}: {e}")))?
+    let mut client = HeadClient::new(crate::net::channel(head).await?)
         .max_decoding_message_size(transport::MAX_MESSAGE);
     let chunks = client
         .fetch_binary(proto::FetchBinaryRequest {
@@ -151,7 +149,7 @@ async fn serve(
         token: opts.token.clone(),
     };
     tokio::spawn(
-        tonic::transport::Server::builder()
+        crate::net::server()?
             .add_service(NodeServer::new(node))
             .serve_with_incoming(incoming),
     );

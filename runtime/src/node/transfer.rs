@@ -173,9 +173,7 @@ pub(crate) fn read(store: &ObjectStore, loc: &StoreLocation, token: &str) -> Res
         let (address, token) = (loc.node.clone(), token.to_string());
         let dest = local.clone();
         let size = on_io_thread(async move {
-            let mut client = NodeClient::connect(format!("http://{address}"))
-                .await
-                .map_err(|e| Error::Connection(format!("reaching node {address}: {e}")))?;
+            let mut client = NodeClient::new(crate::net::channel(&address).await?);
             let chunks = client
                 .fetch_object(proto::FetchObjectRequest { name, token })
                 .await
