@@ -162,6 +162,9 @@ impl State {
             let Some(task) = self.tasks.remove(&id) else {
                 continue;
             };
+            if let Some(n) = self.pending.get_mut(&task.job) {
+                *n = n.saturating_sub(1);
+            }
             self.pin_all(&nested);
             let failed = matches!(payload, Payload::Error(_));
             let (subscribers, dependents) = match self.objects.get_mut(&id) {

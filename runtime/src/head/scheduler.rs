@@ -26,6 +26,23 @@ impl State {
         }
         let mut missing = 0;
         let mut failed = None;
+        let job = self.job_of(client);
+        let pending = self.pending.entry(job).or_default();
+        *pending += 1;
+        if *pending > self.max_pending {
+            let mut e = proto::TaskError {
+                function: spec.function.clone(),
+                message: format!(
+                    "the job has {} unfinished tasks, the limit (FLEET_MAX_PENDING_TASKS) is {}; \
+                     wait for results before submitting more",
+                    *pending - 1,
+                    self.max_pending
+                ),
+                ..Default::default()
+            };
+            e.set_kind(proto::ErrorKind::Task);
+            failed = Some(Payload::Error(e));
+        }
         for a in spec.args.iter().filter_map(arg_ref) {
             match self.objects.get_mut(&a) {
                 None => failed = Some(Self::lost(a, "argument was freed or never existed")),
@@ -56,7 +73,6 @@ impl State {
         }
         let retries_left = spec.max_retries;
         let actor = spec.actor_id;
-        let job = self.job_of(client);
         self.tasks.insert(
             id,
             Task {

@@ -105,6 +105,9 @@ pub(crate) struct State {
     pub(super) event_seq: u64,
     /// Finished and failed counts per function.
     pub(super) finished: HashMap<String, super::observe::Finished>,
+    /// Unfinished tasks per job, and the most a job may have.
+    pub(super) pending: HashMap<u32, usize>,
+    pub(super) max_pending: usize,
     pub(super) store_used: u64,
     pub(super) store_capacity: u64,
     pub(super) tick: u64,
@@ -130,6 +133,11 @@ impl State {
             events: Default::default(),
             event_seq: 0,
             finished: HashMap::new(),
+            pending: HashMap::new(),
+            max_pending: std::env::var("FLEET_MAX_PENDING_TASKS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(10_000_000),
             store_used: 0,
             tick: 0,
         }
