@@ -29,6 +29,12 @@ impl Counter {
     fn pid(&self) -> u32 {
         std::process::id()
     }
+
+    /// An async method: runs on the worker's runtime.
+    async fn value_later(&self, ms: u64) -> i64 {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        self.n
+    }
 }
 
 /// Finds the named counter from inside a task and bumps it.
@@ -57,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         "calls ran out of order"
     );
     anyhow::ensure!(fleet::get(&c.value())? == 105, "value");
+    anyhow::ensure!(fleet::get(&c.value_later(20))? == 105, "async method");
     println!(
         "counter: 101 ordered calls, value {}",
         fleet::get(&c.value())?

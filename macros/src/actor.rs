@@ -71,6 +71,7 @@ struct Method {
     vis: syn::Visibility,
     name: syn::Ident,
     mutates: bool,
+    is_async: bool,
     arg_types: Vec<Type>,
     ret: Type,
     returns_result: bool,
@@ -142,12 +143,6 @@ pub(crate) fn expand_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
                 "actor methods take `&self` or `&mut self`",
             ));
         }
-        if let Some(a) = &sig.asyncness {
-            return Err(syn::Error::new(
-                a.span(),
-                "async actor methods are not supported yet",
-            ));
-        }
         if !sig.generics.params.is_empty() {
             return Err(syn::Error::new(
                 sig.generics.span(),
@@ -159,6 +154,7 @@ pub(crate) fn expand_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
             vis: f.vis.clone(),
             name: sig.ident.clone(),
             mutates: r.mutability.is_some(),
+            is_async: sig.asyncness.is_some(),
             arg_types: typed_args(sig)?,
             ret,
             returns_result,
@@ -209,6 +205,7 @@ pub(crate) fn expand_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
             vis,
             name: mname,
             mutates,
+            is_async,
             arg_types,
             ret,
             returns_result,
@@ -227,6 +224,13 @@ pub(crate) fn expand_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
         });
         let invoke = format_ident!("invoke_{}", i);
         let slot = format_ident!("METHOD_{}", i);
+        // An async method runs to completion on the worker's runtime, on
+        // the actor's thread, holding the actor's lock.
+        let invocation = if *is_async {
+            quote!(::fleet::__private::block_on(this.#mname(#(#args),*)))
+        } else {
+            quote!(this.#mname(#(#args),*))
+        };
         let access = if *mutates {
             quote!(with_mut)
         } else {
@@ -259,7 +263,7 @@ pub(crate) fn expand_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
                 args: &mut ::fleet::__private::Args,
             ) -> ::std::result::Result<::fleet::__private::Output, ::fleet::__private::Failure> {
                 #(let #args: #arg_types = args.take()?;)*
-                let result = state.#access::<#ty, _>(|this| this.#mname(#(#args),*))?;
+                let result = state.#access::<#ty, _>(|this| #invocation)?;
                 #finish
             }
 

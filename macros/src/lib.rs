@@ -96,12 +96,7 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
             "a remote function cannot be generic: workers find it by name",
         ));
     }
-    if let Some(a) = &sig.asyncness {
-        return Err(syn::Error::new(
-            a.span(),
-            "async remote functions are not supported yet",
-        ));
-    }
+    let is_async = sig.asyncness.is_some();
     let name = &sig.ident;
     let vis = &f.vis;
     let inner = inner_visibility(vis);
@@ -150,6 +145,12 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
         }
     } else {
         quote!(::fleet::__private::output(&result))
+    };
+    // An async function runs to completion on the worker's runtime.
+    let call = if is_async {
+        quote!(::fleet::__private::block_on(super::#name(#(#arg_names),*)))
+    } else {
+        quote!(super::#name(#(#arg_names),*))
     };
     let doc = format!("Remote form of [`{name}`]: `{name}::remote(..)` runs it on the cluster.");
     Ok(quote! {
@@ -203,7 +204,7 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
                 args: &mut ::fleet::__private::Args,
             ) -> ::std::result::Result<::fleet::__private::Output, ::fleet::__private::Failure> {
                 #(let #arg_names: #arg_types = args.take()?;)*
-                let result = super::#name(#(#arg_names),*);
+                let result = #call;
                 #finish
             }
 

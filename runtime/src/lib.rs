@@ -73,6 +73,12 @@ pub mod __private {
     pub use linkme;
     pub use serde;
 
+    /// Runs an async remote function or method to completion on the
+    /// worker's runtime (or a fresh one outside a worker).
+    pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+        crate::worker::block_on(fut)
+    }
+
     /// Converts one argument for submission.
     pub fn arg<T, A: crate::IntoArg<T>>(a: A) -> crate::Result<ArgValue> {
         a.into_arg()

@@ -13,6 +13,21 @@ use crate::proto::{self, head_op};
 use actors::ActorHost;
 use executor::Executor;
 
+static RUNTIME: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
+
+/// Drives a future from a task or actor thread: on the worker's runtime,
+/// so timers and I/O work; on a throwaway runtime when called elsewhere.
+pub(crate) fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    match RUNTIME.get() {
+        Some(h) => h.block_on(fut),
+        None => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+            .block_on(fut),
+    }
+}
+
 /// Runs the worker; returns only on a startup error.
 fn run(worker_id: u64) -> Result<()> {
     crate::logging::init();
@@ -30,6 +45,7 @@ fn run(worker_id: u64) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::Startup(e.to_string()))?;
+    let _ = RUNTIME.set(runtime.handle().clone());
     let (out, mut inbound) = runtime.block_on(transport::connect(&head))?;
     let hello = proto::Hello {
         protocol_version: crate::head::PROTOCOL_VERSION,
