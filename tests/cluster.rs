@@ -121,7 +121,15 @@ impl TestCluster {
         let token = format!("test-token-{}", std::process::id());
         let head = Proc::spawn(
             Command::new(fleet_bin())
-                .args(["start", "--head", "--port", "0", "--block"])
+                .args([
+                    "start",
+                    "--head",
+                    "--port",
+                    "0",
+                    "--dashboard-port",
+                    "0",
+                    "--block",
+                ])
                 .args(["--num-cpus", &head_cpus.to_string()])
                 .arg("--token-file")
                 .arg(dir.0.join("token"))
@@ -140,6 +148,10 @@ impl TestCluster {
 
     /// Starts a node agent on `ip`; returns its name.
     fn add_node(&mut self, ip: &str, cpus: u32) -> String {
+        self.add_node_with(ip, cpus, &[])
+    }
+
+    fn add_node_with(&mut self, ip: &str, cpus: u32, extra: &[&str]) -> String {
         let node = Proc::spawn(
             Command::new(fleet_bin())
                 .args([
@@ -151,6 +163,7 @@ impl TestCluster {
                     "--block",
                 ])
                 .args(["--num-cpus", &cpus.to_string()])
+                .args(extra)
                 .env("FLEET_TOKEN", &self.token),
         );
         let line = node.expect_line("joined the cluster");
@@ -318,5 +331,40 @@ fn two_drivers_use_one_cluster_at_once() {
     for d in [&one, &two] {
         let line = d.expect_line("RESULT");
         assert_eq!(line, format!("RESULT {want}"));
+    }
+}
+
+#[remote]
+fn make_blob(i: usize, len: usize) -> Blob {
+    Blob::from((0..len).map(|j| (i * 7 + j) as u8).collect::<Vec<u8>>())
+}
+
+#[test]
+fn a_full_store_on_a_node_spills_and_reads_back() {
+    let mut c = TestCluster::start(0);
+    let small = c.add_node_with("127.0.0.2", 1, &["--object-store-bytes", "33554432"]);
+    let _driver = c.join();
+    let len = 4 << 20;
+    let refs: Vec<ObjectRef<Blob>> = (0..16)
+        .map(|i| make_blob::options().node(small.clone()).remote(i, len))
+        .collect();
+    fleet::wait(&refs, refs.len(), Some(WAIT)).expect("made");
+    // The node agent spills in the background: wait for the event.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let s = fleet::daemon::status(&c.address, &c.token).expect("status");
+        let n = s.nodes.iter().find(|n| n.name == small).expect("the node");
+        if n.store_used <= n.store_capacity {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never spilled: {n:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (i, r) in refs.iter().enumerate() {
+        let b = fleet::get(r).expect("read back");
+        assert!(
+            b.iter().enumerate().all(|(j, x)| *x == (i * 7 + j) as u8),
+            "object {i}"
+        );
     }
 }

@@ -102,11 +102,15 @@ pub fn run_head(
     let serving =
         rt.spawn(async move { crate::head::serve(server, listener, server_stopped).await });
     head.attach_supervisor(crate::cluster::local_supervisor(&head, &address, &token));
+    // A busy dashboard port does not stop the cluster: it runs without one.
     let dashboard = match opts.dashboard {
-        Some(at) => Some(
-            rt.block_on(head.serve_dashboard(at))
-                .map_err(|e| Error::Startup(format!("dashboard on {at}: {e}")))?,
-        ),
+        Some(at) => match rt.block_on(head.serve_dashboard(at)) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                eprintln!("fleet: no dashboard: cannot listen on {at}: {e}");
+                None
+            }
+        },
         None => None,
     };
     ready(&address, dashboard);

@@ -83,7 +83,7 @@ impl Head {
         let store = ObjectStore::create(&config.node, config.store_capacity)?;
         let binaries = store.spill_dir().join("binaries");
         std::fs::create_dir_all(&binaries)?;
-        let mut state = State::new(config.node.clone(), config.store_capacity);
+        let mut state = State::new(config.node.clone());
         state.add_node(
             config.node.clone(),
             None,
@@ -356,6 +356,14 @@ impl Head {
                     Op::Lookup(l) => st.lookup(client, l),
                     Op::WorkerExit(e) => exits.push(e),
                     Op::Log(l) => logs.push(l),
+                    Op::Spilled(s) => st.spill_done(
+                        s.object_id,
+                        if s.error.is_empty() {
+                            Ok(s.path)
+                        } else {
+                            Err(s.error)
+                        },
+                    ),
                     Op::Hello(_) => {}
                 }
             }
@@ -397,10 +405,19 @@ impl Head {
         for (node, job) in out.spawn {
             self.spawn(&node, job);
         }
-        if !out.spill.is_empty() {
-            let spiller = self.spiller.lock();
-            for s in out.spill {
-                let _ = spiller.send(s);
+        for (node, id, path) in out.spill {
+            if node == self.node {
+                let _ = self.spiller.lock().send((id, path));
+                continue;
+            }
+            let session = self.state.lock().nodes.get(&node).and_then(|n| n.session);
+            if let Some(tx) = session.and_then(|s| self.senders.get(&s)) {
+                let _ = tx.send(proto::HeadOp {
+                    op: Some(head_op::Op::Spill(proto::Spill {
+                        object_id: id,
+                        path,
+                    })),
+                });
             }
         }
         State::delete_files(out.delete);

@@ -139,8 +139,8 @@ impl State {
                 self.actor_freed(id);
             }
             if let ObjState::Done(Payload::Stored(loc)) = &o.state {
+                self.unstored(&loc.node, loc.size, o.spilled);
                 if loc.node == self.local_node {
-                    self.unstored(loc.size, o.spilled);
                     self.out.delete.push(loc.path.clone());
                 }
                 self.free_everywhere(&loc.path);

@@ -22,6 +22,8 @@ pub(crate) struct Node {
     pub(super) starting: HashMap<u32, usize>,
     /// Jobs whose executable this node cannot run.
     pub(super) excluded: HashSet<u32>,
+    /// Bytes of stored objects in its shared memory (not spilled).
+    pub(super) store_used: u64,
 }
 
 pub(crate) struct Job {
@@ -53,6 +55,7 @@ impl State {
                 workers: 0,
                 starting: HashMap::new(),
                 excluded: HashSet::new(),
+                store_used: 0,
             },
         );
     }
@@ -316,11 +319,7 @@ impl State {
                     num_cpus: n.total_cpus,
                     available_cpus: n.available_cpus,
                     workers: n.workers as u32,
-                    store_used: if *name == self.local_node {
-                        self.store_used
-                    } else {
-                        0
-                    },
+                    store_used: n.store_used,
                     store_capacity: n.info.store_capacity,
                     alive: n.alive,
                 })

@@ -240,7 +240,7 @@ impl State {
                     available_cpus: n.available_cpus,
                     workers: n.workers,
                     store_capacity: n.info.store_capacity,
-                    store_used: if local { self.store_used } else { 0 },
+                    store_used: n.store_used,
                     spilled_objects: spilled.get(name.as_str()).copied().unwrap_or(0),
                     load: local.then(loadavg).flatten(),
                     mem_used_bytes: if local { mem_used } else { None },

@@ -1,7 +1,8 @@
-//! Keeping the node's shared-memory store under its capacity: the head
-//! counts the bytes of stored objects and, past the capacity, has the least
-//! recently used ones moved to disk by a background thread. Nothing is
-//! dropped: a failed spill leaves the object where it was.
+//! Keeping each node's shared-memory store under its capacity: the head
+//! counts the bytes of stored objects per node and, past the capacity, has
+//! the least recently used ones moved to disk, by a background thread for
+//! its own node and by the node agent for the others. Nothing is dropped:
+//! a failed spill leaves the object where it was.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Weak};
@@ -16,24 +17,26 @@ use super::Head;
 const LOW_WATER: f64 = 0.8;
 
 impl State {
-    /// An object's value was just stored on this node.
+    /// An object's value was just stored on its node.
     pub(super) fn stored(&mut self, id: u64) {
-        let size = match self.objects.get(&id).map(|o| &o.state) {
-            // Only the head's own node is accounted and spilled here.
-            Some(ObjState::Done(Payload::Stored(loc))) if loc.node == self.local_node => loc.size,
+        let (node, size) = match self.objects.get(&id).map(|o| &o.state) {
+            Some(ObjState::Done(Payload::Stored(loc))) => (loc.node.clone(), loc.size),
             _ => return,
         };
-        self.store_used += size;
         self.touch(id);
-        if self.store_used > self.store_capacity {
-            self.pick_spills();
+        let Some(n) = self.nodes.get_mut(&node) else {
+            return;
+        };
+        n.store_used += size;
+        if n.store_used > n.info.store_capacity {
+            self.pick_spills(&node);
         }
     }
 
-    /// A stored object was freed; false if it was spilled already.
-    pub(super) fn unstored(&mut self, size: u64, spilled: bool) {
-        if !spilled {
-            self.store_used = self.store_used.saturating_sub(size);
+    /// A stored object was freed; nothing to count if it was spilled.
+    pub(super) fn unstored(&mut self, node: &str, size: u64, spilled: bool) {
+        if let (false, Some(n)) = (spilled, self.nodes.get_mut(node)) {
+            n.store_used = n.store_used.saturating_sub(size);
         }
     }
 
@@ -45,14 +48,18 @@ impl State {
         }
     }
 
-    fn pick_spills(&mut self) {
-        let target = (self.store_capacity as f64 * LOW_WATER) as u64;
+    fn pick_spills(&mut self, node: &str) {
+        let Some(n) = self.nodes.get(node) else {
+            return;
+        };
+        let target = (n.info.store_capacity as f64 * LOW_WATER) as u64;
+        let mut used = n.store_used;
         let mut candidates: Vec<(u64, u64, u64, String)> = self
             .objects
             .iter()
             .filter(|(_, o)| !o.spilled)
             .filter_map(|(id, o)| match &o.state {
-                ObjState::Done(Payload::Stored(loc)) if loc.node == self.local_node => {
+                ObjState::Done(Payload::Stored(loc)) if loc.node == node => {
                     Some((o.last_used, *id, loc.size, loc.path.clone()))
                 }
                 _ => None,
@@ -60,14 +67,17 @@ impl State {
             .collect();
         candidates.sort_unstable();
         for (_, id, size, path) in candidates {
-            if self.store_used <= target {
+            if used <= target {
                 break;
             }
-            self.store_used = self.store_used.saturating_sub(size);
+            used = used.saturating_sub(size);
             if let Some(o) = self.objects.get_mut(&id) {
                 o.spilled = true;
             }
-            self.out.spill.push((id, path));
+            self.out.spill.push((node.to_string(), id, path));
+        }
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.store_used = used;
         }
     }
 
@@ -86,7 +96,10 @@ impl State {
             (Err(e), ObjState::Done(Payload::Stored(loc))) => {
                 tracing::error!("cannot spill object {id:016x}; it stays in memory: {e}");
                 o.spilled = false;
-                self.store_used += loc.size;
+                let (node, size) = (loc.node.clone(), loc.size);
+                if let Some(n) = self.nodes.get_mut(&node) {
+                    n.store_used += size;
+                }
             }
             _ => {}
         }
@@ -109,7 +122,7 @@ pub(super) fn start_spiller(head: Weak<Head>, store: ObjectStore) -> mpsc::Sende
     tx
 }
 
-fn spilled(head: &Arc<Head>, id: u64, result: Result<String, String>) {
+pub(super) fn spilled(head: &Arc<Head>, id: u64, result: Result<String, String>) {
     let out = {
         let mut st = head.state.lock();
         st.spill_done(id, result);

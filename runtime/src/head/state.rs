@@ -73,8 +73,8 @@ pub(super) struct Outbox {
     /// Workers to start: (node, job).
     pub(super) spawn: Vec<(String, u32)>,
     pub(super) delete: Vec<String>,
-    /// Store files to move to disk: (object, path).
-    pub(super) spill: Vec<(u64, String)>,
+    /// Store files to move to disk: (node, object, path).
+    pub(super) spill: Vec<(String, u64, String)>,
 }
 
 impl Outbox {
@@ -108,13 +108,11 @@ pub(crate) struct State {
     /// Unfinished tasks per job, and the most a job may have.
     pub(super) pending: HashMap<u32, usize>,
     pub(super) max_pending: usize,
-    pub(super) store_used: u64,
-    pub(super) store_capacity: u64,
     pub(super) tick: u64,
 }
 
 impl State {
-    pub(crate) fn new(node: String, store_capacity: u64) -> Self {
+    pub(crate) fn new(node: String) -> Self {
         State {
             objects: HashMap::new(),
             tasks: HashMap::new(),
@@ -124,7 +122,6 @@ impl State {
             nodes: HashMap::new(),
             jobs: HashMap::new(),
             local_node: node,
-            store_capacity,
             run_micros: HashMap::new(),
             out: Outbox::default(),
             actors: HashMap::new(),
@@ -138,7 +135,6 @@ impl State {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(10_000_000),
-            store_used: 0,
             tick: 0,
         }
     }
@@ -194,8 +190,11 @@ impl State {
                 .sum(),
             worker_pids: self.workers.values().map(|w| w.pid).collect(),
             actors: self.actors.len(),
-            store_used: self.store_used,
-            store_capacity: self.store_capacity,
+            store_used: self.nodes.get(&self.local_node).map_or(0, |n| n.store_used),
+            store_capacity: self
+                .nodes
+                .get(&self.local_node)
+                .map_or(0, |n| n.info.store_capacity),
         }
     }
 }

@@ -212,6 +212,31 @@ async fn serve(
             let agent = agent.clone();
             tokio::spawn(async move { agent.spawn(s).await });
         }
+        Some(head_op::Op::Spill(s)) => {
+            let (store, out) = (store.clone(), agent.out.clone());
+            tokio::task::spawn_blocking(move || {
+                let owned = std::path::Path::new(&s.path).starts_with(store.dir());
+                let result = if owned {
+                    store.spill(&s.path)
+                } else {
+                    Err(Error::Store(format!(
+                        "{} is not in this node's store",
+                        s.path
+                    )))
+                };
+                let (path, error) = match result {
+                    Ok(p) => (p, String::new()),
+                    Err(e) => (String::new(), e.to_string()),
+                };
+                let _ = out.send(proto::ClientOp {
+                    op: Some(Op::Spilled(proto::Spilled {
+                        object_id: s.object_id,
+                        path,
+                        error,
+                    })),
+                });
+            });
+        }
         Some(head_op::Op::FreeFile(f)) if crate::node::transfer::safe_name(&f) => {
             ObjectStore::delete(&store.dir().join(&f).to_string_lossy());
             ObjectStore::delete(&store.spill_dir().join(&f).to_string_lossy());
