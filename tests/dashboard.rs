@@ -135,7 +135,9 @@ fn job(stop: Arc<AtomicBool>) -> u64 {
 /// The Chromium executable: `$CHROMIUM`, or `chromium` on the PATH.
 fn chromium() -> PathBuf {
     if let Some(p) = std::env::var_os("CHROMIUM") {
-        return PathBuf::from(p);
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "CHROMIUM={} is not a file", p.display());
+        return p;
     }
     std::env::var_os("PATH")
         .into_iter()
