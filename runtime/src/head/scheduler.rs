@@ -142,7 +142,7 @@ impl State {
             *m = 0.8 * *m + 0.2 * result.exec_micros as f64;
             let plain = t.spec.actor_id == 0 && t.spec.create.is_none();
             if plain && matches!(payload, Payload::Stored(_)) {
-                lineage = Some(t.spec.clone());
+                lineage = Some(Box::new(t.spec.clone()));
             }
         }
         self.complete(id, payload, result.nested_refs);
