@@ -26,8 +26,12 @@
 //! that worker's stream; the worker ([`worker`]) runs it and sends the
 //! result back; the head hands it to whoever waits in [`get`].
 
+extern crate self as fleet;
+
 mod actor;
 mod api;
+#[doc(hidden)]
+pub mod bench;
 mod blob;
 #[doc(hidden)]
 pub mod cli;

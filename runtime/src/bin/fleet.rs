@@ -94,6 +94,20 @@ enum Command {
     },
     /// Prints the build's version and protocol version.
     Version,
+    /// Runs Ray's `ray microbenchmark` tests that Fleet supports on a local
+    /// cluster. `TESTS_TO_RUN=pattern` runs only tests whose name contains
+    /// the pattern; `TESTS_TO_SKIP=pattern` skips them.
+    Microbenchmark {
+        /// Timed rounds per test (Ray: 4).
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+        rounds: u32,
+        /// Seconds per round (Ray: 2); the warm-up takes half as long.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// CPUs of the local cluster (default: this machine's cores).
+        #[arg(long)]
+        num_cpus: Option<usize>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -145,6 +159,21 @@ fn main() -> anyhow::Result<()> {
             env!("CARGO_PKG_VERSION"),
             fleet::PROTOCOL_VERSION
         ),
+        Command::Microbenchmark {
+            rounds,
+            seconds,
+            num_cpus,
+        } => {
+            anyhow::ensure!(
+                seconds.is_finite() && seconds > 0.0,
+                "--seconds must be positive"
+            );
+            let mut options = fleet::bench::Options::from_env();
+            options.settings.rounds = rounds as usize;
+            options.settings.seconds = seconds;
+            options.num_cpus = num_cpus;
+            fleet::bench::run(&options)?;
+        }
     }
     Ok(())
 }
