@@ -6,7 +6,7 @@ use quote::{format_ident, quote};
 use syn::spanned::Spanned;
 use syn::{FnArg, ImplItem, ItemImpl, ItemStruct, ReturnType, Type};
 
-use crate::result_ok_type;
+use crate::{finish_result, result_ok_type};
 
 pub(crate) fn expand_struct(s: ItemStruct) -> syn::Result<TokenStream2> {
     if !s.generics.params.is_empty() {
@@ -236,18 +236,7 @@ pub(crate) fn expand_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
         } else {
             quote!(with_ref)
         };
-        let finish = if *returns_result {
-            quote! {
-                match result {
-                    ::std::result::Result::Ok(v) => ::fleet::__private::output(&v),
-                    ::std::result::Result::Err(e) => ::std::result::Result::Err(
-                        ::fleet::__private::Failure::User(::std::string::ToString::to_string(&e)),
-                    ),
-                }
-            }
-        } else {
-            quote!(::fleet::__private::output(&result))
-        };
+        let finish = finish_result(*returns_result);
         let signature = format!(
             "({}{}) -> {}",
             if *mutates { "&mut self" } else { "&self" },

@@ -77,6 +77,23 @@ pub(crate) fn result_ok_type(ty: &Type) -> Option<&Type> {
     }
 }
 
+/// Code that encodes `result`, the function's return value; a `Result`'s
+/// `Err` becomes the task's error, by its `Display` text.
+pub(crate) fn finish_result(returns_result: bool) -> TokenStream2 {
+    if returns_result {
+        quote! {
+            match result {
+                ::std::result::Result::Ok(v) => ::fleet::__private::output(&v),
+                ::std::result::Result::Err(e) => ::std::result::Result::Err(
+                    ::fleet::__private::Failure::User(::std::string::ToString::to_string(&e)),
+                ),
+            }
+        }
+    } else {
+        quote!(::fleet::__private::output(&result))
+    }
+}
+
 /// Visibility of the items inside the generated module, as seen from the
 /// function's own module.
 fn inner_visibility(vis: &Visibility) -> TokenStream2 {
@@ -134,18 +151,7 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
     );
     let num_cpus = options.num_cpus.map(|n| quote!(.num_cpus(#n)));
     let max_retries = options.max_retries.map(|n| quote!(.max_retries(#n)));
-    let finish = if returns_result {
-        quote! {
-            match result {
-                ::std::result::Result::Ok(v) => ::fleet::__private::output(&v),
-                ::std::result::Result::Err(e) => ::std::result::Result::Err(
-                    ::fleet::__private::Failure::User(::std::string::ToString::to_string(&e)),
-                ),
-            }
-        }
-    } else {
-        quote!(::fleet::__private::output(&result))
-    };
+    let finish = finish_result(returns_result);
     // An async function runs to completion on the worker's runtime.
     let call = if is_async {
         quote!(::fleet::__private::block_on(super::#name(#(#arg_names),*)))

@@ -46,11 +46,8 @@ async fn events(
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let snap = head.state.lock().snapshot(since);
+        let next = snap.last_seq();
         let json = serde_json::to_string(&snap).unwrap_or_default();
-        let next = serde_json::from_str::<serde_json::Value>(&json)
-            .ok()
-            .and_then(|v| v["last_seq"].as_u64())
-            .unwrap_or(since);
         Some((Ok(Event::default().data(json)), (head, next, false)))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())

@@ -214,7 +214,7 @@ impl State {
                     self.tasks.insert(
                         id,
                         Task {
-                            spec,
+                            spec: *spec,
                             missing: 0,
                             retries_left,
                             worker: None,

@@ -90,6 +90,13 @@ struct TaskCounts {
     failed: u64,
 }
 
+impl Snapshot {
+    /// The newest task event it covers.
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+}
+
 /// Everything the dashboard shows, as `/api/snapshot` returns it.
 #[derive(Serialize)]
 pub(crate) struct Snapshot {
@@ -154,18 +161,13 @@ impl State {
     /// Records a finished task for the task stream.
     pub(super) fn record(
         &mut self,
-        worker: u32,
+        (node, pid): (String, u32),
         id: u64,
         function: &str,
         ok: bool,
         start_us: u64,
         dur_us: u64,
     ) {
-        let (node, pid) = self
-            .workers
-            .get(&worker)
-            .map(|w| (w.node.clone(), w.pid))
-            .unwrap_or_default();
         let name = short(function).to_string();
         let counts = self.finished.entry(name.clone()).or_default();
         if ok {

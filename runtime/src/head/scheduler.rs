@@ -110,8 +110,13 @@ impl State {
         }
         if let Some(function) = self.tasks.get(&id).map(|t| t.spec.function.clone()) {
             let ok = !matches!(payload, Payload::Error(_));
+            let at = self
+                .workers
+                .get(&client)
+                .map(|w| (w.node.clone(), w.pid))
+                .unwrap_or_default();
             self.record(
-                client,
+                at,
                 id,
                 &function,
                 ok,
@@ -142,7 +147,7 @@ impl State {
             *m = 0.8 * *m + 0.2 * result.exec_micros as f64;
             let plain = t.spec.actor_id == 0 && t.spec.create.is_none();
             if plain && matches!(payload, Payload::Stored(_)) {
-                lineage = Some(t.spec.clone());
+                lineage = Some(Box::new(t.spec.clone()));
             }
         }
         self.complete(id, payload, result.nested_refs);
@@ -205,6 +210,9 @@ impl State {
                     ..Default::default()
                 };
                 e.set_kind(proto::ErrorKind::WorkerDied);
+                let function = t.spec.function.clone();
+                let now = super::observe::now_us();
+                self.record((w.node.clone(), w.pid), *id, &function, false, now, 0);
                 self.complete(*id, Payload::Error(e), Vec::new());
             }
         }

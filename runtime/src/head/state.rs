@@ -25,7 +25,7 @@ pub(super) struct Obj {
     /// Its file was moved (or is being moved) to the spill folder.
     pub(super) spilled: bool,
     /// The task that made a stored value, to rebuild it if its node is lost.
-    pub(super) lineage: Option<proto::TaskSpec>,
+    pub(super) lineage: Option<Box<proto::TaskSpec>>,
     /// Job of the session that made it.
     pub(super) job: u32,
 }
