@@ -11,12 +11,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
+use common::cli::{fleet_bin, Child};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{cluster, sigkill, wait_for_path, wait_until, Gate, GENEROUS};
@@ -609,73 +608,6 @@ fn actor_pool_map_returns_results_in_input_order() {
 
 /// Set (to the head's address) in the second driver's environment.
 const SECOND_DRIVER_ENV: &str = "FLEET_TEST_ACTORS_SECOND_DRIVER";
-
-/// A child process killed (and reaped) when dropped; its stdout lines
-/// arrive on a channel.
-struct Child {
-    child: std::process::Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Child {
-    fn spawn(cmd: &mut Command) -> Child {
-        cmd.stdout(Stdio::piped()).stdin(Stdio::null());
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().expect("start a process");
-        let out = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Child { child, lines }
-    }
-
-    /// Waits for a line containing `marker`; returns it.
-    fn expect_line(&self, marker: &str) -> String {
-        let deadline = Instant::now() + GENEROUS;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(marker) => return line,
-                Ok(_) => {}
-                Err(e) => panic!("no line with {marker:?} within {GENEROUS:?} ({e})"),
-            }
-        }
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The `fleet` CLI next to the test binary's `deps/` folder.
-fn fleet_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir")
-        .join("fleet");
-    assert!(
-        bin.is_file(),
-        "build the CLI first: cargo build -p fleet ({})",
-        bin.display()
-    );
-    bin
-}
 
 /// Not a test on its own: the body of the second driver process. Joins the
 /// cluster, finds the named counter, calls it directly and from a task.

@@ -2,189 +2,19 @@
 //! loopback addresses, each a separate `fleet start` process; this test
 //! process joins as a driver (its executable is shipped to the nodes).
 
+mod common;
+
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
+
+use common::cli::{Child as Proc, CliCluster};
 
 use fleet::{remote, Blob, Config, ObjectRef};
 
 const WAIT: Duration = Duration::from_secs(120);
 
-/// A child process killed (and reaped) when dropped.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Proc {
-    fn spawn(cmd: &mut Command) -> Proc {
-        cmd.stdout(Stdio::piped()).stdin(Stdio::null());
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().expect("start a process");
-        let out = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc { child, lines }
-    }
-
-    /// Waits for a line containing `marker`; returns it.
-    fn expect_line(&self, marker: &str) -> String {
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(WAIT)
-                .unwrap_or_else(|_| panic!("no line with {marker:?} in time"));
-            if line.contains(marker) {
-                return line;
-            }
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn fleet_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir")
-        .join("fleet");
-    assert!(
-        bin.is_file(),
-        "build the CLI first: cargo build -p fleet ({})",
-        bin.display()
-    );
-    bin
-}
-
-struct TestCluster {
-    address: String,
-    token: String,
-    _dir: tempdir::Dir,
-    _head: Proc,
-    nodes: Vec<(String, Proc)>,
-}
-
-mod tempdir {
-    /// A temporary folder removed on drop.
-    pub(crate) struct Dir(pub(crate) std::path::PathBuf);
-    impl Dir {
-        pub(crate) fn new() -> Dir {
-            let p = std::env::temp_dir().join(format!(
-                "fleet-test-{}-{:x}",
-                std::process::id(),
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos()
-            ));
-            std::fs::create_dir_all(&p).unwrap();
-            Dir(p)
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-impl TestCluster {
-    fn start(head_cpus: u32) -> TestCluster {
-        let dir = tempdir::Dir::new();
-        let token = format!("test-token-{}", std::process::id());
-        let head = Proc::spawn(
-            Command::new(fleet_bin())
-                .args([
-                    "start",
-                    "--head",
-                    "--port",
-                    "0",
-                    "--dashboard-port",
-                    "0",
-                    "--block",
-                ])
-                .args(["--num-cpus", &head_cpus.to_string()])
-                .arg("--token-file")
-                .arg(dir.0.join("token"))
-                .env("FLEET_TOKEN", &token),
-        );
-        let line = head.expect_line("serving at");
-        let address = line.rsplit(' ').next().expect("address").to_string();
-        TestCluster {
-            address,
-            token,
-            _dir: dir,
-            _head: head,
-            nodes: Vec::new(),
-        }
-    }
-
-    /// Starts a node agent on `ip`; returns its name.
-    fn add_node(&mut self, ip: &str, cpus: u32) -> String {
-        self.add_node_with(ip, cpus, &[])
-    }
-
-    fn add_node_with(&mut self, ip: &str, cpus: u32, extra: &[&str]) -> String {
-        let node = Proc::spawn(
-            Command::new(fleet_bin())
-                .args([
-                    "start",
-                    "--address",
-                    &self.address,
-                    "--node-ip",
-                    ip,
-                    "--block",
-                ])
-                .args(["--num-cpus", &cpus.to_string()])
-                .args(extra)
-                .env("FLEET_TOKEN", &self.token),
-        );
-        let line = node.expect_line("joined the cluster");
-        let name = line
-            .split_whitespace()
-            .nth(2)
-            .expect("node name")
-            .to_string();
-        self.nodes.push((name.clone(), node));
-        name
-    }
-
-    fn join(&self) -> fleet::Cluster {
-        fleet::init_with(Config {
-            address: Some(self.address.clone()),
-            token: Some(self.token.clone()),
-            ..Default::default()
-        })
-        .expect("join the cluster")
-    }
-}
+type TestCluster = CliCluster;
 
 #[remote]
 fn where_am_i(pause_ms: u64) -> String {
@@ -222,7 +52,7 @@ fn digest(b: (Blob, String)) -> (u64, usize, String) {
 
 #[test]
 fn tasks_spread_over_all_nodes() {
-    let mut c = TestCluster::start(1);
+    let mut c = TestCluster::start(1, &[]);
     let b = c.add_node("127.0.0.2", 1);
     let d = c.add_node("127.0.0.3", 1);
     let _driver = c.join();
@@ -237,7 +67,7 @@ fn tasks_spread_over_all_nodes() {
 
 #[test]
 fn a_256_mib_object_made_on_one_node_is_read_on_another() {
-    let mut c = TestCluster::start(0);
+    let mut c = TestCluster::start(0, &[]);
     let a = c.add_node("127.0.0.2", 1);
     let b = c.add_node("127.0.0.3", 1);
     let _driver = c.join();
@@ -259,7 +89,7 @@ fn a_256_mib_object_made_on_one_node_is_read_on_another() {
 
 #[test]
 fn a_node_killed_mid_run_loses_no_task() {
-    let mut c = TestCluster::start(1);
+    let mut c = TestCluster::start(1, &[]);
     c.add_node("127.0.0.2", 1);
     c.add_node("127.0.0.3", 1);
     let _driver = c.join();
@@ -276,7 +106,7 @@ fn a_node_killed_mid_run_loses_no_task() {
 
 #[test]
 fn a_node_joining_mid_run_gets_work() {
-    let mut c = TestCluster::start(1);
+    let mut c = TestCluster::start(1, &[]);
     let _driver = c.join();
     let refs: Vec<ObjectRef<String>> = (0..200).map(|_| where_am_i::remote(30)).collect();
     let (ready, _) = fleet::wait(&refs, 10, Some(WAIT)).expect("wait");
@@ -316,7 +146,7 @@ fn driver_role() {
 
 #[test]
 fn two_drivers_use_one_cluster_at_once() {
-    let mut c = TestCluster::start(1);
+    let mut c = TestCluster::start(1, &[]);
     c.add_node("127.0.0.2", 1);
     let spawn = || {
         Proc::spawn(
@@ -341,7 +171,7 @@ fn make_blob(i: usize, len: usize) -> Blob {
 
 #[test]
 fn a_full_store_on_a_node_spills_and_reads_back() {
-    let mut c = TestCluster::start(0);
+    let mut c = TestCluster::start(0, &[]);
     let small = c.add_node_with("127.0.0.2", 1, &["--object-store-bytes", "33554432"]);
     let _driver = c.join();
     let len = 4 << 20;

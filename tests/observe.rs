@@ -12,10 +12,11 @@
 
 mod common;
 
+use common::cli::fleet_bin;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -613,21 +614,6 @@ fn the_json_api_reports_what_ran() {
 }
 
 // ------------------------------------------------------- fleet timeline
-
-fn fleet_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir")
-        .join("fleet");
-    assert!(
-        bin.is_file(),
-        "build the CLI first: cargo build -p fleet ({})",
-        bin.display()
-    );
-    bin
-}
 
 /// Not a test of its own: a driver joining the head named by
 /// `FLEET_ADDRESS`; runs 30 `cli_square` tasks.

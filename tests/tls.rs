@@ -2,70 +2,14 @@
 //! drivers and nodes that present the cluster CA's certificates, and a
 //! client without TLS gets nowhere.
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::cli::{fleet_bin, Child as Proc};
 
 use fleet::{remote, Config, ObjectRef};
-
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Proc {
-    fn spawn(cmd: &mut Command) -> Proc {
-        cmd.stdout(Stdio::piped()).stdin(Stdio::null());
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().expect("start a process");
-        let out = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc { child, lines }
-    }
-
-    fn expect_line(&self, marker: &str) -> String {
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(Duration::from_secs(120))
-                .unwrap_or_else(|_| panic!("no line with {marker:?} in time"));
-            if line.contains(marker) {
-                return line;
-            }
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn fleet_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir")
-        .join("fleet")
-}
 
 fn openssl(dir: &Path, args: &[&str]) {
     let status = Command::new("openssl")

@@ -5,6 +5,8 @@
 //! Each test binary uses a different subset, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub(crate) mod cli;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

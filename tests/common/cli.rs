@@ -1,0 +1,175 @@
+//! Clusters of separate processes started with the `fleet` CLI: a head on
+//! 127.0.0.1 and node agents on other loopback addresses, each a child of
+//! the test that dies with it.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use super::GENEROUS;
+
+/// A child process killed (and reaped) when dropped; its stdout lines
+/// arrive on a channel.
+pub(crate) struct Child {
+    pub(crate) child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Child {
+    pub(crate) fn spawn(cmd: &mut Command) -> Child {
+        cmd.stdout(Stdio::piped()).stdin(Stdio::null());
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("start a process");
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Child { child, lines }
+    }
+
+    /// Waits for a line containing `marker`; returns it.
+    pub(crate) fn expect_line(&self, marker: &str) -> String {
+        let deadline = Instant::now() + GENEROUS;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(marker) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no line with {marker:?} within {GENEROUS:?} ({e})"),
+            }
+        }
+    }
+
+    /// Kills the process now (SIGKILL) and reaps it.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The `fleet` CLI next to the test binary's `deps/` folder.
+pub(crate) fn fleet_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir")
+        .join("fleet");
+    assert!(
+        bin.is_file(),
+        "build the CLI first: cargo build -p fleet ({})",
+        bin.display()
+    );
+    bin
+}
+
+/// A head started with `fleet start --head`, and the nodes added to it.
+pub(crate) struct CliCluster {
+    pub(crate) address: String,
+    pub(crate) token: String,
+    pub(crate) nodes: Vec<(String, Child)>,
+    pub(crate) head: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl CliCluster {
+    /// A head whose own node offers `head_cpus`; `extra` goes to `fleet start`.
+    pub(crate) fn start(head_cpus: u32, extra: &[&str]) -> CliCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let token = format!("test-token-{}-{}", std::process::id(), rand_suffix());
+        let head = Child::spawn(
+            Command::new(fleet_bin())
+                .args([
+                    "start",
+                    "--head",
+                    "--port",
+                    "0",
+                    "--dashboard-port",
+                    "0",
+                    "--block",
+                ])
+                .args(["--num-cpus", &head_cpus.to_string()])
+                .arg("--token-file")
+                .arg(dir.path().join("token"))
+                .args(extra)
+                .env("FLEET_TOKEN", &token),
+        );
+        let line = head.expect_line("serving at");
+        let address = line.rsplit(' ').next().expect("address").to_string();
+        CliCluster {
+            address,
+            token,
+            nodes: Vec::new(),
+            head,
+            _dir: dir,
+        }
+    }
+
+    /// Starts a node agent on `ip`; returns its name.
+    pub(crate) fn add_node(&mut self, ip: &str, cpus: u32) -> String {
+        self.add_node_with(ip, cpus, &[])
+    }
+
+    /// [`add_node`](Self::add_node) with more `fleet start` arguments.
+    pub(crate) fn add_node_with(&mut self, ip: &str, cpus: u32, extra: &[&str]) -> String {
+        let node = Child::spawn(
+            Command::new(fleet_bin())
+                .args([
+                    "start",
+                    "--address",
+                    &self.address,
+                    "--node-ip",
+                    ip,
+                    "--block",
+                ])
+                .args(["--num-cpus", &cpus.to_string()])
+                .args(extra)
+                .env("FLEET_TOKEN", &self.token),
+        );
+        let line = node.expect_line("joined the cluster");
+        let name = line
+            .split_whitespace()
+            .nth(2)
+            .expect("node name")
+            .to_string();
+        self.nodes.push((name.clone(), node));
+        name
+    }
+
+    /// This test process joins as a driver.
+    pub(crate) fn join(&self) -> fleet::Cluster {
+        fleet::init_with(fleet::Config {
+            address: Some(self.address.clone()),
+            token: Some(self.token.clone()),
+            ..Default::default()
+        })
+        .expect("join the cluster")
+    }
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or_default()
+}
