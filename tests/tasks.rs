@@ -175,3 +175,14 @@ fn options_change_one_call() {
     assert_eq!(get(&b), 36);
     assert_eq!(get(&c), 49);
 }
+
+#[test]
+fn finished_refs_moved_into_an_argument_stay_alive() {
+    let _c = common::cluster(2);
+    // Finished before they are passed: the only handles are the ones moved
+    // into the argument, dropped as soon as it is encoded.
+    let refs: Vec<ObjectRef<u64>> = (0..200).map(square::remote).collect();
+    fleet::wait(&refs, refs.len(), Some(common::GENEROUS)).expect("finished");
+    let total = get(&sum_refs::remote(refs));
+    assert_eq!(total, (0..200u64).map(|x| x * x).sum::<u64>());
+}

@@ -14,9 +14,11 @@
 mod actors;
 mod memcpy;
 mod objects;
+mod scale;
 mod tasks;
 mod timeit;
 
+pub use scale::{run_scale, ScaleOptions};
 pub use timeit::{Measurement, Settings, Timer};
 
 /// What every benchmark task and actor call returns: Ray's `b"ok"`.

@@ -215,7 +215,8 @@ impl Client {
                     self.fail_local(id, &e);
                     return handle;
                 }
-                Ok(ArgValue(ArgKind::Value(bytes, nested))) if bytes.len() > INLINE_MAX => {
+                Ok(ArgValue(ArgKind::Value(bytes, nested, held))) if bytes.len() > INLINE_MAX => {
+                    keep.extend(held);
                     match self.put_encoded(bytes, nested) {
                         Ok(h) => {
                             let k = arg::Kind::ObjectRef(h.id);
@@ -228,7 +229,8 @@ impl Client {
                         }
                     }
                 }
-                Ok(ArgValue(ArgKind::Value(bytes, nested))) => {
+                Ok(ArgValue(ArgKind::Value(bytes, nested, held))) => {
+                    keep.extend(held);
                     spec.nested_refs.extend(nested);
                     arg::Kind::Value(bytes.into())
                 }

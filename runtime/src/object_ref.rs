@@ -134,8 +134,9 @@ impl<T: DeserializeOwned + Send + 'static> IntoFuture for ObjectRef<T> {
 pub struct ArgValue(pub(crate) ArgKind);
 
 pub(crate) enum ArgKind {
-    /// An encoded value and the refs nested in it.
-    Value(Vec<u8>, Vec<u64>),
+    /// An encoded value, the refs nested in it, and handles that keep those
+    /// alive until the task is submitted (the value itself is gone by then).
+    Value(Vec<u8>, Vec<u64>, Vec<Arc<Handle>>),
     /// A ref whose value the task receives once it is ready.
     Ref(Arc<Handle>),
 }
@@ -151,7 +152,14 @@ pub trait IntoArg<T> {
 impl<T: Serialize> IntoArg<T> for T {
     fn into_arg(self) -> Result<ArgValue> {
         let enc = codec::encode(&self)?;
-        Ok(ArgValue(ArgKind::Value(enc.bytes, enc.nested)))
+        let keep = match enc.nested.is_empty() {
+            true => Vec::new(),
+            false => {
+                let client = crate::context::client()?;
+                enc.nested.iter().map(|id| client.adopt(*id)).collect()
+            }
+        };
+        Ok(ArgValue(ArgKind::Value(enc.bytes, enc.nested, keep)))
     }
 }
 

@@ -107,6 +107,15 @@ enum Command {
         /// CPUs of the local cluster (default: this machine's cores).
         #[arg(long)]
         num_cpus: Option<usize>,
+        /// Runs the single-node rows of Ray's scalability envelope instead.
+        #[arg(long)]
+        scale: bool,
+        /// With --scale: tasks queued at once.
+        #[arg(long, default_value_t = 1_000_000)]
+        scale_tasks: usize,
+        /// With --scale: size of the big object in GiB (0: skip it).
+        #[arg(long, default_value_t = 16)]
+        scale_object_gib: u64,
     },
 }
 
@@ -160,9 +169,21 @@ fn main() -> anyhow::Result<()> {
             fleet::PROTOCOL_VERSION
         ),
         Command::Microbenchmark {
+            scale: true,
+            scale_tasks,
+            scale_object_gib,
+            num_cpus,
+            ..
+        } => fleet::bench::run_scale(&fleet::bench::ScaleOptions {
+            tasks: scale_tasks,
+            big_object_gib: scale_object_gib,
+            num_cpus,
+        })?,
+        Command::Microbenchmark {
             rounds,
             seconds,
             num_cpus,
+            ..
         } => {
             anyhow::ensure!(
                 seconds.is_finite() && seconds > 0.0,
