@@ -56,7 +56,9 @@ impl Options {
 }
 
 /// Starts a local cluster, runs the selected tests in Ray's order and
-/// prints one line per test as it finishes; returns the measurements.
+/// prints one line per test as it finishes; returns the measurements. A
+/// failing test is reported on stderr and the others still run; the
+/// result is then an error naming every failed test.
 pub fn run(options: &Options) -> anyhow::Result<Vec<Measurement>> {
     println!("Tip: set TESTS_TO_RUN='pattern' to run a subset of benchmarks");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -70,9 +72,19 @@ pub fn run(options: &Options) -> anyhow::Result<Vec<Measurement>> {
     if cluster.counts().is_none() {
         anyhow::bail!("fleet microbenchmark needs a local cluster; unset FLEET_ADDRESS");
     }
-    objects::run(&mut t)?;
-    tasks::run(&mut t)?;
-    actors::run(&mut t, (cores / 2).max(1))?;
+    if let Err(e) = objects::run(&mut t) {
+        t.fail("object store tests (setup)", &e);
+    }
+    if let Err(e) = tasks::run(&mut t) {
+        t.fail("task tests (setup)", &e);
+    }
+    if let Err(e) = actors::run(&mut t, (cores / 2).max(1)) {
+        t.fail("actor tests (setup)", &e);
+    }
     drop(cluster);
+    if !t.failures().is_empty() {
+        let names: Vec<&str> = t.failures().iter().map(|(n, _)| n.as_str()).collect();
+        anyhow::bail!("{} test(s) failed: {}", names.len(), names.join("; "));
+    }
     Ok(t.into_results())
 }

@@ -70,6 +70,7 @@ impl Default for Settings {
 pub struct Timer {
     settings: Settings,
     results: Vec<Measurement>,
+    failures: Vec<(String, String)>,
 }
 
 impl Timer {
@@ -78,6 +79,7 @@ impl Timer {
         Timer {
             settings,
             results: Vec::new(),
+            failures: Vec::new(),
         }
     }
 
@@ -102,16 +104,39 @@ impl Timer {
     /// Measures `f` as Ray's `timeit(name, f, multiplier)` does: calls it
     /// for a warm-up, then in each round calls it in steps of a tenth of
     /// the warm-up's count until the round's time is up. The rate of one
-    /// round is `multiplier * calls / elapsed`. Prints the result line.
+    /// round is `multiplier * calls / elapsed`. Prints the result line, or
+    /// on an error prints `<name> FAILED: <error>` to stderr and records
+    /// the failure, so that the remaining tests still run.
     pub fn timeit(
         &mut self,
         name: &str,
         multiplier: f64,
-        mut f: impl FnMut() -> anyhow::Result<()>,
+        f: impl FnMut() -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         if !self.wants(name) {
             return Ok(());
         }
+        match self.measure(name, multiplier, f) {
+            Ok(m) => {
+                println!("{}", m.line());
+                let _ = std::io::stdout().flush();
+                self.results.push(m);
+            }
+            Err(e) => {
+                eprintln!("{name} FAILED: {e:#}");
+                self.failures.push((name.to_string(), format!("{e:#}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The timing loop of [`Timer::timeit`].
+    fn measure(
+        &self,
+        name: &str,
+        multiplier: f64,
+        mut f: impl FnMut() -> anyhow::Result<()>,
+    ) -> anyhow::Result<Measurement> {
         let round = self.settings.seconds.max(0.0);
         let warmup = round / 2.0;
         let start = Instant::now();
@@ -135,15 +160,22 @@ impl Timer {
         }
         let mean = stats.iter().sum::<f64>() / stats.len() as f64;
         let var = stats.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / stats.len() as f64;
-        let m = Measurement {
+        Ok(Measurement {
             name: name.to_string(),
             mean,
             sd: var.sqrt(),
-        };
-        println!("{}", m.line());
-        let _ = std::io::stdout().flush();
-        self.results.push(m);
-        Ok(())
+        })
+    }
+
+    /// Records a failure outside a timed loop (a test's setup).
+    pub fn fail(&mut self, name: &str, error: &anyhow::Error) {
+        eprintln!("{name} FAILED: {error:#}");
+        self.failures.push((name.to_string(), format!("{error:#}")));
+    }
+
+    /// Tests that failed so far: (name, error).
+    pub fn failures(&self) -> &[(String, String)] {
+        &self.failures
     }
 
     /// The results so far, in the order the tests ran.
@@ -192,5 +224,8 @@ mod tests {
         let r = &t.results()[0];
         assert_eq!(r.name, "noop");
         assert!(r.mean > 0.0 && r.sd >= 0.0);
+        t.timeit("broken", 1.0, || anyhow::bail!("boom")).unwrap();
+        assert_eq!(t.results().len(), 1);
+        assert_eq!(t.failures()[0].0, "broken");
     }
 }
