@@ -75,7 +75,7 @@ pub(crate) struct Head {
     store: ObjectStore,
     binaries: PathBuf,
     supervisor: OnceLock<Supervisor>,
-    spiller: Mutex<std::sync::mpsc::Sender<(u64, String)>>,
+    spiller: Mutex<std::sync::mpsc::Sender<spilling::FileWork>>,
 }
 
 impl Head {
@@ -407,7 +407,10 @@ impl Head {
         }
         for (node, id, path) in out.spill {
             if node == self.node {
-                let _ = self.spiller.lock().send((id, path));
+                let _ = self
+                    .spiller
+                    .lock()
+                    .send(spilling::FileWork::Spill(id, path));
                 continue;
             }
             let session = self.state.lock().nodes.get(&node).and_then(|n| n.session);
@@ -420,7 +423,12 @@ impl Head {
                 });
             }
         }
-        State::delete_files(out.delete);
+        if !out.delete.is_empty() {
+            let _ = self
+                .spiller
+                .lock()
+                .send(spilling::FileWork::Delete(out.delete));
+        }
     }
 
     /// Starts a worker for `job` on `node`: by the head's own supervisor,

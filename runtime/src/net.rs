@@ -22,6 +22,14 @@ pub const ENV_TLS_KEY: &str = "FLEET_TLS_KEY";
 /// See [`ENV_TLS_CERT`].
 pub const ENV_TLS_CA: &str = "FLEET_TLS_CA";
 
+/// Large HTTP/2 windows. A session carries many small frames; h2 counts
+/// small frames not yet read against a budget that scales with the
+/// connection window, and closes the connection (GOAWAY
+/// `too_many_data_frames`) when a busy reader lets them pile up. With the
+/// default 64 KiB windows that was about 128 frames.
+const CONNECTION_WINDOW: u32 = 64 << 20;
+const STREAM_WINDOW: u32 = 32 << 20;
+
 struct Tls {
     identity: Identity,
     ca: Certificate,
@@ -72,7 +80,9 @@ pub(crate) fn endpoint(address: &str) -> Result<Endpoint> {
     let mut endpoint = Endpoint::from_shared(uri)
         .map_err(|e| Error::Connection(format!("bad address {address}: {e}")))?
         .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(10));
+        .connect_timeout(Duration::from_secs(10))
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_stream_window_size(STREAM_WINDOW);
     if let Some(t) = tls {
         endpoint = endpoint
             .tls_config(
@@ -96,7 +106,9 @@ pub(crate) async fn channel(address: &str) -> Result<Channel> {
 
 /// A server builder, with TLS when configured.
 pub(crate) fn server() -> Result<Server> {
-    let builder = Server::builder();
+    let builder = Server::builder()
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_stream_window_size(STREAM_WINDOW);
     match tls()? {
         None => Ok(builder),
         Some(t) => builder

@@ -106,19 +106,33 @@ impl State {
     }
 }
 
-/// Starts the thread that moves files to disk for `head`.
-pub(super) fn start_spiller(head: Weak<Head>, store: ObjectStore) -> mpsc::Sender<(u64, String)> {
-    let (tx, rx) = mpsc::channel::<(u64, String)>();
+/// Slow file work the head hands off, so its event loop never waits on
+/// the kernel copying or freeing hundreds of MiB.
+pub(super) enum FileWork {
+    /// Move an object's file to disk.
+    Spill(u64, String),
+    /// Delete freed objects' files.
+    Delete(Vec<String>),
+}
+
+/// Starts the thread that spills and deletes store files for `head`.
+pub(super) fn start_spiller(head: Weak<Head>, store: ObjectStore) -> mpsc::Sender<FileWork> {
+    let (tx, rx) = mpsc::channel::<FileWork>();
     std::thread::Builder::new()
-        .name("fleet-spiller".into())
+        .name("fleet-store-files".into())
         .spawn(move || {
-            while let Ok((id, path)) = rx.recv() {
-                let result = store.spill(&path).map_err(|e| e.to_string());
-                let Some(head) = head.upgrade() else { break };
-                spilled(&head, id, result);
+            while let Ok(work) = rx.recv() {
+                match work {
+                    FileWork::Delete(paths) => State::delete_files(paths),
+                    FileWork::Spill(id, path) => {
+                        let result = store.spill(&path).map_err(|e| e.to_string());
+                        let Some(head) = head.upgrade() else { break };
+                        spilled(&head, id, result);
+                    }
+                }
             }
         })
-        .expect("starting the spiller thread");
+        .expect("starting the store file thread");
     tx
 }
 

@@ -274,14 +274,14 @@ impl Write for StoreWriter<'_> {
         if self.written > self.store.capacity {
             return Err(io::Error::other("larger than the object store"));
         }
+        if self.file.is_none() && self.buffer.len() + buf.len() > INLINE_MAX {
+            // Too large to be inline: from here on, straight to the file
+            // (a large block goes through no intermediate buffer).
+            self.spill_now()?;
+        }
         match &mut self.file {
             Some(f) => f.write_all(buf)?,
-            None => {
-                self.buffer.extend_from_slice(buf);
-                if self.buffer.len() > INLINE_MAX {
-                    self.spill_now()?;
-                }
-            }
+            None => self.buffer.extend_from_slice(buf),
         }
         Ok(buf.len())
     }
