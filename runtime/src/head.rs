@@ -68,7 +68,9 @@ pub(crate) struct Head {
     started: Mutex<Started>,
     next_client: AtomicU32,
     next_worker: AtomicU64,
-    start_failures: AtomicU32,
+    /// Workers of a job that failed to start in a row (per job: one job
+    /// whose executable cannot start must not stop the others).
+    start_failures: DashMap<u32, u32>,
     stopping: AtomicBool,
     token: String,
     node: String,
@@ -109,7 +111,7 @@ impl Head {
             started: Mutex::new(HashMap::new()),
             next_client: AtomicU32::new(1),
             next_worker: AtomicU64::new(1),
-            start_failures: AtomicU32::new(0),
+            start_failures: DashMap::new(),
             stopping: AtomicBool::new(false),
             token: config.token,
             node: config.node,
@@ -302,7 +304,7 @@ impl Head {
             st.open_session(client, job);
             if role == Role::Worker {
                 self.connected_workers.insert(hello.worker_id, ());
-                self.start_failures.store(0, Ordering::Relaxed);
+                self.start_failures.remove(&hello.job);
                 st.worker_connected(client, &hello);
             }
         }
@@ -435,8 +437,12 @@ impl Head {
     /// or by asking the node's agent.
     fn spawn(&self, node: &str, job: u32) {
         let worker_id = self.next_worker.fetch_add(1, Ordering::Relaxed);
-        if self.start_failures.load(Ordering::Relaxed) >= MAX_START_FAILURES {
-            tracing::error!("workers keep failing to start; not starting more");
+        let failures = self.start_failures.get(&job).map_or(0, |f| *f);
+        if failures >= MAX_START_FAILURES {
+            tracing::error!(
+                job,
+                "workers of this job keep failing to start; not starting more"
+            );
             self.state.lock().worker_started(node, job, false);
             return;
         }
@@ -492,7 +498,9 @@ impl Head {
             return;
         }
         tracing::warn!(worker_id, "worker exited before connecting: {status}");
-        self.start_failures.fetch_add(1, Ordering::Relaxed);
+        if let Some((_, job)) = &started {
+            *self.start_failures.entry(*job).or_default() += 1;
+        }
         let out = {
             let mut st = self.state.lock();
             if let Some((node, job)) = started {

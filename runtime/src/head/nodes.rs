@@ -44,6 +44,9 @@ pub(super) fn max_workers(cpus: f64) -> usize {
 impl State {
     pub(crate) fn add_node(&mut self, name: String, session: Option<u32>, info: proto::NodeInfo) {
         tracing::info!(node = %name, cpus = info.num_cpus, "node joined");
+        // Tasks no node could run may fit this one.
+        let waiting = std::mem::take(&mut self.infeasible);
+        self.ready.extend(waiting);
         self.nodes.insert(
             name,
             Node {
@@ -297,14 +300,13 @@ impl State {
             .map(|n| n.total_cpus)
             .fold(0.0, f64::max);
         let too_big = self
-            .ready
+            .infeasible
             .iter()
-            .filter_map(|id| self.tasks.get(id))
-            .filter(|t| t.spec.num_cpus > largest)
+            .filter(|id| self.tasks.contains_key(id))
             .count();
         if too_big > 0 {
             waiting.push(format!(
-                "{too_big} tasks need more CPUs than any node has (the largest has {largest}); they wait for a larger node"
+                "{too_big} tasks need more CPUs than any node has (the largest has {largest}), or a node that is gone; they wait for such a node"
             ));
         }
         if ready > 0 && self.workers.is_empty() {

@@ -292,6 +292,14 @@ impl State {
             .map(|(c, _)| *c)
     }
 
+    /// Whether some alive node (or the pinned one) has `need` CPUs at all.
+    fn feasible(&self, need: f64, only: &str) -> bool {
+        self.nodes
+            .iter()
+            .filter(|(name, n)| n.alive && (only.is_empty() || *name == only))
+            .any(|(_, n)| n.total_cpus + EPS >= need)
+    }
+
     /// Places ready tasks on workers, and asks for more workers where CPUs
     /// are free but no worker of the task's job is.
     pub(super) fn dispatch(&mut self) {
@@ -311,6 +319,12 @@ impl State {
             }
             let job = task.job;
             let need = task.spec.num_cpus.max(0.0);
+            if !self.feasible(need, &task.spec.node) {
+                // No node could ever run it: aside, so it blocks nothing;
+                // back in the queue when a node joins.
+                self.infeasible.push(id);
+                continue;
+            }
             if task.spec.create.is_some() {
                 if !self.place_actor(id) {
                     skipped.push(id);
@@ -355,8 +369,14 @@ impl State {
                 }
             }
         }
-        for id in skipped.into_iter().rev() {
-            self.ready.push_front(id);
+        if misses >= SCAN_LIMIT {
+            // The pass was cut short: what it skipped goes behind the tasks
+            // it did not reach, so those get a look next time.
+            self.ready.extend(skipped);
+        } else {
+            for id in skipped.into_iter().rev() {
+                self.ready.push_front(id);
+            }
         }
         self.pump_actors();
         // Start workers for what could not be placed, where CPUs are free.

@@ -87,6 +87,8 @@ pub(crate) struct State {
     pub(super) objects: HashMap<u64, Obj>,
     pub(super) tasks: HashMap<u64, Task>,
     pub(super) ready: VecDeque<u64>,
+    /// Ready tasks no node has the CPUs for (or pinned to a gone node).
+    pub(super) infeasible: Vec<u64>,
     pub(super) workers: HashMap<u32, Worker>,
     pub(super) sessions: HashMap<u32, Session>,
     pub(super) nodes: HashMap<String, Node>,
@@ -117,6 +119,7 @@ impl State {
             objects: HashMap::new(),
             tasks: HashMap::new(),
             ready: VecDeque::new(),
+            infeasible: Vec::new(),
             workers: HashMap::new(),
             sessions: HashMap::new(),
             nodes: HashMap::new(),

@@ -89,8 +89,11 @@ impl ObjectStore {
         let dir = session_dir(&base);
         let spill_dir = session_dir(&spill_base);
         for d in [&dir, &spill_dir] {
-            fs::create_dir_all(d)
-                .map_err(|e| Error::Store(format!("creating {}: {e}", d.display())))?;
+            if let Err(e) = fs::create_dir_all(d) {
+                // Leave nothing behind from a failed start.
+                let _ = fs::remove_dir(&dir);
+                return Err(Error::Store(format!("creating {}: {e}", d.display())));
+            }
         }
         Ok(ObjectStore {
             dir,
@@ -303,7 +306,15 @@ fn sweep_stale(base: &Path) {
         let Some(rest) = name.strip_prefix(PREFIX) else {
             continue;
         };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+        // Only session folders, `fleet-<pid>-<8 hex digits>`: other folders
+        // named fleet-… (such as the CLI's `fleet-<uid>`) are not ours.
+        let Some((pid, tag)) = rest.split_once('-') else {
+            continue;
+        };
+        if tag.len() != 8 || !tag.chars().all(|c| c.is_ascii_hexdigit()) {
+            continue;
+        }
+        let Ok(pid) = pid.parse::<i32>() else {
             continue;
         };
         // SAFETY: kill with signal 0 only checks whether the process exists.
