@@ -67,14 +67,36 @@ impl Drop for Child {
     }
 }
 
-/// The `fleet` CLI next to the test binary's `deps/` folder.
+/// The `fleet` CLI next to the test binary's `deps/` folder, built first
+/// if it is not there: the tests live in another package than the CLI, so
+/// `cargo nextest run` does not build it by itself.
 pub(crate) fn fleet_bin() -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
     let exe = std::env::current_exe().expect("test executable");
-    let bin = exe
+    let profile_dir = exe
         .parent()
         .and_then(|deps| deps.parent())
         .expect("target dir")
-        .join("fleet");
+        .to_path_buf();
+    let bin = profile_dir.join("fleet");
+    BUILT.call_once(|| {
+        if bin.is_file() {
+            return;
+        }
+        let target_dir = profile_dir.parent().expect("target dir");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = Command::new(cargo);
+        build
+            .args(["build", "-p", "fleet", "--bin", "fleet", "--target-dir"])
+            .arg(target_dir)
+            .arg("--manifest-path")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+        if profile_dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo to build the fleet CLI");
+        assert!(status.success(), "building the fleet CLI failed");
+    });
     assert!(
         bin.is_file(),
         "build the CLI first: cargo build -p fleet ({})",
