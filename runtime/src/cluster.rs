@@ -132,7 +132,8 @@ impl Drop for Inner {
     }
 }
 
-fn runtime(name: &str, threads: usize) -> Result<Runtime> {
+/// A multi-threaded tokio runtime for one of Fleet's processes.
+pub(crate) fn runtime(name: &str, threads: usize) -> Result<Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .thread_name(name)
@@ -177,12 +178,7 @@ fn start_local(config: &Config) -> Result<Inner> {
         .max(1);
     let rt = runtime("fleet-head", 2)?;
     let token = format!("{:032x}", rand::random::<u128>());
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| Error::Startup(format!("binding the head's port: {e}")))?;
-    let address = listener
-        .local_addr()
-        .map_err(|e| Error::Startup(e.to_string()))?
-        .to_string();
+    let (listener, address) = bind("127.0.0.1", 0)?;
     let head = Head::new(HeadConfig {
         token: token.clone(),
         node: address.clone(),
@@ -345,4 +341,16 @@ fn join(address: &str, config: &Config) -> Result<Inner> {
         runtime: Mutex::new(Some(rt)),
         stop_server: Mutex::new(None),
     })
+}
+
+/// Binds `ip:port` (port 0: any free one); returns the listener and the
+/// `ip:port` it is reached on.
+pub(crate) fn bind(ip: &str, port: u16) -> Result<(TcpListener, String)> {
+    let listener = TcpListener::bind((ip, port))
+        .map_err(|e| Error::Startup(format!("binding {ip}:{port}: {e}")))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| Error::Startup(e.to_string()))?
+        .port();
+    Ok((listener, format!("{ip}:{port}")))
 }

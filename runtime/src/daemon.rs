@@ -1,7 +1,6 @@
 //! The long-running processes `fleet start` runs: a head (with its own
 //! node) and node agents; and `fleet status`.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
 use tokio::sync::oneshot;
@@ -72,19 +71,12 @@ pub fn run_head(
     stop: oneshot::Receiver<()>,
 ) -> Result<()> {
     crate::logging::init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("fleet-head")
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Startup(e.to_string()))?;
-    let listener = TcpListener::bind((opts.bind.as_str(), opts.port))
-        .map_err(|e| Error::Startup(format!("binding {}:{}: {e}", opts.bind, opts.port)))?;
-    let port = listener
-        .local_addr()
-        .map_err(|e| Error::Startup(e.to_string()))?
-        .port();
-    let address = format!("{}:{port}", opts.node_ip.as_deref().unwrap_or(&opts.bind));
+    let rt = crate::cluster::runtime("fleet-head", 2)?;
+    let (listener, bound) = crate::cluster::bind(&opts.bind, opts.port)?;
+    let address = match &opts.node_ip {
+        Some(ip) => format!("{ip}:{}", bound.rsplit(':').next().unwrap_or_default()),
+        None => bound,
+    };
     let token = opts
         .token
         .clone()

@@ -110,19 +110,8 @@ impl Agent {
 
 /// Runs a node agent until the head goes away or `stop` fires.
 pub fn run(opts: NodeOptions, stop: oneshot::Receiver<()>) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("fleet-node")
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Startup(e.to_string()))?;
-    let listener = TcpListener::bind((opts.node_ip.as_str(), opts.port))
-        .map_err(|e| Error::Startup(format!("binding {}:{}: {e}", opts.node_ip, opts.port)))?;
-    let port = listener
-        .local_addr()
-        .map_err(|e| Error::Startup(e.to_string()))?
-        .port();
-    let name = format!("{}:{port}", opts.node_ip);
+    let rt = crate::cluster::runtime("fleet-node", 2)?;
+    let (listener, name) = crate::cluster::bind(&opts.node_ip, opts.port)?;
     let store = ObjectStore::create(&name, opts.store_capacity)?;
     let binaries = store.spill_dir().join("binaries");
     std::fs::create_dir_all(&binaries)?;
