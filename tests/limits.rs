@@ -42,3 +42,37 @@ fn too_many_pending_tasks_fail_clearly_and_the_job_goes_on() {
     assert_eq!(fleet::get_all(&again).expect("room again").len(), 100);
     let _ = std::fs::remove_file(&gate);
 }
+
+#[remote]
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[test]
+fn idle_workers_beyond_the_pool_exit_after_a_burst() {
+    let c = fleet::init_with(Config {
+        num_cpus: Some(2),
+        ..Default::default()
+    })
+    .expect("cluster");
+    // Zero-CPU tasks start extra workers while the CPUs are taken.
+    let refs: Vec<ObjectRef<u64>> = (0..200)
+        .map(|_| nap::options().num_cpus(0.0).remote(20))
+        .collect();
+    assert_eq!(fleet::get_all(&refs).expect("all ran").len(), 200);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let workers = c.counts().expect("local").workers;
+        if workers <= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{workers} workers still alive");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The pool still serves.
+    assert_eq!(
+        fleet::get(&nap::remote(1)).expect("a task after the burst"),
+        1
+    );
+}

@@ -404,6 +404,10 @@ impl Head {
                 let _ = tx.send(op);
             }
         }
+        for client in out.reap {
+            // Closing its stream tells the worker to exit.
+            self.senders.remove(&client);
+        }
         for (node, job) in out.spawn {
             self.spawn(&node, job);
         }

@@ -3,7 +3,7 @@
 //! once so it never idles for a round trip, while long tasks go one per
 //! worker so a slow task never holds others behind it.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use crate::proto::{self, head_op::Op, object_value::Payload};
 
@@ -379,6 +379,9 @@ impl State {
             }
         }
         self.pump_actors();
+        if self.ready.is_empty() {
+            self.reap_idle();
+        }
         // Start workers for what could not be placed, where CPUs are free.
         for (job, need, only) in wanted {
             if !self.jobs.contains_key(&job) {
@@ -386,6 +389,45 @@ impl State {
             }
             if let Some(node) = self.node_for_worker(job, need, &only) {
                 self.request_worker(&node, job);
+            }
+        }
+    }
+
+    /// With nothing waiting, idle workers beyond what a node keeps for a job
+    /// (its CPUs, or the local cluster's pool) are told to exit, so a burst
+    /// of zero-CPU tasks does not leave dozens of processes behind.
+    fn reap_idle(&mut self) {
+        let mut idle: HashMap<(u32, &str), Vec<u32>> = HashMap::new();
+        for (c, w) in &self.workers {
+            if w.queue.is_empty() && !w.blocked && w.actors == 0 {
+                idle.entry((w.job, w.node.as_str())).or_default().push(*c);
+            }
+        }
+        let mut reap = Vec::new();
+        for ((job, node), mut clients) in idle {
+            let Some(n) = self.nodes.get(node) else {
+                continue;
+            };
+            let pool = self.jobs.get(&job).map_or(0, |j| {
+                if node == self.local_node {
+                    j.min_workers
+                } else {
+                    0
+                }
+            });
+            let keep = pool.max(n.total_cpus.floor() as usize).max(1);
+            if clients.len() > keep {
+                clients.sort_unstable();
+                reap.extend(clients.split_off(keep));
+            }
+        }
+        for c in reap {
+            if let Some(w) = self.workers.remove(&c) {
+                if let Some(n) = self.nodes.get_mut(&w.node) {
+                    n.workers = n.workers.saturating_sub(1);
+                }
+                tracing::debug!(pid = w.pid, "idle worker told to exit");
+                self.out.reap.push(c);
             }
         }
     }

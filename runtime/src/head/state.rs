@@ -73,6 +73,8 @@ pub(super) struct Outbox {
     /// Workers to start: (node, job).
     pub(super) spawn: Vec<(String, u32)>,
     pub(super) delete: Vec<String>,
+    /// Idle worker sessions to close (the worker exits).
+    pub(super) reap: Vec<u32>,
     /// Store files to move to disk: (node, object, path).
     pub(super) spill: Vec<(String, u64, String)>,
 }
