@@ -17,7 +17,10 @@ pub(crate) const EVENTS_KEPT: usize = 20_000;
 pub(crate) struct TaskEvent {
     /// Order of arrival at the head; `/api/snapshot?since=` counts on it.
     pub(crate) seq: u64,
-    pub(crate) id: String,
+    /// Shown as 16 hex digits; formatted only when a snapshot is sent,
+    /// not on the head's path for every finished task.
+    #[serde(serialize_with = "hex_id")]
+    pub(crate) id: u64,
     pub(crate) function: String,
     pub(crate) node: String,
     pub(crate) pid: u32,
@@ -25,6 +28,10 @@ pub(crate) struct TaskEvent {
     pub(crate) start_us: u64,
     pub(crate) dur_us: u64,
     pub(crate) ok: bool,
+}
+
+fn hex_id<S: serde::Serializer>(id: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{id:016x}"))
 }
 
 /// Finished and failed counts of one function.
@@ -181,7 +188,7 @@ impl State {
         }
         self.events.push_back(TaskEvent {
             seq: self.event_seq,
-            id: format!("{id:016x}"),
+            id,
             function: name,
             node,
             pid,
@@ -352,7 +359,7 @@ impl State {
                 "dur": e.dur_us.max(1),
                 "pid": index(&e.node),
                 "tid": e.pid,
-                "args": { "id": e.id, "ok": e.ok, "worker_pid": e.pid },
+                "args": { "id": format!("{:016x}", e.id), "ok": e.ok, "worker_pid": e.pid },
             })
         }));
         serde_json::json!({ "traceEvents": events, "displayTimeUnit": "ms" })
