@@ -148,3 +148,38 @@ fn objects_are_freed_when_the_last_ref_is_dropped() {
         (counts.objects == 0 && counts.tasks == 0).then_some(())
     });
 }
+
+/// Freed store files are reused for later puts (their pages are kept), but
+/// never while a reader still maps one: a `Blob` read from the store stays
+/// intact after its ref is dropped, however many puts follow.
+#[test]
+fn a_mapped_value_outlives_its_ref_while_files_are_reused() {
+    let c = cluster(2);
+    let want = pattern(4 * MIB, 7);
+    let r = fleet::put(Blob::from(want.clone())).expect("put");
+    let held: Blob = fleet::get(&r).expect("get");
+    drop(r);
+    let forgotten = || {
+        wait_until("the head to free every object", GENEROUS, || {
+            let n = c.counts().expect("local cluster");
+            (n.objects == 0).then_some(())
+        })
+    };
+    forgotten();
+    // Same size, other bytes: these take pooled files when there are any.
+    for seed in 0..40u64 {
+        let other = pattern(4 * MIB, 100 + seed);
+        let r = fleet::put(Blob::from(other.clone())).expect("put");
+        // A task reads it too (another process maps the reused file).
+        let (len, d) = fleet::get(&measure_blob::remote(&r)).expect("task");
+        assert_eq!(
+            (len, d),
+            (other.len(), digest(&other)),
+            "put {seed} read by a task"
+        );
+        assert_same_bytes(&fleet::get(&r).expect("get"), &other);
+        drop(r);
+        forgotten();
+    }
+    assert_same_bytes(&held, &want);
+}

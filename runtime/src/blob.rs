@@ -4,7 +4,6 @@ use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
 
-use memmap2::Mmap;
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -70,7 +69,7 @@ impl Serialize for Blob {
 
 /// A window into a mapped store file; keeps the mapping alive.
 struct MapSlice {
-    map: Arc<Mmap>,
+    map: Arc<crate::node::object_store::Mapping>,
     start: usize,
     len: usize,
 }

@@ -7,12 +7,10 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use memmap2::Mmap;
-
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::error::{Error, Result};
-use crate::node::object_store::Bytes;
+use crate::node::object_store::{Bytes, Mapping};
 
 /// Values at most this large travel inline in task messages; larger ones go
 /// to the node's object store.
@@ -21,11 +19,11 @@ pub const INLINE_MAX: usize = 100 * 1024;
 thread_local! {
     static NESTED: RefCell<Option<Vec<u64>>> = const { RefCell::new(None) };
     /// The mapped store file being decoded, so a `Blob` can point into it.
-    static BACKING: RefCell<Option<Arc<Mmap>>> = const { RefCell::new(None) };
+    static BACKING: RefCell<Option<Arc<Mapping>>> = const { RefCell::new(None) };
 }
 
 /// The mapping under the value being decoded on this thread, if any.
-pub(crate) fn backing() -> Option<Arc<Mmap>> {
+pub(crate) fn backing() -> Option<Arc<Mapping>> {
     BACKING.with(|b| b.borrow().clone())
 }
 

@@ -1,7 +1,6 @@
 //! The object directory: where each object's value is, who holds it, and
 //! when it can be freed.
 
-use crate::node::object_store::ObjectStore;
 use crate::proto::{self, head_op::Op, object_value::Payload};
 
 use super::state::{Obj, ObjState, State};
@@ -218,13 +217,6 @@ impl State {
 
     pub(super) fn lost(id: u64, why: &str) -> Payload {
         Payload::Error(lost_error(id, why))
-    }
-
-    /// Deletes store files of freed objects.
-    pub(super) fn delete_files(paths: Vec<String>) {
-        for p in paths {
-            ObjectStore::delete(&p);
-        }
     }
 }
 

@@ -123,7 +123,7 @@ pub(super) fn start_spiller(head: Weak<Head>, store: ObjectStore) -> mpsc::Sende
         .spawn(move || {
             while let Ok(work) = rx.recv() {
                 match work {
-                    FileWork::Delete(paths) => State::delete_files(paths),
+                    FileWork::Delete(paths) => paths.iter().for_each(|p| store.discard(p)),
                     FileWork::Spill(id, path) => {
                         let result = store.spill(&path).map_err(|e| e.to_string());
                         let Some(head) = head.upgrade() else { break };

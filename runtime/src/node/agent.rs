@@ -227,7 +227,7 @@ async fn serve(
             });
         }
         Some(head_op::Op::FreeFile(f)) if crate::node::transfer::safe_name(&f) => {
-            ObjectStore::delete(&store.dir().join(&f).to_string_lossy());
+            store.discard(&store.dir().join(&f).to_string_lossy());
             ObjectStore::delete(&store.spill_dir().join(&f).to_string_lossy());
         }
         _ => {}

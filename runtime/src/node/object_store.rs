@@ -12,10 +12,13 @@
 use std::fs;
 use std::io::{self, Write};
 use std::ops::Deref;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use memmap2::Mmap;
+
+mod pool;
 
 use crate::codec::INLINE_MAX;
 use crate::error::{Error, Result};
@@ -25,7 +28,21 @@ use crate::proto::StoreLocation;
 #[derive(Clone)]
 pub(crate) enum Bytes {
     Inline(bytes::Bytes),
-    Mapped(Arc<Mmap>),
+    Mapped(Arc<Mapping>),
+}
+
+/// A store file mapped read-only, with the shared lock that keeps it out
+/// of the pool of reusable files while mapped.
+pub(crate) struct Mapping {
+    map: Mmap,
+    _lease: fs::File,
+}
+
+impl Deref for Mapping {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.map
+    }
 }
 
 impl Deref for Bytes {
@@ -136,7 +153,7 @@ impl ObjectStore {
     /// Writes one object; a full or unwritable disk is an error, not a crash.
     pub(crate) fn write(&self, id: u64, bytes: &[u8]) -> Result<StoreLocation> {
         let mut w = self.writer(id);
-        if let Err(e) = w.spill_now().and_then(|()| w.write_all(bytes)) {
+        if let Err(e) = w.write_all(bytes) {
             return Err(w.error(e));
         }
         match w.finish()? {
@@ -153,35 +170,50 @@ impl ObjectStore {
             path: self.dir.join(format!("{id:016x}")),
             buffer: Vec::new(),
             file: None,
+            at: 0,
             written: 0,
         }
     }
 
     /// Maps a stored object read-only, from wherever it is now.
     pub(crate) fn read(&self, loc: &StoreLocation) -> Result<Bytes> {
-        let file = match fs::File::open(&loc.path) {
-            Ok(f) => f,
-            // Spilled since the location was sent: same name, spill folder.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let name = Path::new(&loc.path).file_name().unwrap_or_default();
-                fs::File::open(self.spill_dir.join(name))
-                    .map_err(|_| Error::Store(format!("opening {}: {e}", loc.path)))?
+        let name = Path::new(&loc.path).file_name().unwrap_or_default();
+        // A file spilled or freed between `open` and the lock has left its
+        // path; look again (a spilled one is found in the spill folder).
+        for _ in 0..3 {
+            let (file, path) = match fs::File::open(&loc.path) {
+                Ok(f) => (f, PathBuf::from(&loc.path)),
+                // Spilled since the location was sent: same name, spill folder.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    let spilled = self.spill_dir.join(name);
+                    match fs::File::open(&spilled) {
+                        Ok(f) => (f, spilled),
+                        Err(_) => return Err(Error::Store(format!("opening {}: {e}", loc.path))),
+                    }
+                }
+                Err(e) => return Err(Error::Store(format!("opening {}: {e}", loc.path))),
+            };
+            if !pool::lock(&file, libc::LOCK_SH) || !pool::still_named(&file, &path) {
+                continue;
             }
-            Err(e) => return Err(Error::Store(format!("opening {}: {e}", loc.path))),
-        };
-        // SAFETY: store files are written once, before their location is
-        // published, and never modified afterwards, only unlinked.
-        let map = unsafe { Mmap::map(&file) }
-            .map_err(|e| Error::Store(format!("mapping {}: {e}", loc.path)))?;
-        if map.len() as u64 != loc.size {
-            return Err(Error::Store(format!(
-                "{} has {} bytes, expected {}",
-                loc.path,
-                map.len(),
-                loc.size
-            )));
+            // SAFETY: store files are written once, before their location
+            // is published, and not modified while a reader holds the lease.
+            let map = unsafe { Mmap::map(&file) }
+                .map_err(|e| Error::Store(format!("mapping {}: {e}", loc.path)))?;
+            if map.len() as u64 != loc.size {
+                return Err(Error::Store(format!(
+                    "{} has {} bytes, expected {}",
+                    loc.path,
+                    map.len(),
+                    loc.size
+                )));
+            }
+            return Ok(Bytes::Mapped(Arc::new(Mapping { map, _lease: file })));
         }
-        Ok(Bytes::Mapped(Arc::new(map)))
+        Err(Error::Store(format!(
+            "{} was freed while being read",
+            loc.path
+        )))
     }
 
     /// Moves a stored object to the spill folder; returns its new path.
@@ -210,6 +242,12 @@ impl ObjectStore {
         let _ = fs::remove_file(path);
     }
 
+    /// Disposes of a freed object's file: its pages are kept for the next
+    /// large value (see `pool`) when nobody maps it, else it is deleted.
+    pub(crate) fn discard(&self, path: &str) {
+        pool::give_back(&self.dir, Path::new(path), self.capacity / 4);
+    }
+
     pub(crate) fn remove_all(&self) {
         let _ = fs::remove_dir_all(&self.dir);
         let _ = fs::remove_dir_all(&self.spill_dir);
@@ -226,17 +264,24 @@ pub(crate) enum Written {
 pub(crate) struct StoreWriter<'a> {
     store: &'a ObjectStore,
     path: PathBuf,
+    /// Small writes not yet in the file (all of an inline value).
     buffer: Vec<u8>,
-    file: Option<io::BufWriter<fs::File>>,
+    file: Option<fs::File>,
+    /// Bytes already in the file.
+    at: u64,
     written: u64,
 }
 
+/// Writes at least this large skip the buffer and go straight to the file.
+const BULK: usize = 1 << 20;
+
 impl StoreWriter<'_> {
-    fn spill_now(&mut self) -> io::Result<()> {
-        let mut f = io::BufWriter::with_capacity(1 << 20, fs::File::create(&self.path)?);
-        f.write_all(&self.buffer)?;
-        self.buffer = Vec::new();
-        self.file = Some(f);
+    fn flush_buffer(&mut self) -> io::Result<()> {
+        if let Some(f) = &self.file {
+            f.write_all_at(&self.buffer, self.at)?;
+            self.at += self.buffer.len() as u64;
+            self.buffer.clear();
+        }
         Ok(())
     }
 
@@ -255,19 +300,22 @@ impl StoreWriter<'_> {
     }
 
     pub(crate) fn finish(mut self) -> Result<Written> {
-        match self.file.take() {
-            None => Ok(Written::Inline(std::mem::take(&mut self.buffer))),
-            Some(mut f) => {
-                if let Err(e) = f.flush() {
-                    return Err(self.error(e));
-                }
-                Ok(Written::Stored(StoreLocation {
-                    path: self.path.to_string_lossy().into_owned(),
-                    size: self.written,
-                    node: self.store.node.clone(),
-                }))
-            }
+        if self.file.is_none() {
+            return Ok(Written::Inline(std::mem::take(&mut self.buffer)));
         }
+        let done = self.flush_buffer().and_then(|()| match &self.file {
+            // A pooled file may have been longer than this value.
+            Some(f) => f.set_len(self.at),
+            None => Ok(()),
+        });
+        if let Err(e) = done {
+            return Err(self.error(e));
+        }
+        Ok(Written::Stored(StoreLocation {
+            path: self.path.to_string_lossy().into_owned(),
+            size: self.written,
+            node: self.store.node.clone(),
+        }))
     }
 }
 
@@ -278,22 +326,27 @@ impl Write for StoreWriter<'_> {
             return Err(io::Error::other("larger than the object store"));
         }
         if self.file.is_none() && self.buffer.len() + buf.len() > INLINE_MAX {
-            // Too large to be inline: from here on, straight to the file
-            // (a large block goes through no intermediate buffer).
-            self.spill_now()?;
+            // Too large to be inline: from here on, into a store file.
+            let hint = (self.buffer.len() + buf.len()) as u64;
+            self.file = Some(pool::take(&self.store.dir, &self.path, hint)?);
         }
-        match &mut self.file {
-            Some(f) => f.write_all(buf)?,
-            None => self.buffer.extend_from_slice(buf),
+        if self.file.is_some() && buf.len() >= BULK {
+            self.flush_buffer()?;
+            if let Some(f) = &self.file {
+                pool::bulk_copy(f, self.at, buf)?;
+            }
+            self.at += buf.len() as u64;
+            return Ok(buf.len());
+        }
+        self.buffer.extend_from_slice(buf);
+        if self.file.is_some() && self.buffer.len() >= BULK {
+            self.flush_buffer()?;
         }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        match &mut self.file {
-            Some(f) => f.flush(),
-            None => Ok(()),
-        }
+        Ok(())
     }
 }
 
