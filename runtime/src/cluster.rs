@@ -176,7 +176,7 @@ fn start_local(config: &Config) -> Result<Inner> {
                 .unwrap_or(1)
         })
         .max(1);
-    let rt = runtime("fleet-head", 2)?;
+    let rt = runtime("fleet-head", 1)?;
     let token = format!("{:032x}", rand::random::<u128>());
     let (listener, address) = bind("127.0.0.1", 0)?;
     let head = Head::new(HeadConfig {

@@ -49,6 +49,7 @@ mod object_ref;
 #[doc(hidden)]
 pub mod proto;
 mod registry;
+mod spin;
 mod task;
 mod worker;
 

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -12,6 +12,8 @@ use parking_lot::{Condvar, Mutex};
 /// Fires once `needed` of the objects it was registered on are finished.
 pub(crate) struct Waiter {
     remaining: AtomicUsize,
+    /// `inner.done`, readable without the lock (for spinning).
+    fired: AtomicBool,
     inner: Mutex<Inner>,
     cv: Condvar,
 }
@@ -25,6 +27,7 @@ impl Waiter {
     pub(crate) fn new(needed: usize) -> Arc<Self> {
         Arc::new(Waiter {
             remaining: AtomicUsize::new(needed),
+            fired: AtomicBool::new(needed == 0),
             inner: Mutex::new(Inner {
                 done: needed == 0,
                 waker: None,
@@ -47,6 +50,7 @@ impl Waiter {
     pub(crate) fn wake(&self) {
         let mut inner = self.inner.lock();
         inner.done = true;
+        self.fired.store(true, Ordering::Release);
         self.cv.notify_all();
         if let Some(w) = inner.waker.take() {
             w.wake();
@@ -55,6 +59,9 @@ impl Waiter {
 
     /// Blocks until fired; false on timeout.
     pub(crate) fn wait(&self, timeout: Option<Duration>) -> bool {
+        if crate::spin::until(|| self.fired.load(Ordering::Acquire)) {
+            return true;
+        }
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut inner = self.inner.lock();
         while !inner.done {
