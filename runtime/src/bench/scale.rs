@@ -1,8 +1,14 @@
 //! `fleet microbenchmark --scale`: the single-node rows of Ray's scalability
 //! envelope, each printed with the time it took and the peak resident
-//! memory of the driver's process (which holds the head of a local
-//! cluster) and of the workers.
+//! memory of the head, the driver and the workers. The head runs in its own
+//! process (`fleet start --head`, this executable) so that its memory is
+//! measured apart from the driver's, which holds a million refs and
+//! results of its own.
 
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use super::small_value;
@@ -53,15 +59,98 @@ fn peak_mib(pid: u32) -> u64 {
         / 1024
 }
 
-fn report(cluster: &crate::Cluster, name: &str, started: Instant) {
-    let workers: Vec<u64> = cluster.worker_pids().iter().map(|p| peak_mib(*p)).collect();
-    println!(
-        "{name}: {:.2} s; peak memory: driver+head {} MiB, workers max {} MiB ({} workers)",
-        started.elapsed().as_secs_f64(),
-        peak_mib(std::process::id()),
-        workers.iter().max().copied().unwrap_or(0),
-        workers.len()
-    );
+/// A head started from this executable, stopped when dropped.
+struct HeadProcess {
+    child: std::process::Child,
+    address: String,
+    token: String,
+    dir: PathBuf,
+}
+
+impl HeadProcess {
+    fn start(cpus: Option<usize>, store: u64) -> anyhow::Result<HeadProcess> {
+        let dir = std::env::temp_dir().join(format!(
+            "fleet-scale-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let token = format!("{:032x}", rand::random::<u128>());
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.args(["start", "--head", "--block", "--port", "0"])
+            .args(["--object-store-bytes", &store.to_string()])
+            .arg("--token-file")
+            .arg(dir.join("token"))
+            .env("FLEET_TOKEN", &token)
+            .env("FLEET_DASHBOARD", "0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        if let Some(n) = cpus {
+            cmd.args(["--num-cpus", &n.to_string()]);
+        }
+        // SAFETY: only an async-signal-safe call between fork and exec; the
+        // head dies with this process.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn()?;
+        let out = child.stdout.take().expect("piped stdout");
+        let mut head = HeadProcess {
+            child,
+            address: String::new(),
+            token,
+            dir,
+        };
+        for line in BufReader::new(out).lines() {
+            let line = line?;
+            if let Some(at) = line.strip_prefix("fleet head serving at ") {
+                head.address = at.trim().to_string();
+                return Ok(head);
+            }
+        }
+        anyhow::bail!("the head process exited before serving")
+    }
+
+    /// Its worker processes: the head's children (any of its threads may
+    /// have started one).
+    fn workers(&self) -> Vec<u32> {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        std::fs::read_dir(tasks)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+            .flat_map(|c| {
+                c.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect::<Vec<u32>>()
+            })
+            .collect()
+    }
+
+    fn report(&self, name: &str, started: Instant) {
+        let workers: Vec<u64> = self.workers().into_iter().map(peak_mib).collect();
+        println!(
+            "{name}: {:.2} s; peak memory: head {} MiB, driver {} MiB, workers max {} MiB ({} workers)",
+            started.elapsed().as_secs_f64(),
+            peak_mib(self.child.id()),
+            peak_mib(std::process::id()),
+            workers.iter().max().copied().unwrap_or(0),
+            workers.len()
+        );
+    }
+}
+
+impl Drop for HeadProcess {
+    fn drop(&mut self) {
+        // SAFETY: SIGTERM to our own child, which is not reaped yet.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// What `--scale` runs.
@@ -77,16 +166,13 @@ pub struct ScaleOptions {
 
 /// Runs the rows of the envelope; each checks its own result.
 pub fn run_scale(o: &ScaleOptions) -> anyhow::Result<()> {
-    let store = (o.big_object_gib + 1) << 30;
-    let cluster = crate::init_with(crate::Config {
-        num_cpus: o.num_cpus,
-        object_store_bytes: Some(store.max(crate::node::object_store::default_capacity())),
+    let store = ((o.big_object_gib + 1) << 30).max(crate::node::object_store::default_capacity());
+    let head = HeadProcess::start(o.num_cpus, store)?;
+    let _cluster = crate::init_with(crate::Config {
+        address: Some(head.address.clone()),
+        token: Some(head.token.clone()),
         ..Default::default()
     })?;
-    anyhow::ensure!(
-        cluster.counts().is_some(),
-        "--scale needs a local cluster; unset FLEET_ADDRESS"
-    );
     crate::get(&small_value::remote())?;
 
     let t = Instant::now();
@@ -94,25 +180,25 @@ pub fn run_scale(o: &ScaleOptions) -> anyhow::Result<()> {
     let all = crate::get_all(&refs)?;
     anyhow::ensure!(all.len() == o.tasks && all.iter().all(|v| v == super::SMALL));
     drop((refs, all));
-    report(&cluster, &format!("{} tasks queued at once", o.tasks), t);
+    head.report(&format!("{} tasks queued at once", o.tasks), t);
 
     let t = Instant::now();
     let args: Vec<ObjectRef<Vec<u8>>> = (0..10_000).map(|_| small_value::remote()).collect();
     anyhow::ensure!(crate::get(&consume::remote(args))? == 10_000);
-    report(&cluster, "one task with 10,000 object ref arguments", t);
+    head.report("one task with 10,000 object ref arguments", t);
 
     let t = Instant::now();
     let made = crate::get(&produce::remote(3_000))?;
     let values = crate::get_all(&made)?;
     anyhow::ensure!(values == (0..3_000u64).collect::<Vec<_>>());
-    report(&cluster, "one task returning 3,000 objects", t);
+    head.report("one task returning 3,000 objects", t);
 
     let t = Instant::now();
     let puts: Vec<ObjectRef<u64>> = (0..10_000u64)
         .map(crate::put)
         .collect::<crate::Result<_>>()?;
     anyhow::ensure!(crate::get_all(&puts)?.len() == 10_000);
-    report(&cluster, "get of 10,000 objects", t);
+    head.report("get of 10,000 objects", t);
 
     let t = Instant::now();
     let actors = (0..10_000)
@@ -121,7 +207,7 @@ pub fn run_scale(o: &ScaleOptions) -> anyhow::Result<()> {
     let pings: Vec<ObjectRef<u8>> = actors.iter().map(|a| a.ping()).collect();
     anyhow::ensure!(crate::get_all(&pings)?.iter().all(|p| *p == 1));
     drop(actors);
-    report(&cluster, "10,000 actors created and each called once", t);
+    head.report("10,000 actors created and each called once", t);
 
     if o.big_object_gib > 0 {
         let t = Instant::now();
@@ -131,8 +217,7 @@ pub fn run_scale(o: &ScaleOptions) -> anyhow::Result<()> {
         let back = crate::get(&r)?;
         anyhow::ensure!(back.len() == len && back[len / 2] == 0 && back[len - 1] == 0);
         drop((back, r));
-        report(
-            &cluster,
+        head.report(
             &format!("a {} GiB object through put and get", o.big_object_gib),
             t,
         );

@@ -264,13 +264,13 @@ impl State {
                 let job = self.objects.get(&id).map(|o| o.job).unwrap_or_default();
                 self.tasks.insert(
                     id,
-                    Task {
+                    Box::new(Task {
                         spec,
                         missing: 0,
                         retries_left: 0,
                         worker: None,
                         job,
-                    },
+                    }),
                 );
                 if let Some(o) = self.objects.get_mut(&id) {
                     o.state = ObjState::Pending;

@@ -23,7 +23,7 @@ impl State {
         }
         self.objects.insert(
             id,
-            Obj {
+            Box::new(Obj {
                 state,
                 holders: 1,
                 pins: 0,
@@ -34,7 +34,7 @@ impl State {
                 spilled: false,
                 lineage: None,
                 job: 0,
-            },
+            }),
         );
         if let Some(s) = self.sessions.get_mut(&holder) {
             s.holds.insert(id);

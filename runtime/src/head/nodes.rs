@@ -216,13 +216,13 @@ impl State {
                     let retries_left = spec.max_retries;
                     self.tasks.insert(
                         id,
-                        Task {
+                        Box::new(Task {
                             spec: *spec,
                             missing: 0,
                             retries_left,
                             worker: None,
                             job,
-                        },
+                        }),
                     );
                     self.ready.push_back(id);
                 }

@@ -75,13 +75,13 @@ impl State {
         let actor = spec.actor_id;
         self.tasks.insert(
             id,
-            Task {
+            Box::new(Task {
                 spec,
                 missing,
                 retries_left,
                 worker: None,
                 job,
-            },
+            }),
         );
         if failed.is_none() && actor != 0 {
             failed = self.enqueue_call(id, actor);

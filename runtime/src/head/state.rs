@@ -86,8 +86,10 @@ impl Outbox {
 }
 
 pub(crate) struct State {
-    pub(super) objects: HashMap<u64, Obj>,
-    pub(super) tasks: HashMap<u64, Task>,
+    /// Boxed, as are tasks: a table sized for a million entries has as
+    /// many empty slots again, and an empty slot costs what an entry does.
+    pub(super) objects: HashMap<u64, Box<Obj>>,
+    pub(super) tasks: HashMap<u64, Box<Task>>,
     pub(super) ready: VecDeque<u64>,
     /// Ready tasks no node has the CPUs for (or pinned to a gone node).
     pub(super) infeasible: Vec<u64>,
