@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 /// The default wait, about one sync round trip on a loaded 2-core machine.
 const DEFAULT_MICROS: u64 = 200;
 
-fn budget() -> Duration {
+/// How long a thread spins before it parks.
+pub(crate) fn budget() -> Duration {
     static BUDGET: OnceLock<Duration> = OnceLock::new();
     *BUDGET.get_or_init(|| {
         let micros = std::env::var("FLEET_SPIN_MICROS")

@@ -130,10 +130,34 @@ fn work(actors: Servers, n: u64) -> crate::Result<()> {
     crate::get_all(&refs).map(drop)
 }
 
-/// `n` calls of `small_value` on `a`, then a get of all of them.
-fn calls(a: &ServerHandle, n: usize) -> anyhow::Result<()> {
-    let refs: Vec<ObjectRef<Vec<u8>>> = (0..n).map(|_| a.small_value()).collect();
+/// `n` calls of `small_value` on server 0 of `a`, then a get of all of them.
+fn calls(a: &Servers, n: usize) -> anyhow::Result<()> {
+    let refs: Vec<ObjectRef<Vec<u8>>> = (0..n).map(|_| a.call(0)).collect();
     check_small(crate::get_all(&refs)?)
+}
+
+/// Ray's "1:1 {kind} calls sync" and "... async", each on a new server
+/// from `make`.
+fn one_to_one(
+    t: &mut Timer,
+    kind: &str,
+    make: impl Fn() -> crate::Result<Servers>,
+) -> anyhow::Result<()> {
+    let sync = format!("1:1 {kind} calls sync");
+    if t.wants(&sync) {
+        let a = make()?;
+        t.timeit(&sync, 1.0, || {
+            let v = crate::get(&a.call(0))?;
+            anyhow::ensure!(v == SMALL, "unexpected value {v:?}");
+            Ok(())
+        })?;
+    }
+    let batch = format!("1:1 {kind} calls async");
+    if t.wants(&batch) {
+        let a = make()?;
+        t.timeit(&batch, 1000.0, || calls(&a, 1000))?;
+    }
+    Ok(())
 }
 
 /// `n` new servers.
@@ -183,20 +207,9 @@ fn fan_out(
 /// Runs the actor tests that `t` selects, in Ray's order; `n_cpu` is
 /// Ray's `multiprocessing.cpu_count() // 2` (at least 1).
 pub(super) fn run(t: &mut Timer, n_cpu: usize) -> anyhow::Result<()> {
-    if t.wants("1:1 actor calls sync") {
-        let a = Server::remote()?;
-        t.timeit("1:1 actor calls sync", 1.0, || {
-            let v = crate::get(&a.small_value())?;
-            anyhow::ensure!(v == SMALL, "unexpected value {v:?}");
-            Ok(())
-        })?;
-    }
-    if t.wants("1:1 actor calls async") {
-        let a = Server::remote()?;
-        t.timeit("1:1 actor calls async", 1000.0, || calls(&a, 1000))?;
-    }
+    one_to_one(t, "actor", || Ok(Servers::Sync(servers(1)?)))?;
     if t.wants("1:1 actor calls concurrent") {
-        let a = Server::options().max_concurrency(16).remote()?;
+        let a = Servers::Sync(vec![Server::options().max_concurrency(16).remote()?]);
         t.timeit("1:1 actor calls concurrent", 1000.0, || calls(&a, 1000))?;
     }
     fan_out(t, "actor", n_cpu, |n| servers(n).map(Servers::Sync))?;
@@ -219,21 +232,7 @@ pub(super) fn run(t: &mut Timer, n_cpu: usize) -> anyhow::Result<()> {
 
 /// Ray's async-actor tests, in Ray's order.
 fn async_actors(t: &mut Timer, n_cpu: usize) -> anyhow::Result<()> {
-    if t.wants("1:1 async-actor calls sync") {
-        let a = AsyncServer::remote()?;
-        t.timeit("1:1 async-actor calls sync", 1.0, || {
-            let v = crate::get(&a.small_value())?;
-            anyhow::ensure!(v == SMALL, "unexpected value {v:?}");
-            Ok(())
-        })?;
-    }
-    if t.wants("1:1 async-actor calls async") {
-        let a = AsyncServer::remote()?;
-        t.timeit("1:1 async-actor calls async", 1000.0, || {
-            let refs: Vec<ObjectRef<Vec<u8>>> = (0..1000).map(|_| a.small_value()).collect();
-            check_small(crate::get_all(&refs)?)
-        })?;
-    }
+    one_to_one(t, "async-actor", || async_servers(1))?;
     if t.wants("1:1 async-actor calls with args async") {
         let a = AsyncServer::remote()?;
         t.timeit("1:1 async-actor calls with args async", 1000.0, || {

@@ -59,7 +59,9 @@ impl Waiter {
 
     /// Blocks until fired; false on timeout.
     pub(crate) fn wait(&self, timeout: Option<Duration>) -> bool {
-        if crate::spin::until(|| self.fired.load(Ordering::Acquire)) {
+        // A zero timeout asks whether it fired, without waiting at all.
+        let may_spin = timeout.is_none_or(|t| !t.is_zero());
+        if may_spin && crate::spin::until(|| self.fired.load(Ordering::Acquire)) {
             return true;
         }
         let deadline = timeout.map(|t| Instant::now() + t);
