@@ -183,3 +183,83 @@ fn a_mapped_value_outlives_its_ref_while_files_are_reused() {
     }
     assert_same_bytes(&held, &want);
 }
+
+/// Whether `p` lies in a mapping of a file in a Fleet store folder (read
+/// from /proc/self/maps): a value read there was not copied.
+fn in_store_mapping(p: *const u8) -> bool {
+    let at = p as usize;
+    std::fs::read_to_string("/proc/self/maps")
+        .expect("/proc/self/maps")
+        .lines()
+        .any(|line| {
+            let mut parts = line.split_whitespace();
+            let range = parts.next().unwrap_or_default();
+            let path = parts.nth(4).unwrap_or_default();
+            let Some((lo, hi)) = range.split_once('-') else {
+                return false;
+            };
+            let (lo, hi) = (
+                usize::from_str_radix(lo, 16).unwrap_or(0),
+                usize::from_str_radix(hi, 16).unwrap_or(0),
+            );
+            lo <= at && at < hi && path.contains("/fleet-")
+        })
+}
+
+/// A struct whose array does not start at an aligned offset unless the
+/// encoder pads it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Frame {
+    label: String,
+    values: fleet::Array<f64>,
+    counts: fleet::Array<u32>,
+}
+
+/// Sums a large array where the task runs; returns an array of its own.
+#[remote]
+fn scale_array(a: fleet::Array<f64>, k: f64) -> fleet::Array<f64> {
+    a.iter().map(|x| x * k).collect::<Vec<_>>().into()
+}
+
+#[test]
+fn numeric_arrays_are_read_in_place_aligned() {
+    let _c = cluster(2);
+    let n = 4 << 20; // 32 MiB of f64
+    let values: Vec<f64> = (0..n).map(|i| i as f64 * 0.5).collect();
+    let r = fleet::put(fleet::Array::from(values.clone())).expect("put");
+    let back = fleet::get(&r).expect("get");
+    assert_eq!(back.len(), n);
+    assert!(back[..] == values[..], "array read back differs");
+    assert_eq!(back.as_ptr() as usize % 8, 0, "f64 data aligned");
+    assert!(
+        in_store_mapping(back.as_ptr().cast()),
+        "the array points into the mapped store file"
+    );
+
+    // Inside a struct, after fields of odd length: still aligned, in place.
+    let frame = Frame {
+        label: "abc".into(),
+        values: fleet::Array::from(values.clone()),
+        counts: fleet::Array::from((0..n as u32 / 8).collect::<Vec<_>>()),
+    };
+    let r = fleet::put(frame).expect("put frame");
+    let f = fleet::get(&r).expect("get frame");
+    assert_eq!(f.label, "abc");
+    assert!(f.values[..] == values[..]);
+    assert!(f.counts.iter().copied().eq(0..n as u32 / 8));
+    assert!(in_store_mapping(f.values.as_ptr().cast()));
+    assert!(in_store_mapping(f.counts.as_ptr().cast()));
+
+    // Through a task, both ways.
+    let doubled = fleet::get(&scale_array::remote(&r_values(&values), 2.0)).expect("task");
+    assert!(doubled.iter().zip(&values).all(|(d, v)| *d == v * 2.0));
+
+    // Small arrays travel inline (copied once, aligned).
+    let small =
+        fleet::get(&fleet::put(fleet::Array::from(vec![1u64, 2, 3])).expect("put")).expect("get");
+    assert_eq!(&small[..], &[1, 2, 3]);
+}
+
+fn r_values(values: &[f64]) -> ObjectRef<fleet::Array<f64>> {
+    fleet::put(fleet::Array::from(values.to_vec())).expect("put")
+}

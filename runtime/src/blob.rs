@@ -80,6 +80,21 @@ impl AsRef<[u8]> for MapSlice {
     }
 }
 
+/// `v` as a share of the mapped store file being decoded, if it lies in
+/// one: no copy.
+pub(crate) fn shared(v: &[u8]) -> Option<bytes::Bytes> {
+    let map = codec::backing()?;
+    let base = map.as_ptr() as usize;
+    let at = v.as_ptr() as usize;
+    (at >= base && at + v.len() <= base + map.len()).then(|| {
+        bytes::Bytes::from_owner(MapSlice {
+            map,
+            start: at - base,
+            len: v.len(),
+        })
+    })
+}
+
 struct BlobVisitor;
 
 impl<'de> Visitor<'de> for BlobVisitor {
@@ -90,19 +105,9 @@ impl<'de> Visitor<'de> for BlobVisitor {
     }
 
     fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Blob, E> {
-        // Borrowed from a mapped store file: share the mapping, copy nothing.
-        if let Some(map) = codec::backing() {
-            let base = map.as_ptr() as usize;
-            let at = v.as_ptr() as usize;
-            if at >= base && at + v.len() <= base + map.len() {
-                return Ok(Blob(bytes::Bytes::from_owner(MapSlice {
-                    map,
-                    start: at - base,
-                    len: v.len(),
-                })));
-            }
-        }
-        Ok(Blob(bytes::Bytes::copy_from_slice(v)))
+        Ok(Blob(
+            shared(v).unwrap_or_else(|| bytes::Bytes::copy_from_slice(v)),
+        ))
     }
 
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Blob, E> {

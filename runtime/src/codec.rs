@@ -20,6 +20,29 @@ thread_local! {
     static NESTED: RefCell<Option<Vec<u64>>> = const { RefCell::new(None) };
     /// The mapped store file being decoded, so a `Blob` can point into it.
     static BACKING: RefCell<Option<Arc<Mapping>>> = const { RefCell::new(None) };
+    /// Bytes written so far by the encoder on this thread, so an
+    /// [`Array`](crate::Array) can pad its data to its alignment.
+    static POSITION: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Where the encoder on this thread is, if it is Fleet's encoder.
+pub(crate) fn position() -> Option<u64> {
+    POSITION.with(|p| p.get())
+}
+
+/// A writer that keeps [`POSITION`] up to date.
+struct Counting<W>(W);
+
+impl<W: std::io::Write> std::io::Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.0.write(buf)?;
+        POSITION.with(|p| p.set(p.get().map(|at| at + n as u64)));
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
 }
 
 /// The mapping under the value being decoded on this thread, if any.
@@ -49,13 +72,9 @@ pub(crate) struct Encoded {
 }
 
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded> {
-    let outer = NESTED.with(|n| n.borrow_mut().replace(Vec::new()));
-    let bytes = postcard::to_allocvec(value);
-    let nested = NESTED.with(|n| std::mem::replace(&mut *n.borrow_mut(), outer));
-    Ok(Encoded {
-        bytes: bytes?,
-        nested: nested.unwrap_or_default(),
-    })
+    let mut bytes = Vec::new();
+    let nested = encode_into(value, &mut bytes)?;
+    Ok(Encoded { bytes, nested })
 }
 
 /// Encodes `value` into `writer`; returns the refs nested inside it.
@@ -64,7 +83,9 @@ pub(crate) fn encode_into<T: Serialize + ?Sized, W: std::io::Write>(
     writer: W,
 ) -> std::result::Result<Vec<u64>, postcard::Error> {
     let outer = NESTED.with(|n| n.borrow_mut().replace(Vec::new()));
-    let done = postcard::to_io(value, writer);
+    let outer_at = POSITION.with(|p| p.replace(Some(0)));
+    let done = postcard::to_io(value, Counting(writer));
+    POSITION.with(|p| p.set(outer_at));
     let nested = NESTED.with(|n| std::mem::replace(&mut *n.borrow_mut(), outer));
     done.map(|_| nested.unwrap_or_default())
 }

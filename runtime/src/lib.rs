@@ -30,6 +30,7 @@ extern crate self as fleet;
 
 mod actor;
 mod api;
+mod array;
 #[doc(hidden)]
 pub mod bench;
 mod blob;
@@ -58,6 +59,7 @@ pub use api::{
     current_node, get, get_all, get_all_timeout, get_all_with_progress, get_timeout, put, wait,
     ReadySplit,
 };
+pub use array::Array;
 pub use blob::Blob;
 pub use cluster::{init, init_with, Cluster, Config, ENV_ADDRESS, ENV_TOKEN};
 pub use codec::INLINE_MAX;
