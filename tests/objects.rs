@@ -251,7 +251,7 @@ fn numeric_arrays_are_read_in_place_aligned() {
     assert!(in_store_mapping(f.counts.as_ptr().cast()));
 
     // Through a task, both ways.
-    let doubled = fleet::get(&scale_array::remote(&r_values(&values), 2.0)).expect("task");
+    let doubled = fleet::get(&scale_array::remote(r_values(&values), 2.0)).expect("task");
     assert!(doubled.iter().zip(&values).all(|(d, v)| *d == v * 2.0));
 
     // Small arrays travel inline (copied once, aligned).
