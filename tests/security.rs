@@ -112,13 +112,7 @@ impl Head {
                 .args(["--block", "--num-cpus", "1"])
                 .env("FLEET_TOKEN", &self.token),
         );
-        let line = node.expect_line("joined the cluster");
-        let name = line
-            .split_whitespace()
-            .nth(2)
-            .expect("node name")
-            .to_string();
-        (name, node)
+        (node.joined_node_name(), node)
     }
 }
 

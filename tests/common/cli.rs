@@ -54,6 +54,16 @@ impl Child {
         }
     }
 
+    /// Waits for a node agent's "joined the cluster" line; returns the
+    /// node's name from it.
+    pub(crate) fn joined_node_name(&self) -> String {
+        self.expect_line("joined the cluster")
+            .split_whitespace()
+            .nth(2)
+            .expect("node name")
+            .to_string()
+    }
+
     /// Kills the process now (SIGKILL) and reaps it.
     pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
@@ -168,12 +178,7 @@ impl CliCluster {
                 .args(extra)
                 .env("FLEET_TOKEN", &self.token),
         );
-        let line = node.expect_line("joined the cluster");
-        let name = line
-            .split_whitespace()
-            .nth(2)
-            .expect("node name")
-            .to_string();
+        let name = node.joined_node_name();
         self.nodes.push((name.clone(), node));
         name
     }

@@ -292,6 +292,16 @@ impl StoreWriter<'_> {
         if self.written > self.store.capacity {
             return self.store.too_large(self.written);
         }
+        if e.raw_os_error() == Some(libc::ENOSPC) {
+            return Error::Store(format!(
+                "no room for {} bytes in {}: the file system under the object store is full; \
+                 drop refs you no longer need, or give the cluster a store smaller than that \
+                 file system (Config::object_store_bytes, --object-store-bytes) so it spills \
+                 to disk first",
+                self.written,
+                self.store.dir.display()
+            ));
+        }
         Error::Store(format!(
             "writing {} bytes to {}: {e}",
             self.written,

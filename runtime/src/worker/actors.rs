@@ -22,8 +22,6 @@ struct Instance {
     dead: AtomicBool,
     max_concurrency: usize,
     mailbox: Mutex<Mailbox>,
-    /// When its mailbox last ran empty.
-    idle_since: Mutex<Option<Instant>>,
     /// Its calls come soon after its mailbox runs empty.
     hot: AtomicBool,
 }
@@ -31,6 +29,8 @@ struct Instance {
 struct Mailbox {
     calls: VecDeque<proto::TaskSpec>,
     draining: usize,
+    /// When it last ran empty.
+    idle_since: Option<Instant>,
 }
 
 pub(crate) struct ActorHost {
@@ -69,13 +69,13 @@ impl ActorHost {
             send_result(&self.client, &spec, Err(e), Instant::now());
             return;
         };
-        let gap = instance.idle_since.lock().map(|t| t.elapsed());
-        instance.hot.store(
-            gap.is_some_and(|g| g < 2 * crate::spin::budget()),
-            Ordering::Relaxed,
-        );
         let start = {
             let mut m = instance.mailbox.lock();
+            let gap = m.idle_since.map(|t| t.elapsed());
+            instance.hot.store(
+                gap.is_some_and(|g| g < 2 * crate::spin::budget()),
+                Ordering::Relaxed,
+            );
             m.calls.push_back(spec);
             if m.draining < instance.max_concurrency {
                 m.draining += 1;
@@ -114,8 +114,8 @@ impl ActorHost {
                     mailbox: Mutex::new(Mailbox {
                         calls: VecDeque::new(),
                         draining: 0,
+                        idle_since: None,
                     }),
-                    idle_since: Mutex::new(None),
                     hot: AtomicBool::new(false),
                 });
                 self.actors.lock().insert(id, instance);
@@ -144,7 +144,7 @@ impl ActorHost {
                     Some(c) => c,
                     None => {
                         m.draining -= 1;
-                        *instance.idle_since.lock() = Some(Instant::now());
+                        m.idle_since = Some(Instant::now());
                         return;
                     }
                 }
