@@ -3,6 +3,7 @@
 //! start --head` runs it in the `fleet` process.
 
 mod actors;
+pub(crate) mod autoscale;
 mod dashboard;
 mod directory;
 mod nodes;
@@ -78,6 +79,8 @@ pub(crate) struct Head {
     binaries: PathBuf,
     supervisor: OnceLock<Supervisor>,
     spiller: Mutex<std::sync::mpsc::Sender<spilling::FileWork>>,
+    /// Asks for nodes and gives them back (`--autoscale`).
+    autoscaler: OnceLock<Arc<autoscale::Autoscaler>>,
 }
 
 impl Head {
@@ -96,6 +99,7 @@ impl Head {
                 spill_dir: store.spill_dir().to_string_lossy().into_owned(),
                 store_capacity: config.store_capacity,
                 arch: std::env::consts::ARCH.into(),
+                node_job: String::new(),
             },
         );
         if let Some(registry) = &config.embedded_registry {
@@ -118,6 +122,7 @@ impl Head {
             store,
             binaries,
             supervisor: OnceLock::new(),
+            autoscaler: OnceLock::new(),
         });
         Ok(head)
     }
@@ -135,7 +140,25 @@ impl Head {
     }
 
     pub(crate) fn status(&self) -> proto::StatusReply {
-        self.state.lock().status()
+        let mut status = self.state.lock().status();
+        status.autoscale = self.autoscaler.get().map(|a| a.status());
+        status
+    }
+
+    /// Starts the autoscaler; node jobs join at `launch.address`.
+    pub(crate) fn start_autoscaler(
+        self: &Arc<Self>,
+        opts: autoscale::AutoscaleOptions,
+        launch: autoscale::Launch,
+    ) -> crate::Result<()> {
+        let scaler = autoscale::Autoscaler::start(self, opts, launch)?;
+        let _ = self.autoscaler.set(scaler);
+        Ok(())
+    }
+
+    /// The autoscaler's state, for the dashboard.
+    pub(crate) fn autoscale_status(&self) -> Option<proto::AutoscaleStatus> {
+        self.autoscaler.get().map(|a| a.status())
     }
 
     /// Recent tasks as Chrome trace JSON.
@@ -525,6 +548,10 @@ impl Head {
     /// Stops every worker and removes the store folders.
     pub(crate) fn shutdown(&self) {
         self.stopping.store(true, Ordering::Release);
+        // Node jobs are given back first: they would outlive the head.
+        if let Some(a) = self.autoscaler.get() {
+            a.shutdown();
+        }
         if let Some(s) = self.supervisor.get() {
             s.shutdown();
         }
