@@ -96,6 +96,13 @@ fn command_autoscaler_starts_node_agents_and_stops_idle_ones() {
             .env("FLEET_TOKEN", &token)
             .env("FLEET_AUTOSCALE_INTERVAL_MS", "250"),
     );
+    let dashboard = head
+        .expect_line("fleet dashboard at")
+        .rsplit(' ')
+        .next()
+        .expect("dashboard address")
+        .trim_start_matches("http://")
+        .to_string();
     let address = head
         .expect_line("serving at")
         .rsplit(' ')
@@ -118,10 +125,22 @@ fn command_autoscaler_starts_node_agents_and_stops_idle_ones() {
     .expect("join");
     let refs: Vec<_> = (0..12u64).map(|x| cube_on::remote(x, 700)).collect();
     let mut most = 0;
+    let mut seen_on_dashboard = false;
     let mut pending = refs.clone();
     let until = Instant::now() + GENEROUS;
     while !pending.is_empty() {
-        most = most.max(status().requested);
+        let a = status();
+        most = most.max(a.requested);
+        if a.running == 3 && !seen_on_dashboard {
+            // The dashboard's JSON shows the same node jobs.
+            let snap = snapshot(&dashboard);
+            let auto = &snap["autoscale"];
+            assert_eq!(auto["provider"], "command", "{auto}");
+            assert_eq!(auto["max_nodes"], 3, "{auto}");
+            assert!(auto["requested"].as_u64() >= Some(3), "{auto}");
+            assert_eq!(auto["jobs"].as_array().map(Vec::len), Some(3), "{auto}");
+            seen_on_dashboard = true;
+        }
         pending = fleet::wait(&pending, pending.len(), Some(Duration::from_millis(200)))
             .expect("wait")
             .1;
@@ -140,6 +159,10 @@ fn command_autoscaler_starts_node_agents_and_stops_idle_ones() {
         })
         .collect();
     assert_eq!(most, 3, "never more than --max-nodes, and all of them");
+    assert!(
+        seen_on_dashboard,
+        "the dashboard showed the three node jobs"
+    );
     assert_eq!(
         nodes,
         ["127.0.0.41", "127.0.0.42", "127.0.0.43"]
@@ -169,5 +192,78 @@ fn command_autoscaler_starts_node_agents_and_stops_idle_ones() {
         text.contains("autoscaler (command, 0..3 nodes): 0 node jobs requested"),
         "{text}"
     );
+    assert_eq!(snapshot(&dashboard)["autoscale"]["requested"], 0);
     drop(cluster);
+}
+
+/// `GET /api/snapshot` from the dashboard at `host`, as JSON.
+fn snapshot(host: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(host).expect("connecting to the dashboard");
+    s.set_read_timeout(Some(GENEROUS)).expect("read timeout");
+    write!(
+        s,
+        "GET /api/snapshot HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("sending the request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("reading the response");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text:.300}");
+    let body = text.split_once("\r\n\r\n").expect("a body").1;
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("invalid JSON ({e}): {body:.500}"))
+}
+
+/// `fleet start` with these arguments fails at once, naming the fix.
+fn refused(args: &[&str], says: &str) {
+    let out = Command::new(fleet_bin())
+        .args([
+            "start",
+            "--head",
+            "--block",
+            "--port",
+            "0",
+            "--no-dashboard",
+        ])
+        .args(args)
+        .env("PATH", "/nonexistent")
+        .env("FLEET_TOKEN", "unused")
+        .output()
+        .expect("run fleet");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} was accepted");
+    assert!(err.contains(says), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn bad_autoscaler_settings_are_refused_with_the_fix() {
+    refused(
+        &["--autoscale", "command", "--scale-up", "true"],
+        "--autoscale command needs --scale-up 'CMD' and --scale-down 'CMD {node}'",
+    );
+    refused(
+        &[
+            "--autoscale",
+            "slurm",
+            "--min-nodes",
+            "4",
+            "--max-nodes",
+            "2",
+        ],
+        "--max-nodes 2 is below --min-nodes 4: raise --max-nodes",
+    );
+    refused(
+        &["--autoscale", "slurm", "--slurm-args", "-p 'debug"],
+        "unbalanced quotes",
+    );
+    refused(
+        &["--slurm-args", "-p debug"],
+        "need --autoscale slurm|command",
+    );
+    // No sbatch on PATH (it is empty here): said before anything starts.
+    refused(
+        &["--autoscale", "slurm"],
+        "--autoscale slurm needs `sbatch` on PATH",
+    );
+    refused(&["--autoscale", "kubernetes"], "invalid value 'kubernetes'");
 }
