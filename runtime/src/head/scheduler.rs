@@ -81,6 +81,7 @@ impl State {
                 retries_left,
                 worker: None,
                 job,
+                ready_at: std::time::Instant::now(),
             }),
         );
         if failed.is_none() && actor != 0 {
@@ -193,6 +194,7 @@ impl State {
                 continue;
             };
             t.worker = None;
+            t.ready_at = std::time::Instant::now();
             if i > 0 {
                 requeue.push(*id);
             } else if t.retries_left > 0 {
@@ -238,6 +240,7 @@ impl State {
         for id in b.returned.iter().rev() {
             if let Some(t) = self.tasks.get_mut(id) {
                 t.worker = None;
+                t.ready_at = std::time::Instant::now();
                 self.ready.push_front(*id);
             }
         }
@@ -437,6 +440,8 @@ impl State {
             return;
         };
         task.worker = Some(client);
+        self.scheduling_delay
+            .observe(task.ready_at.elapsed().as_secs_f64());
         let spec = task.spec.clone();
         if let Some(w) = self.workers.get_mut(&client) {
             if w.queue.is_empty() {
