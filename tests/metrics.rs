@@ -159,13 +159,23 @@ fn a_live_scrape_passes_promtool_and_counts_the_work_done() {
     let live = wait_until("a scrape with a running task", GENEROUS, || {
         let text = get_ok(&dashboard, "/metrics");
         let s = samples(&text);
-        (s.get("fleet_tasks{state=\"running\"}").copied().unwrap_or(0.0) >= 1.0).then_some(text)
+        (s.get("fleet_tasks{state=\"running\"}")
+            .copied()
+            .unwrap_or(0.0)
+            >= 1.0)
+            .then_some(text)
     });
     promtool_check(&live);
     let s = samples(&live);
     assert_eq!(value(&s, "fleet_jobs"), 1.0, "one driver is connected");
-    assert_eq!(value(&s, &format!("fleet_node_cpus{{node=\"{node}\"}}")), 2.0);
-    assert_eq!(value(&s, &format!("fleet_node_alive{{node=\"{node}\"}}")), 1.0);
+    assert_eq!(
+        value(&s, &format!("fleet_node_cpus{{node=\"{node}\"}}")),
+        2.0
+    );
+    assert_eq!(
+        value(&s, &format!("fleet_node_alive{{node=\"{node}\"}}")),
+        1.0
+    );
 
     let got = fleet::get_all(&squares).expect("squares");
     assert_eq!(got, (0..N).map(|x| x * x).collect::<Vec<_>>());
@@ -188,7 +198,10 @@ fn a_live_scrape_passes_promtool_and_counts_the_work_done() {
         value(&s, "fleet_tasks_finished_total{function=\"square\"}"),
         n
     );
-    assert_eq!(value(&s, "fleet_tasks_failed_total{function=\"square\"}"), 0.0);
+    assert_eq!(
+        value(&s, "fleet_tasks_failed_total{function=\"square\"}"),
+        0.0
+    );
     assert_eq!(
         value(&s, "fleet_tasks_failed_total{function=\"reject\"}"),
         FAILED as f64
@@ -293,14 +306,24 @@ fn healthz_answers_on_the_head_and_on_a_node_agent() {
 
     // A node may only serve /healthz: the flag is refused on a head.
     let tmp = tempfile::tempdir().expect("temp dir");
-    let mut refused = Reaped(Command::new(fleet_bin())
-        .args(["start", "--head", "--health-port", "0", "--block", "--port", "0"])
-        .args(["--dashboard-port", "0", "--token-file"])
-        .arg(tmp.path().join("token"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run fleet"));
+    let mut refused = Reaped(
+        Command::new(fleet_bin())
+            .args([
+                "start",
+                "--head",
+                "--health-port",
+                "0",
+                "--block",
+                "--port",
+                "0",
+            ])
+            .args(["--dashboard-port", "0", "--token-file"])
+            .arg(tmp.path().join("token"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run fleet"),
+    );
     let status = wait_until("fleet start --head --health-port to exit", GENEROUS, || {
         refused.0.try_wait().expect("wait")
     });

@@ -259,7 +259,11 @@ impl State {
             ("node_alive", "1 while the node's agent is connected", None),
             ("node_workers", "Connected worker processes", None),
             ("node_cpus", "CPUs the node offers", None),
-            ("node_cpus_used", "CPUs held by running tasks and actors", None),
+            (
+                "node_cpus_used",
+                "CPUs held by running tasks and actors",
+                None,
+            ),
             (
                 "node_store",
                 "Bytes of objects in the node's shared-memory store (not spilled)",
@@ -311,8 +315,9 @@ impl State {
         }
         families.extend(by_node);
 
-        let mut actors: BTreeMap<&'static str, u64> =
-            ["pending", "creating", "alive", "dead"].map(|s| (s, 0)).into();
+        let mut actors: BTreeMap<&'static str, u64> = ["pending", "creating", "alive", "dead"]
+            .map(|s| (s, 0))
+            .into();
         for a in self.actors.values() {
             let state = match a.life {
                 Life::Pending => "pending",

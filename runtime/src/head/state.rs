@@ -79,6 +79,8 @@ pub(super) struct Outbox {
     pub(super) reap: Vec<u32>,
     /// Store files to move to disk: (node, object, path).
     pub(super) spill: Vec<(String, u64, String)>,
+    /// Work to apply after a delay (control: deaths, backoffs).
+    pub(super) later: Vec<(std::time::Duration, super::scheduler::Later)>,
 }
 
 impl Outbox {
@@ -119,6 +121,8 @@ pub(crate) struct State {
     pub(super) tick: u64,
     /// Ready to sent to a worker, for `/metrics`.
     pub(super) scheduling_delay: prometheus_client::metrics::histogram::Histogram,
+    /// control: cancels, dying workers, retries (head/scheduler/control.rs).
+    pub(super) control: super::scheduler::Control,
 }
 
 impl State {
@@ -148,6 +152,7 @@ impl State {
                 .unwrap_or(10_000_000),
             tick: 0,
             scheduling_delay: super::metrics::delay_histogram(),
+            control: Default::default(),
         }
     }
 

@@ -138,11 +138,13 @@ async fn serve(
         let at = format!("{}:{port}", opts.node_ip)
             .parse()
             .map_err(|e| Error::Startup(format!("--health-port on {}: {e}", opts.node_ip)))?;
-        let bound = super::health::serve(health.clone(), at).await.map_err(|e| {
-            Error::Startup(format!(
-                "cannot serve /healthz on {at}: {e}; choose another --health-port"
-            ))
-        })?;
+        let bound = super::health::serve(health.clone(), at)
+            .await
+            .map_err(|e| {
+                Error::Startup(format!(
+                    "cannot serve /healthz on {at}: {e}; choose another --health-port"
+                ))
+            })?;
         println!("fleet node health at http://{bound}/healthz");
     }
     listener.set_nonblocking(true)?;
@@ -171,6 +173,9 @@ async fn serve(
             spill_dir: store.spill_dir().to_string_lossy().into_owned(),
             store_capacity: opts.store_capacity,
             arch: std::env::consts::ARCH.into(),
+            // Set by the autoscaler's node jobs, so the head knows which
+            // job this node is.
+            node_job: std::env::var("FLEET_NODE_JOB").unwrap_or_default(),
         }),
         ..Default::default()
     };

@@ -46,7 +46,10 @@ impl Health {
 
     fn answer(&self) -> (StatusCode, String) {
         match self.phase.load(Ordering::Acquire) {
-            1 => (StatusCode::OK, format!("ok: joined the head at {}\n", self.head)),
+            1 => (
+                StatusCode::OK,
+                format!("ok: joined the head at {}\n", self.head),
+            ),
             2 => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into()),
             _ => (
                 StatusCode::SERVICE_UNAVAILABLE,
