@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod cli;
+pub(crate) mod hosts;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

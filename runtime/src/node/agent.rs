@@ -155,6 +155,7 @@ async fn serve(
             spill_dir: store.spill_dir().to_string_lossy().into_owned(),
             store_capacity: opts.store_capacity,
             arch: std::env::consts::ARCH.into(),
+            store_key: store.key().to_string(),
         }),
         ..Default::default()
     };
