@@ -26,6 +26,7 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use crate::node::object_store::ObjectStore;
 use crate::node::supervisor::Supervisor;
 use crate::proto::{self, client_op::Op, head_op, Role};
+pub(crate) use scheduler::describe_exit;
 pub(crate) use service::{make_executable, serve};
 use state::{Outbox, State};
 
@@ -78,6 +79,8 @@ pub(crate) struct Head {
     binaries: PathBuf,
     supervisor: OnceLock<Supervisor>,
     spiller: Mutex<std::sync::mpsc::Sender<spilling::FileWork>>,
+    /// Itself, for work put off to later.
+    me: std::sync::Weak<Head>,
 }
 
 impl Head {
@@ -119,6 +122,7 @@ impl Head {
             store,
             binaries,
             supervisor: OnceLock::new(),
+            me: weak.clone(),
         });
         Ok(head)
     }
@@ -378,6 +382,7 @@ impl Head {
                             Err(s.error)
                         },
                     ),
+                    Op::Cancel(c) => st.cancel(client, c),
                     Op::Hello(_) => {}
                 }
             }
@@ -440,6 +445,9 @@ impl Head {
                     })),
                 });
             }
+        }
+        for (delay, what) in out.later {
+            self.put_off(delay, what);
         }
         if !out.delete.is_empty() {
             let _ = self
@@ -509,8 +517,16 @@ impl Head {
         }
         let started = self.started.lock().remove(&worker_id);
         if self.connected_workers.remove(&worker_id).is_some() {
-            // Its session's end does the bookkeeping.
+            // Its session's end does the bookkeeping; the status says how
+            // it died to the task it ran.
             tracing::debug!(worker_id, "worker exited: {status}");
+            let out = {
+                let mut st = self.state.lock();
+                st.worker_exit_status(worker_id, status);
+                st.dispatch();
+                st.take_outbox()
+            };
+            self.flush(out);
             return;
         }
         tracing::warn!(worker_id, "worker exited before connecting: {status}");
@@ -532,6 +548,28 @@ impl Head {
             st.take_outbox()
         };
         self.flush(out);
+    }
+
+    /// Applies `what` after `delay` (a dead worker's status that never
+    /// came, a retry's backoff).
+    fn put_off(&self, delay: std::time::Duration, what: scheduler::Later) {
+        let Some(me) = self.me.upgrade() else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            tokio::time::sleep(delay).await;
+            if me.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            let out = {
+                let mut st = me.state.lock();
+                st.later(what);
+                st.dispatch();
+                st.take_outbox()
+            };
+            me.flush(out);
+        });
     }
 
     /// Stops every worker and removes the store folders.
