@@ -261,6 +261,7 @@ fn hello(token: &str, role: Role) -> Hello {
             store_capacity: 1 << 30,
             arch: "x86_64".into(),
             store_key: "5eed".into(),
+            ..Default::default()
         }),
     }
 }

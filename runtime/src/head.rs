@@ -3,6 +3,7 @@
 //! start --head` runs it in the `fleet` process.
 
 mod actors;
+pub(crate) mod autoscale;
 mod dashboard;
 mod directory;
 mod nodes;
@@ -79,6 +80,8 @@ pub(crate) struct Head {
     binaries: PathBuf,
     supervisor: OnceLock<Supervisor>,
     spiller: Mutex<std::sync::mpsc::Sender<spilling::FileWork>>,
+    /// Asks for nodes and gives them back (`--autoscale`).
+    autoscaler: OnceLock<Arc<autoscale::Autoscaler>>,
     /// Itself, for work put off to later.
     me: std::sync::Weak<Head>,
 }
@@ -100,6 +103,7 @@ impl Head {
                 store_capacity: config.store_capacity,
                 arch: std::env::consts::ARCH.into(),
                 store_key: store.key().to_string(),
+                ..Default::default()
             },
         );
         if let Some(registry) = &config.embedded_registry {
@@ -122,6 +126,7 @@ impl Head {
             store,
             binaries,
             supervisor: OnceLock::new(),
+            autoscaler: OnceLock::new(),
             me: weak.clone(),
         });
         Ok(head)
@@ -140,7 +145,25 @@ impl Head {
     }
 
     pub(crate) fn status(&self) -> proto::StatusReply {
-        self.state.lock().status()
+        let mut status = self.state.lock().status();
+        status.autoscale = self.autoscaler.get().map(|a| a.status());
+        status
+    }
+
+    /// Starts the autoscaler; node jobs join at `launch.address`.
+    pub(crate) fn start_autoscaler(
+        self: &Arc<Self>,
+        opts: autoscale::AutoscaleOptions,
+        launch: autoscale::Launch,
+    ) -> crate::Result<()> {
+        let scaler = autoscale::Autoscaler::start(self, opts, launch)?;
+        let _ = self.autoscaler.set(scaler);
+        Ok(())
+    }
+
+    /// The autoscaler's state, for the dashboard.
+    pub(crate) fn autoscale_status(&self) -> Option<proto::AutoscaleStatus> {
+        self.autoscaler.get().map(|a| a.status())
     }
 
     /// Recent tasks as Chrome trace JSON.
@@ -575,6 +598,10 @@ impl Head {
     /// Stops every worker and removes the store folders.
     pub(crate) fn shutdown(&self) {
         self.stopping.store(true, Ordering::Release);
+        // Node jobs are given back first: they would outlive the head.
+        if let Some(a) = self.autoscaler.get() {
+            a.shutdown();
+        }
         if let Some(s) = self.supervisor.get() {
             s.shutdown();
         }

@@ -7,6 +7,7 @@
 
 pub(crate) mod cli;
 pub(crate) mod hosts;
+pub(crate) mod slurm;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
