@@ -7,6 +7,7 @@
 
 pub(crate) mod cli;
 pub(crate) mod hosts;
+pub(crate) mod http;
 pub(crate) mod slurm;
 
 use std::path::{Path, PathBuf};
