@@ -88,6 +88,7 @@ pub fn run_head(
         num_cpus: opts.num_cpus,
         store_capacity: opts.store_capacity,
         embedded_registry: None,
+        token_file: Some(opts.token_file.clone()),
     })?;
     let (stop_server, server_stopped) = oneshot::channel();
     let server = head.clone();

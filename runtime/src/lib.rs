@@ -41,6 +41,7 @@ mod cluster;
 mod codec;
 mod context;
 pub mod daemon;
+pub mod discovery;
 mod error;
 mod head;
 mod logging;
@@ -66,6 +67,7 @@ pub use codec::INLINE_MAX;
 pub use error::{Error, Result};
 pub use fleet_macros::remote;
 pub use head::{Counts, PROTOCOL_VERSION};
+pub use node::jobs::ENV_JOB_ID;
 pub use object_ref::{IntoArg, ObjectId, ObjectRef};
 pub use task::TaskOptions;
 

@@ -115,6 +115,9 @@ pub(crate) struct State {
     pub(super) pending: HashMap<u32, usize>,
     pub(super) max_pending: usize,
     pub(super) tick: u64,
+    /// Detached actors and the jobs of their own (`head/detached.rs`).
+    pub(super) detached: HashMap<u64, u32>,
+    pub(super) next_detached_job: u32,
 }
 
 impl State {
@@ -143,6 +146,8 @@ impl State {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(10_000_000),
             tick: 0,
+            detached: HashMap::new(),
+            next_detached_job: 0,
         }
     }
 
