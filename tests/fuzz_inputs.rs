@@ -1090,7 +1090,7 @@ fn random_op(rng: &mut Rng, ids: &[u64]) -> ClientOp {
                 max_restarts: rng.below(3) as u32,
                 max_task_retries: rng.below(3) as u32,
                 max_concurrency: rng.below(3) as u32,
-                detached: rng.below(2) == 0,
+                detached: false,
             });
             let mut spec = TaskSpec {
                 task_id: id(rng),

@@ -462,7 +462,13 @@ impl Head {
                 job,
                 "workers of this job keep failing to start; not starting more"
             );
-            self.state.lock().worker_started(node, job, false);
+            let out = {
+                let mut st = self.state.lock();
+                st.worker_started(node, job, false);
+                st.detached_cannot_start(job);
+                st.take_outbox()
+            };
+            self.flush(out);
             return;
         }
         self.worker_jobs.insert(worker_id, job);

@@ -27,9 +27,12 @@ impl State {
         if opts.name.is_empty() || self.names.contains_key(&opts.name) {
             return job;
         }
+        // Only a job's driver or one of its workers (a task) creates one;
+        // a node agent's session has no executable to lend it.
         let Some((binary, registry)) = self
             .jobs
             .get(&job)
+            .filter(|j| j.driver == Some(client) || self.workers.contains_key(&client))
             .map(|j| (j.binary.clone(), j.registry.clone()))
         else {
             return job;
@@ -44,6 +47,32 @@ impl State {
         }
         tracing::info!(actor = %opts.name, job = own, "a detached actor gets a job of its own");
         own
+    }
+
+    /// The workers of `job` keep failing to start: if it is a detached
+    /// actor's, the actor fails (no driver is left to end the job, so it
+    /// would otherwise wait for good).
+    pub(super) fn detached_cannot_start(&mut self, job: u32) {
+        let Some(actor) = self
+            .detached
+            .iter()
+            .find(|(_, j)| **j == job)
+            .map(|(a, _)| *a)
+        else {
+            return;
+        };
+        let mut e = proto::TaskError {
+            function: format!("{actor:016x}"),
+            message: "its worker process could not be started (see the head's log)".into(),
+            ..Default::default()
+        };
+        e.set_kind(proto::ErrorKind::ActorDied);
+        if self.tasks.contains_key(&actor) {
+            // Its creation fails, which marks it dead and ends its job.
+            self.complete(actor, proto::object_value::Payload::Error(e), Vec::new());
+        } else {
+            self.actor_dead(actor, e);
+        }
     }
 
     /// A detached actor died for good (killed, or out of restarts): its job
