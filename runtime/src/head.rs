@@ -3,6 +3,7 @@
 //! start --head` runs it in the `fleet` process.
 
 mod actors;
+pub(crate) mod autoscale;
 mod dashboard;
 mod detached;
 mod directory;
@@ -28,6 +29,7 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use crate::node::object_store::ObjectStore;
 use crate::node::supervisor::Supervisor;
 use crate::proto::{self, client_op::Op, head_op, Role};
+pub(crate) use scheduler::describe_exit;
 pub(crate) use service::{make_executable, serve};
 use state::{Outbox, State};
 
@@ -85,6 +87,10 @@ pub(crate) struct Head {
     token_file: Option<PathBuf>,
     /// Jobs submitted with `fleet job submit`.
     jobs: jobs::Jobs,
+    /// Asks for nodes and gives them back (`--autoscale`).
+    autoscaler: OnceLock<Arc<autoscale::Autoscaler>>,
+    /// Itself, for work put off to later.
+    me: std::sync::Weak<Head>,
 }
 
 impl Head {
@@ -103,6 +109,7 @@ impl Head {
                 spill_dir: store.spill_dir().to_string_lossy().into_owned(),
                 store_capacity: config.store_capacity,
                 arch: std::env::consts::ARCH.into(),
+                ..Default::default()
             },
         );
         if let Some(registry) = &config.embedded_registry {
@@ -127,6 +134,8 @@ impl Head {
             supervisor: OnceLock::new(),
             token_file: config.token_file,
             jobs: jobs::Jobs::new(weak.clone()),
+            autoscaler: OnceLock::new(),
+            me: weak.clone(),
         });
         Ok(head)
     }
@@ -144,7 +153,25 @@ impl Head {
     }
 
     pub(crate) fn status(&self) -> proto::StatusReply {
-        self.state.lock().status()
+        let mut status = self.state.lock().status();
+        status.autoscale = self.autoscaler.get().map(|a| a.status());
+        status
+    }
+
+    /// Starts the autoscaler; node jobs join at `launch.address`.
+    pub(crate) fn start_autoscaler(
+        self: &Arc<Self>,
+        opts: autoscale::AutoscaleOptions,
+        launch: autoscale::Launch,
+    ) -> crate::Result<()> {
+        let scaler = autoscale::Autoscaler::start(self, opts, launch)?;
+        let _ = self.autoscaler.set(scaler);
+        Ok(())
+    }
+
+    /// The autoscaler's state, for the dashboard.
+    pub(crate) fn autoscale_status(&self) -> Option<proto::AutoscaleStatus> {
+        self.autoscaler.get().map(|a| a.status())
     }
 
     /// Recent tasks as Chrome trace JSON.
@@ -378,6 +405,7 @@ impl Head {
                             Err(s.error)
                         },
                     ),
+                    Op::Cancel(c) => st.cancel(client, c),
                     Op::Hello(_) => {}
                 }
             }
@@ -443,6 +471,9 @@ impl Head {
                     })),
                 });
             }
+        }
+        for (delay, what) in out.later {
+            self.put_off(delay, what);
         }
         if !out.delete.is_empty() {
             let _ = self
@@ -518,8 +549,16 @@ impl Head {
         }
         let started = self.started.lock().remove(&worker_id);
         if self.connected_workers.remove(&worker_id).is_some() {
-            // Its session's end does the bookkeeping.
+            // Its session's end does the bookkeeping; the status says how
+            // it died to the task it ran.
             tracing::debug!(worker_id, "worker exited: {status}");
+            let out = {
+                let mut st = self.state.lock();
+                st.worker_exit_status(worker_id, status);
+                st.dispatch();
+                st.take_outbox()
+            };
+            self.flush(out);
             return;
         }
         tracing::warn!(worker_id, "worker exited before connecting: {status}");
@@ -543,10 +582,36 @@ impl Head {
         self.flush(out);
     }
 
+    /// Applies `what` after `delay` (a dead worker's status that never
+    /// came, a retry's backoff).
+    fn put_off(&self, delay: std::time::Duration, what: scheduler::Later) {
+        let Some(me) = self.me.upgrade() else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            tokio::time::sleep(delay).await;
+            if me.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            let out = {
+                let mut st = me.state.lock();
+                st.later(what);
+                st.dispatch();
+                st.take_outbox()
+            };
+            me.flush(out);
+        });
+    }
+
     /// Stops every worker and removes the store folders.
     pub(crate) fn shutdown(&self) {
         self.stopping.store(true, Ordering::Release);
         self.jobs.shutdown();
+        // Node jobs are given back first: they would outlive the head.
+        if let Some(a) = self.autoscaler.get() {
+            a.shutdown();
+        }
         if let Some(s) = self.supervisor.get() {
             s.shutdown();
         }

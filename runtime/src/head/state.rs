@@ -77,6 +77,8 @@ pub(super) struct Outbox {
     pub(super) reap: Vec<u32>,
     /// Store files to move to disk: (node, object, path).
     pub(super) spill: Vec<(String, u64, String)>,
+    /// Work to apply after a delay (control: deaths, backoffs).
+    pub(super) later: Vec<(std::time::Duration, super::scheduler::Later)>,
 }
 
 impl Outbox {
@@ -118,6 +120,8 @@ pub(crate) struct State {
     /// Detached actors and the jobs of their own (`head/detached.rs`).
     pub(super) detached: HashMap<u64, u32>,
     pub(super) next_detached_job: u32,
+    /// control: cancels, dying workers, retries (head/scheduler/control.rs).
+    pub(super) control: super::scheduler::Control,
 }
 
 impl State {
@@ -148,6 +152,7 @@ impl State {
             tick: 0,
             detached: HashMap::new(),
             next_detached_job: 0,
+            control: Default::default(),
         }
     }
 
