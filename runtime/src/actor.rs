@@ -163,7 +163,7 @@ impl ActorOptions {
     /// Creates the actor; used by generated code.
     #[doc(hidden)]
     pub fn create(&self, args: Vec<Result<ArgValue>>) -> Result<ActorHandle> {
-        let client = context::client_or_init();
+        let client = context::client_or_init()?;
         if self.detached && self.name.is_none() {
             return Err(Error::ActorDied {
                 actor: self.class.to_string(),
@@ -242,7 +242,7 @@ impl ActorOptions {
 
 /// Finds the actor named `name`, from any driver or task of the cluster.
 pub fn get_actor<A: Actor>(name: &str) -> Result<A::Handle> {
-    let client = context::client_or_init();
+    let client = context::client_or_init()?;
     match client.lookup_actor(name)? {
         None => Err(Error::ActorDied {
             actor: format!("`{name}`"),
