@@ -8,6 +8,7 @@ mod dashboard;
 mod detached;
 mod directory;
 mod jobs;
+mod metrics;
 mod nodes;
 pub(crate) mod observe;
 mod scheduler;
@@ -186,6 +187,11 @@ impl Head {
         addr: std::net::SocketAddr,
     ) -> std::io::Result<std::net::SocketAddr> {
         dashboard::serve(self.clone(), addr).await
+    }
+
+    /// Whether the head is shutting down (`/healthz` says 503).
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
     pub(crate) fn token(&self) -> &str {

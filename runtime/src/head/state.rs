@@ -41,6 +41,8 @@ pub(super) struct Task {
     pub(super) retries_left: u32,
     pub(super) worker: Option<u32>,
     pub(super) job: u32,
+    /// When it last became ready to run (for the scheduling delay).
+    pub(super) ready_at: std::time::Instant,
 }
 
 pub(super) struct Worker {
@@ -120,6 +122,8 @@ pub(crate) struct State {
     /// Detached actors and the jobs of their own (`head/detached.rs`).
     pub(super) detached: HashMap<u64, u32>,
     pub(super) next_detached_job: u32,
+    /// Ready to sent to a worker, for `/metrics`.
+    pub(super) scheduling_delay: prometheus_client::metrics::histogram::Histogram,
     /// control: cancels, dying workers, retries (head/scheduler/control.rs).
     pub(super) control: super::scheduler::Control,
 }
@@ -152,6 +156,7 @@ impl State {
             tick: 0,
             detached: HashMap::new(),
             next_detached_job: 0,
+            scheduling_delay: super::metrics::delay_histogram(),
             control: Default::default(),
         }
     }
