@@ -647,7 +647,21 @@ fn the_default_token_file_survives_the_head_starting() {
     let uid: u32 = if root { 65534 } else { me };
     let tmp = tempfile::tempdir().expect("temp dir");
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
-    let mut cmd = Command::new(fleet_bin());
+    // `nobody` may not enter the checkout (a home folder, a `mktemp -d`):
+    // it runs a copy of the CLI in the temp folder instead.
+    let bin = if root {
+        let copy = tmp.path().join("fleet");
+        std::fs::copy(fleet_bin(), &copy).expect("copy the fleet CLI");
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        if let Some(why) = not_reachable_by_others(&copy) {
+            eprintln!("SKIPPED: user nobody cannot run {}: {why}", copy.display());
+            return;
+        }
+        copy
+    } else {
+        fleet_bin()
+    };
+    let mut cmd = Command::new(&bin);
     cmd.args([
         "start",
         "--head",
@@ -694,4 +708,17 @@ fn the_default_token_file_survives_the_head_starting() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+}
+
+/// Why a user other than the owner cannot run `file`: a folder on its path
+/// that others may not enter, or a file they may not read and run.
+fn not_reachable_by_others(file: &Path) -> Option<String> {
+    for dir in file.ancestors().skip(1) {
+        let mode = std::fs::metadata(dir).ok()?.permissions().mode();
+        if mode & 0o001 == 0 {
+            return Some(format!("others may not enter {}", dir.display()));
+        }
+    }
+    let mode = std::fs::metadata(file).ok()?.permissions().mode();
+    (mode & 0o005 != 0o005).then(|| format!("others may not read and run it (mode {mode:o})"))
 }
