@@ -21,6 +21,7 @@ use syn::{
 /// `max_retries = <u32>`; defaults 1 and 3), or, on a struct and on its
 /// impl block, makes the type an actor: `T::remote(..)` runs `T::new(..)`
 /// in a worker and returns a `THandle` whose methods return `ObjectRef`s.
+/// On an inline module, makes each function in it remote.
 #[proc_macro_attribute]
 pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
     let mut options = Options::default();
@@ -52,9 +53,11 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
         Item::Fn(f) => expand_fn(&options, f),
         Item::Struct(s) => actor::expand_struct(s),
         Item::Impl(i) => actor::expand_impl(i),
+        Item::Mod(m) => expand_mod(&options, m),
         other => Err(syn::Error::new(
             other.span(),
-            "#[remote] applies to functions, and to a struct plus its impl block (actors)",
+            "#[remote] applies to functions, to a module of functions, and to a struct plus \
+             its impl block (actors)",
         )),
     };
     expanded.unwrap_or_else(|e| e.to_compile_error()).into()
@@ -327,4 +330,36 @@ fn map_fns(
             }
         }
     }
+}
+
+/// `#[remote]` on an inline module: each function in it is remote, with
+/// the module's options; other items stay as they are. Porting code whose
+/// work functions sit in one module is then one line.
+fn expand_mod(options: &Options, mut m: syn::ItemMod) -> syn::Result<TokenStream2> {
+    let Some((_, items)) = m.content.take() else {
+        return Err(syn::Error::new(
+            m.span(),
+            "#[remote] applies to a module written inline (`mod work { .. }`), not to `mod work;`",
+        ));
+    };
+    let mut out = Vec::new();
+    for item in items {
+        match item {
+            Item::Fn(f) => {
+                let expanded = expand_fn(options, f)?;
+                out.push(syn::parse2::<syn::File>(expanded)?.items);
+            }
+            other => out.push(vec![other]),
+        }
+    }
+    let attrs = &m.attrs;
+    let vis = &m.vis;
+    let ident = &m.ident;
+    let items = out.into_iter().flatten();
+    Ok(quote! {
+        #(#attrs)*
+        #vis mod #ident {
+            #(#items)*
+        }
+    })
 }

@@ -20,13 +20,33 @@
 //! }
 //! ```
 //!
-//! The path of a task: `f::remote()` ([`task`]) encodes the arguments
-//! ([`codec`]) and submits them over the session ([`client`]); the head
-//! ([`head`]) waits for ref arguments, picks a worker and pushes the task on
-//! that worker's stream; the worker ([`worker`]) runs it and sends the
-//! result back; the head hands it to whoever waits in [`get`].
+//! Where to start:
+//!
+//! - [`remote`] marks a function (or a struct and its impl, an actor);
+//!   `f::remote(args)` submits a call and returns an [`ObjectRef`] at once,
+//!   `f::map(inputs)` one call per input. Arguments may be values,
+//!   references to values or refs ([`IntoArg`]).
+//! - [`get`], [`get_all`], [`get_timeout`], [`wait`] and [`as_completed`]
+//!   wait for results; [`put`] stores a value; [`cancel`] stops work.
+//! - [`init`] / [`init_with`] start a local cluster or join one
+//!   ([`Config`], `FLEET_ADDRESS`); without them the first call does.
+//! - Every failure is an [`Error`]: a task's own `Err` or panic, a dead
+//!   worker, a lost object, no cluster.
+//!
+//! Inside, a call takes this path (files under `runtime/src/`):
+//! `task.rs` encodes the arguments (`codec.rs`) and submits them over the
+//! session (`client.rs`); the head (`head.rs`) waits for ref arguments,
+//! picks a worker and pushes the task on that worker's stream; the worker
+//! (`worker.rs`) runs it and sends the result back; the head hands it to
+//! whoever waits in [`get`].
 
 extern crate self as fleet;
+
+/// The README's Rust blocks, compiled and run as doctests
+/// (`cargo test --doc -p fleet`), so the README cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
 
 mod actor;
 mod api;

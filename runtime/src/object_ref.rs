@@ -152,10 +152,12 @@ pub(crate) enum ArgKind {
 /// #[fleet::remote]
 /// fn greet(name: String) -> String { format!("hello {name}") }
 ///
+/// # fn main() {
 /// let (a, b) = (vec![1i64, 2], vec![10i64, 20]);
 /// let sums: Vec<_> = a.iter().zip(b.iter()).map(|(x, y)| add::remote(x, y)).collect();
 /// let hi = greet::remote("Ada");                 // &str for String
 /// let again = add::remote(&sums[0], 5);          // a ref: runs once sums[0] is ready
+/// # }
 /// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot stand for an argument of type `{T}` of a remote function",
