@@ -421,3 +421,107 @@ fn the_dashboard_shows_a_running_job() {
     let s = snapshot(&base);
     assert!(finished_of(&s, "load_chunk") >= 60 * batches);
 }
+
+/// The pid of the worker that runs it.
+#[remote]
+fn worker_pid() -> u32 {
+    spin(20);
+    std::process::id()
+}
+
+/// `(y, text)` of each lane label of the task stream in `dom`.
+fn lane_labels(dom: &str) -> Vec<(f64, String)> {
+    let stream = section(dom, "stream", "svg");
+    stream
+        .split("<text class=\"lane-label\"")
+        .skip(1)
+        .map(|t| {
+            let y = attr_after(t, "", "y")
+                .and_then(|v| v.parse().ok())
+                .expect("a label's y");
+            let text = t
+                .split_once('>')
+                .and_then(|(_, r)| r.split_once("</text>"))
+                .map(|(s, _)| s.to_string())
+                .expect("a label's text");
+            (y, text)
+        })
+        .collect()
+}
+
+#[test]
+fn the_dashboard_shows_every_node_of_a_cluster_of_three() {
+    chromium();
+    let mut cluster = common::cli::CliCluster::start(1, &[]);
+    let base = cluster.dashboard.clone().expect("the head's dashboard URL");
+    let nodes = [
+        cluster.add_node("127.0.0.2", 1),
+        cluster.add_node("127.0.0.3", 1),
+    ];
+    let _driver = cluster.join();
+    // A task on every node, so each has a lane with a task in view.
+    let mut pins: Vec<ObjectRef<u32>> = vec![worker_pid::remote()];
+    for n in &nodes {
+        pins.push(worker_pid::options().node(n.clone()).remote());
+    }
+    let pids = fleet::get_all_timeout(&pins, GENEROUS).expect("a task on each node");
+    // Every node reports its machine's load and memory.
+    let names: Vec<String> = wait_until("every node to report load and memory", GENEROUS, || {
+        let v: serde_json::Value = serde_json::from_str(&snapshot(&base)).expect("JSON");
+        let all = v["nodes"].as_array()?;
+        (all.len() == 3
+            && all
+                .iter()
+                .all(|n| n["load"].is_number() && n["mem_total_bytes"].as_u64() > Some(0)))
+        .then(|| {
+            all.iter()
+                .filter_map(|n| n["name"].as_str().map(str::to_string))
+                .collect()
+        })
+    });
+
+    let dom = run_chromium(
+        &["--virtual-time-budget=10000".into(), "--dump-dom".into()],
+        &format!("{base}/?once=1&window=300"),
+    );
+    // Load and memory for the nodes other than the head's too.
+    for n in &nodes {
+        let row = format!("data-node=\"{n}\"");
+        let load = attr_after(&dom, &row, "data-load").expect("the node's row");
+        let mem = attr_after(&dom, &row, "data-mem-total").expect("the node's row");
+        assert!(
+            load.parse::<f64>().is_ok() && mem.parse::<u64>().is_ok_and(|m| m > 0),
+            "node {n}: load {load:?}, memory {mem:?}"
+        );
+    }
+    // The memory card adds up all three nodes.
+    let counted = attr_after(&dom, "data-total=\"memory\"", "data-nodes").expect("memory card");
+    assert_eq!(counted, "3", "nodes in the memory card");
+
+    // One label per lane, on one line (no second text element), naming the
+    // node and the pid, far enough apart not to overlap (11px font).
+    assert!(!dom.contains("lane-node"), "a second line of lane labels");
+    let labels = lane_labels(&dom);
+    for pid in &pids {
+        assert!(
+            labels
+                .iter()
+                .any(|(_, t)| names.iter().any(|n| *t == format!("{n} pid {pid}"))),
+            "no lane label `NODE pid {pid}` in {labels:?}"
+        );
+    }
+    for n in &nodes {
+        assert!(
+            labels
+                .iter()
+                .any(|(_, t)| t.starts_with(&format!("{n} pid "))),
+            "no lane of node {n} in {labels:?}"
+        );
+    }
+    let mut ys: Vec<f64> = labels.iter().map(|(y, _)| *y).collect();
+    ys.sort_by(f64::total_cmp);
+    assert!(
+        ys.windows(2).all(|w| w[1] - w[0] >= 11.0),
+        "lane labels overlap: {labels:?}"
+    );
+}

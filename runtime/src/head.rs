@@ -429,6 +429,7 @@ impl Head {
                         },
                     ),
                     Op::Cancel(c) => st.cancel(client, c),
+                    Op::NodeLoad(l) => st.node_load(client, l),
                     Op::Hello(_) => {}
                 }
             }

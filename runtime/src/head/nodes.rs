@@ -24,6 +24,8 @@ pub(crate) struct Node {
     pub(super) excluded: HashSet<u32>,
     /// Bytes of stored objects in its shared memory (not spilled).
     pub(super) store_used: u64,
+    /// Its machine's load and memory, as its agent last reported them.
+    pub(super) load: Option<proto::NodeLoad>,
 }
 
 pub(crate) struct Job {
@@ -59,6 +61,7 @@ impl State {
                 starting: HashMap::new(),
                 excluded: HashSet::new(),
                 store_used: 0,
+                load: None,
             },
         );
     }
@@ -168,6 +171,13 @@ impl State {
             for _ in 0..n {
                 self.request_worker(&local, job);
             }
+        }
+    }
+
+    /// A node agent reported its machine's load and memory.
+    pub(crate) fn node_load(&mut self, client: u32, load: proto::NodeLoad) {
+        if let Some(n) = self.nodes.values_mut().find(|n| n.session == Some(client)) {
+            n.load = Some(load);
         }
     }
 

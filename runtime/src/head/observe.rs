@@ -63,7 +63,7 @@ struct NodeView {
     store_capacity: u64,
     store_used: u64,
     spilled_objects: usize,
-    /// 1-minute load average and memory of this machine (the head's only).
+    /// 1-minute load average and memory of the node's machine.
     load: Option<f64>,
     mem_used_bytes: Option<u64>,
     mem_total_bytes: Option<u64>,
@@ -155,7 +155,8 @@ pub(crate) fn short(function: &str) -> &str {
     }
 }
 
-fn meminfo() -> (Option<u64>, Option<u64>) {
+/// Used and total memory of this machine (`/proc/meminfo`).
+pub(crate) fn meminfo() -> (Option<u64>, Option<u64>) {
     let Ok(text) = std::fs::read_to_string("/proc/meminfo") else {
         return (None, None);
     };
@@ -171,7 +172,8 @@ fn meminfo() -> (Option<u64>, Option<u64>) {
     (total.zip(available).map(|(t, a)| t - a), total)
 }
 
-fn loadavg() -> Option<f64> {
+/// The 1-minute load average of this machine (`/proc/loadavg`).
+pub(crate) fn loadavg() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
         .ok()?
         .split_whitespace()
@@ -271,9 +273,23 @@ impl State {
                     store_capacity: n.info.store_capacity,
                     store_used: n.store_used,
                     spilled_objects: spilled.get(name.as_str()).copied().unwrap_or(0),
-                    load: local.then(loadavg).flatten(),
-                    mem_used_bytes: if local { mem_used } else { None },
-                    mem_total_bytes: if local { mem_total } else { None },
+                    // The head's node: read here; the others: as their
+                    // agent last reported it.
+                    load: if local {
+                        loadavg()
+                    } else {
+                        n.load.as_ref().map(|l| l.load)
+                    },
+                    mem_used_bytes: if local {
+                        mem_used
+                    } else {
+                        n.load.as_ref().map(|l| l.mem_used_bytes)
+                    },
+                    mem_total_bytes: if local {
+                        mem_total
+                    } else {
+                        n.load.as_ref().map(|l| l.mem_total_bytes)
+                    },
                 }
             })
             .collect();

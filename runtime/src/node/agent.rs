@@ -235,6 +235,7 @@ async fn serve(
     };
     let (_welcome, leftover) = transport::handshake(&out, &mut inbound, hello).await?;
     health.set(Phase::Joined);
+    report_load(out.clone());
     let exits = out.clone();
     let logs = out.clone();
     let supervisor = Supervisor::start(
@@ -332,4 +333,28 @@ async fn serve(
     jobs.shutdown();
     agent.supervisor.shutdown();
     Ok(())
+}
+
+/// Reports this machine's load and memory to the head now and every two
+/// seconds, for the dashboard's node table and memory card; ends with the
+/// session.
+fn report_load(out: tokio::sync::mpsc::UnboundedSender<proto::ClientOp>) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
+        loop {
+            every.tick().await;
+            let (used, total) = crate::head::observe::meminfo();
+            let load = proto::NodeLoad {
+                load: crate::head::observe::loadavg().unwrap_or_default(),
+                mem_used_bytes: used.unwrap_or_default(),
+                mem_total_bytes: total.unwrap_or_default(),
+            };
+            let op = proto::ClientOp {
+                op: Some(Op::NodeLoad(load)),
+            };
+            if out.send(op).is_err() {
+                return;
+            }
+        }
+    });
 }
