@@ -461,6 +461,12 @@ impl Head {
                     lines,
                 })),
             });
+        } else if driver.is_none() {
+            // A detached actor's worker has no driver: its lines go to the
+            // head's log.
+            for line in lines {
+                tracing::info!(job, "{line}");
+            }
         }
     }
 
