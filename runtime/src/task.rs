@@ -1,7 +1,9 @@
 //! Per-call options of a remote function, and submission.
 
+use std::sync::Arc;
+
 use crate::context;
-use crate::object_ref::{ArgValue, ObjectRef};
+use crate::object_ref::{ArgValue, Handle, ObjectRef};
 use crate::Result;
 
 /// How one remote call is scheduled. `#[remote(num_cpus = .., max_retries = ..)]`
@@ -57,10 +59,30 @@ impl TaskOptions {
         self.function
     }
 
+    /// Submits a call of a function with `num_returns = n`; used by the
+    /// code `#[remote]` generates.
+    #[doc(hidden)]
+    pub fn submit_returns(&self, n: u32, args: Vec<Result<ArgValue>>) -> Returns {
+        let client = context::client_or_init();
+        Returns(client.submit_task_returns(self, n, args).into_iter())
+    }
+
     /// Submits a call; used by the code `#[remote]` generates.
     #[doc(hidden)]
     pub fn submit<T>(&self, args: Vec<Result<ArgValue>>) -> ObjectRef<T> {
         let client = context::client_or_init();
         ObjectRef::from_handle(client.submit_task(self, args))
+    }
+}
+
+/// The refs of a call with `num_returns`, taken one by one in order.
+#[doc(hidden)]
+pub struct Returns(std::vec::IntoIter<Arc<Handle>>);
+
+impl Returns {
+    /// The next result's ref, typed.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next<T>(&mut self) -> ObjectRef<T> {
+        ObjectRef::from_handle(self.0.next().expect("one ref per declared result"))
     }
 }
