@@ -33,6 +33,10 @@ pub struct StartArgs {
     pub dashboard_port: Option<u16>,
     /// Head: the dashboard's listen address.
     pub dashboard_bind: String,
+    /// Node: the port of its `/healthz` (`None`: not served).
+    pub health_port: Option<u16>,
+    /// Head: the autoscaler's settings (`None`: no autoscaler).
+    pub autoscale: Option<daemon::AutoscaleOptions>,
 }
 
 /// The start time of a process (field 22 of /proc/PID/stat): with the pid
@@ -97,6 +101,13 @@ fn record_pid() -> Result<PathBuf> {
 /// `fleet start`: in the foreground with `block`, else as a background
 /// process that this call waits for until it serves.
 pub fn start(args: StartArgs, argv: Vec<String>) -> Result<()> {
+    if args.head && args.health_port.is_some() {
+        return Err(Error::Startup(
+            "--health-port is for node agents (fleet start --address …); a head serves \
+             /healthz and /metrics on its dashboard port (--dashboard-port)"
+                .into(),
+        ));
+    }
     if !args.block {
         return start_background(argv);
     }
@@ -132,6 +143,7 @@ fn run_foreground(args: StartArgs) -> Result<()> {
                             .map_err(|e| Error::Startup(format!("--dashboard-bind: {e}")))
                     })
                     .transpose()?,
+                autoscale: args.autoscale.clone(),
             },
             |address, dashboard| {
                 if let Some(d) = dashboard {
@@ -163,6 +175,7 @@ fn run_foreground(args: StartArgs) -> Result<()> {
                 node_ip: args.node_ip.clone().unwrap_or_else(|| "127.0.0.1".into()),
                 port: args.port,
                 store_capacity: capacity,
+                health_port: args.health_port,
             },
             stop_on_signal(),
         )
@@ -258,8 +271,49 @@ pub fn status(address: &str, token_file: Option<PathBuf>) -> Result<String> {
     for w in &s.waiting {
         out += &format!("  note: {w}\n");
     }
+    if let Some(a) = &s.autoscale {
+        out += &autoscale_status(a);
+    }
     out += &format!("  logs and token: {}\n", daemon::runtime_dir().display());
     Ok(out)
+}
+
+/// The autoscaler's part of `fleet status`.
+fn autoscale_status(a: &crate::proto::AutoscaleStatus) -> String {
+    let mut out = format!(
+        "  autoscaler ({}, {}..{} nodes): {} node jobs requested, {} pending, {} running\n",
+        a.provider, a.min_nodes, a.max_nodes, a.requested, a.pending, a.running
+    );
+    for j in &a.jobs {
+        let external = if j.external_id.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} job {})", a.provider, j.external_id)
+        };
+        out += &format!(
+            "    node job {}{external}: {} {:.0}s{}\n",
+            j.id,
+            j.state,
+            j.age_secs,
+            if j.node.is_empty() {
+                String::new()
+            } else {
+                format!("  node {}", j.node)
+            }
+        );
+    }
+    for e in a
+        .events
+        .iter()
+        .rev()
+        .take(5)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+    {
+        out += &format!("    {e}\n");
+    }
+    out
 }
 
 /// `fleet stop`: stops what `fleet start` started on this machine.

@@ -3,8 +3,10 @@
 //! start --head` runs it in the `fleet` process.
 
 mod actors;
+pub(crate) mod autoscale;
 mod dashboard;
 mod directory;
+mod metrics;
 mod nodes;
 pub(crate) mod observe;
 mod scheduler;
@@ -79,6 +81,8 @@ pub(crate) struct Head {
     binaries: PathBuf,
     supervisor: OnceLock<Supervisor>,
     spiller: Mutex<std::sync::mpsc::Sender<spilling::FileWork>>,
+    /// Asks for nodes and gives them back (`--autoscale`).
+    autoscaler: OnceLock<Arc<autoscale::Autoscaler>>,
     /// Itself, for work put off to later.
     me: std::sync::Weak<Head>,
 }
@@ -99,6 +103,8 @@ impl Head {
                 spill_dir: store.spill_dir().to_string_lossy().into_owned(),
                 store_capacity: config.store_capacity,
                 arch: std::env::consts::ARCH.into(),
+                store_key: store.key().to_string(),
+                ..Default::default()
             },
         );
         if let Some(registry) = &config.embedded_registry {
@@ -121,6 +127,7 @@ impl Head {
             store,
             binaries,
             supervisor: OnceLock::new(),
+            autoscaler: OnceLock::new(),
             me: weak.clone(),
         });
         Ok(head)
@@ -139,7 +146,25 @@ impl Head {
     }
 
     pub(crate) fn status(&self) -> proto::StatusReply {
-        self.state.lock().status()
+        let mut status = self.state.lock().status();
+        status.autoscale = self.autoscaler.get().map(|a| a.status());
+        status
+    }
+
+    /// Starts the autoscaler; node jobs join at `launch.address`.
+    pub(crate) fn start_autoscaler(
+        self: &Arc<Self>,
+        opts: autoscale::AutoscaleOptions,
+        launch: autoscale::Launch,
+    ) -> crate::Result<()> {
+        let scaler = autoscale::Autoscaler::start(self, opts, launch)?;
+        let _ = self.autoscaler.set(scaler);
+        Ok(())
+    }
+
+    /// The autoscaler's state, for the dashboard.
+    pub(crate) fn autoscale_status(&self) -> Option<proto::AutoscaleStatus> {
+        self.autoscaler.get().map(|a| a.status())
     }
 
     /// Recent tasks as Chrome trace JSON.
@@ -154,6 +179,11 @@ impl Head {
         addr: std::net::SocketAddr,
     ) -> std::io::Result<std::net::SocketAddr> {
         dashboard::serve(self.clone(), addr).await
+    }
+
+    /// Whether the head is shutting down (`/healthz` says 503).
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
     pub(crate) fn token(&self) -> &str {
@@ -262,6 +292,16 @@ impl Head {
             _ => st.nodes.get(&self.node),
         };
         let info = node.map(|n| n.info.clone()).unwrap_or_default();
+        // A driver picks the store of its own machine among these.
+        let stores = match hello.role() {
+            Role::Driver => st
+                .nodes
+                .values()
+                .filter(|n| n.alive)
+                .map(|n| n.info.clone())
+                .collect(),
+            _ => Vec::new(),
+        };
         proto::HeadOp {
             op: Some(head_op::Op::Welcome(proto::Welcome {
                 client_id: client,
@@ -269,6 +309,7 @@ impl Head {
                 node: info.address,
                 spill_dir: info.spill_dir,
                 store_capacity: info.store_capacity,
+                stores,
             })),
         }
     }
@@ -563,6 +604,10 @@ impl Head {
     /// Stops every worker and removes the store folders.
     pub(crate) fn shutdown(&self) {
         self.stopping.store(true, Ordering::Release);
+        // Node jobs are given back first: they would outlive the head.
+        if let Some(a) = self.autoscaler.get() {
+            a.shutdown();
+        }
         if let Some(s) = self.supervisor.get() {
             s.shutdown();
         }

@@ -63,15 +63,24 @@ impl TaskOptions {
     /// code `#[remote]` generates.
     #[doc(hidden)]
     pub fn submit_returns(&self, n: u32, args: Vec<Result<ArgValue>>) -> Returns {
-        let client = context::client_or_init();
-        Returns(client.submit_task_returns(self, n, args).into_iter())
+        match context::client_or_detached() {
+            Ok(client) => Returns(client.submit_task_returns(self, n, args).into_iter()),
+            Err((detached, e)) => Returns(
+                (0..n.max(1))
+                    .map(|_| detached.failed(&e))
+                    .collect::<Vec<_>>()
+                    .into_iter(),
+            ),
+        }
     }
 
     /// Submits a call; used by the code `#[remote]` generates.
     #[doc(hidden)]
     pub fn submit<T>(&self, args: Vec<Result<ArgValue>>) -> ObjectRef<T> {
-        let client = context::client_or_init();
-        ObjectRef::from_handle(client.submit_task(self, args))
+        match context::client_or_detached() {
+            Ok(client) => ObjectRef::from_handle(client.submit_task(self, args)),
+            Err((detached, e)) => ObjectRef::from_handle(detached.failed(&e)),
+        }
     }
 }
 
