@@ -49,7 +49,7 @@ fn slow_double(x: u64, pause_ms: u64) -> (u64, String) {
 struct HostCluster {
     drivers: Vec<Child>,
     nodes: Vec<(String, Child)>,
-    _head: Child,
+    head: Child,
     address: String,
     token: String,
     hosts: Hosts,
@@ -88,7 +88,7 @@ impl HostCluster {
         let mut cluster = HostCluster {
             drivers: Vec::new(),
             nodes: Vec::new(),
-            _head: head,
+            head,
             address,
             token,
             hosts,
@@ -196,6 +196,7 @@ fn driver_process() {
         "beside_a_node" => beside_a_node(&nodes),
         "too_large" => too_large(),
         "doubles" => doubles(),
+        "put_figures" => put_figures(),
         other => panic!("unknown scenario {other:?}"),
     }
     println!("DONE");
@@ -320,6 +321,23 @@ fn too_large() {
     assert_eq!(digest(&fleet::get(&r).expect("read back")), want);
 }
 
+/// Times three 256 MiB puts (each freed before the next).
+fn put_figures() {
+    let len = 256 << 20;
+    let value = Blob::from(pattern(len, 41));
+    for round in 0..3 {
+        let v = value.clone();
+        let started = Instant::now();
+        let r: ObjectRef<Blob> = fleet::put(v).expect("a 256 MiB put");
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "RESULT put round {round}: {secs:.3} s, {:.0} MiB/s",
+            256.0 / secs
+        );
+        drop(r);
+    }
+}
+
 fn doubles() {
     let refs: Vec<ObjectRef<(u64, String)>> =
         (0..40u64).map(|x| slow_double::remote(x, 500)).collect();
@@ -405,4 +423,32 @@ fn a_cut_link_loses_the_node_and_its_tasks_rerun_elsewhere() {
     c.driver_succeeds(d);
     let line = c.drivers[d].expect_line("RESULT tasks by node");
     println!("{line}");
+}
+
+/// The figures for the notes: a 256 MiB put from a driver on another host
+/// than the head's node, against one beside it. Run with
+/// `cargo nextest run --release --test hosts --run-ignored only --no-capture figures`.
+#[test]
+#[ignore = "a measurement, run by hand in release"]
+fn figures_put_256_mib_off_host_and_on_host() {
+    let Some(mut c) = HostCluster::start(2, 1, &[], &[], &[]) else {
+        return;
+    };
+    let off = c.driver(1, "put_figures", &[]);
+    for _ in 0..3 {
+        println!(
+            "off the head's host: {}",
+            c.drivers[off].expect_line("RESULT put round")
+        );
+    }
+    c.driver_succeeds(off);
+    let pid = c.head.child.id();
+    let on = c.driver_beside(pid, "put_figures", &[]);
+    for _ in 0..3 {
+        println!(
+            "beside the head's node: {}",
+            c.drivers[on].expect_line("RESULT put round")
+        );
+    }
+    c.driver_succeeds(on);
 }

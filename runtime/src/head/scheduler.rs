@@ -37,7 +37,7 @@ impl State {
             failed = self.open_returns(client, &spec).err();
         }
         let mut missing = 0;
-        let job = self.job_of(client);
+        let job = self.job_for(client, &spec);
         let pending = self.pending.entry(job).or_default();
         *pending += 1;
         if *pending > self.max_pending {
