@@ -267,3 +267,80 @@ fn bad_autoscaler_settings_are_refused_with_the_fix() {
     );
     refused(&["--autoscale", "kubernetes"], "invalid value 'kubernetes'");
 }
+
+#[test]
+fn min_nodes_are_kept_while_idle_and_a_stopping_head_gives_them_back() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path().display().to_string();
+    let started = Started {
+        dir: dir.path().to_path_buf(),
+    };
+    let token = format!("autoscale-min-{}", std::process::id());
+    let scale_up = format!(
+        "ip=127.0.0.$((50 + {{job}})); \
+         setsid \"$FLEET_BIN\" start --address {{address}} --node-ip $ip --num-cpus 1 --block \
+         >{d}/node-{{job}}.log 2>&1 </dev/null & echo $! >{d}/$ip.pid"
+    );
+    let scale_down =
+        format!("node={{node}}; echo $node >>{d}/stopped; kill $(cat {d}/${{node%:*}}.pid)");
+    let mut head = Child::spawn(
+        Command::new(fleet_bin())
+            .args(["start", "--head", "--port", "0", "--no-dashboard"])
+            .args(["--block", "--num-cpus", "0", "--token-file"])
+            .arg(dir.path().join("token"))
+            .args([
+                "--autoscale",
+                "command",
+                "--min-nodes",
+                "2",
+                "--max-nodes",
+                "2",
+            ])
+            .args(["--idle-timeout", "1"])
+            .args(["--scale-up", &scale_up, "--scale-down", &scale_down])
+            .env("FLEET_TOKEN", &token)
+            .env("FLEET_AUTOSCALE_INTERVAL_MS", "200"),
+    );
+    let address = head
+        .expect_line("serving at")
+        .rsplit(' ')
+        .next()
+        .expect("address")
+        .to_string();
+    let status = || {
+        fleet::daemon::status(&address, &token)
+            .expect("status")
+            .autoscale
+            .expect("the head has an autoscaler")
+    };
+    // Without any work: two nodes, kept though idle far past --idle-timeout.
+    let deadline = Instant::now() + GENEROUS;
+    loop {
+        let a = status();
+        assert!(a.requested <= 2, "{:?}", a.jobs);
+        if a.jobs.len() == 2 && a.jobs.iter().all(|j| j.state == "idle" && j.age_secs > 4.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", a.jobs);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pids = started.pids();
+    assert_eq!(pids.len(), 2);
+    assert!(pids.iter().all(|p| alive(*p)));
+    // A stopping head cancels its node jobs: the nodes are stopped.
+    // SAFETY: plain kill(2) of our own child.
+    unsafe { libc::kill(head.child.id() as i32, libc::SIGTERM) };
+    let _ = head.child.wait();
+    let deadline = Instant::now() + GENEROUS;
+    while pids.iter().any(|p| alive(*p)) {
+        assert!(Instant::now() < deadline, "node agents outlived their head");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stopped = std::fs::read_to_string(dir.path().join("stopped")).unwrap_or_default();
+    assert_eq!(
+        stopped.lines().count(),
+        2,
+        "the head ran --scale-down for each node: {stopped:?}"
+    );
+    head.kill();
+}
