@@ -63,6 +63,10 @@ struct Start {
     /// Head: no dashboard.
     #[arg(long)]
     no_dashboard: bool,
+    /// Node: serve /healthz on this port of --node-ip (0: any free port);
+    /// the head's /healthz and /metrics are on its dashboard port.
+    #[arg(long)]
+    health_port: Option<u16>,
     #[command(flatten)]
     autoscale: Autoscale,
 }
@@ -257,6 +261,7 @@ fn main() -> anyhow::Result<()> {
                     dashboard_port: (!s.no_dashboard).then_some(s.dashboard_port),
                     dashboard_bind: s.dashboard_bind,
                     autoscale,
+                    health_port: s.health_port,
                 },
                 argv,
             )?

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use tokio::sync::{mpsc::UnboundedSender, oneshot};
 
+use super::health::{Health, Phase};
 use super::object_store::ObjectStore;
 use super::supervisor::{Supervisor, WorkerEnv};
 use super::transfer::{save, NodeService};
@@ -33,6 +34,9 @@ pub struct NodeOptions {
     pub port: u16,
     /// Bytes of shared memory for the object store.
     pub store_capacity: u64,
+    /// Port of the agent's `/healthz` on `node_ip` (`None`: not served;
+    /// 0: any free port).
+    pub health_port: Option<u16>,
 }
 
 /// The ELF machine number of an executable, if it is one.
@@ -129,6 +133,20 @@ async fn serve(
     listener: TcpListener,
     stop: oneshot::Receiver<()>,
 ) -> Result<()> {
+    let health = Health::new(&opts.head);
+    if let Some(port) = opts.health_port {
+        let at = format!("{}:{port}", opts.node_ip)
+            .parse()
+            .map_err(|e| Error::Startup(format!("--health-port on {}: {e}", opts.node_ip)))?;
+        let bound = super::health::serve(health.clone(), at)
+            .await
+            .map_err(|e| {
+                Error::Startup(format!(
+                    "cannot serve /healthz on {at}: {e}; choose another --health-port"
+                ))
+            })?;
+        println!("fleet node health at http://{bound}/healthz");
+    }
     listener.set_nonblocking(true)?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(
         tokio::net::TcpListener::from_std(listener)?,
@@ -162,6 +180,7 @@ async fn serve(
         ..Default::default()
     };
     let (_welcome, leftover) = transport::handshake(&out, &mut inbound, hello).await?;
+    health.set(Phase::Joined);
     let exits = out.clone();
     let logs = out.clone();
     let supervisor = Supervisor::start(
@@ -247,6 +266,7 @@ async fn serve(
             _ = &mut stop => break "stopped".to_string(),
         }
     };
+    health.set(Phase::Stopping);
     tracing::warn!(node = %name, "node agent leaving: {why}");
     agent.supervisor.shutdown();
     Ok(())
