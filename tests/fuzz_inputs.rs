@@ -260,6 +260,7 @@ fn hello(token: &str, role: Role) -> Hello {
             spill_dir: "/tmp/x".into(),
             store_capacity: 1 << 30,
             arch: "x86_64".into(),
+            store_key: "5eed".into(),
             ..Default::default()
         }),
     }
@@ -354,6 +355,12 @@ fn head_frames() -> Vec<HeadFrame> {
             node: "127.0.0.1:6380".into(),
             spill_dir: "/tmp/fleet-1-3".into(),
             store_capacity: 1 << 30,
+            stores: vec![NodeInfo {
+                address: "127.0.0.1:6380".into(),
+                store_dir: "/dev/shm/fleet-1-2".into(),
+                store_key: "5eed".into(),
+                ..Default::default()
+            }],
         })),
         hop(head_op::Op::Refused(
             "wrong or missing cluster token".into(),

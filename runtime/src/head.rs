@@ -103,6 +103,7 @@ impl Head {
                 spill_dir: store.spill_dir().to_string_lossy().into_owned(),
                 store_capacity: config.store_capacity,
                 arch: std::env::consts::ARCH.into(),
+                store_key: store.key().to_string(),
                 ..Default::default()
             },
         );
@@ -291,6 +292,16 @@ impl Head {
             _ => st.nodes.get(&self.node),
         };
         let info = node.map(|n| n.info.clone()).unwrap_or_default();
+        // A driver picks the store of its own machine among these.
+        let stores = match hello.role() {
+            Role::Driver => st
+                .nodes
+                .values()
+                .filter(|n| n.alive)
+                .map(|n| n.info.clone())
+                .collect(),
+            _ => Vec::new(),
+        };
         proto::HeadOp {
             op: Some(head_op::Op::Welcome(proto::Welcome {
                 client_id: client,
@@ -298,6 +309,7 @@ impl Head {
                 node: info.address,
                 spill_dir: info.spill_dir,
                 store_capacity: info.store_capacity,
+                stores,
             })),
         }
     }

@@ -173,6 +173,7 @@ async fn serve(
             spill_dir: store.spill_dir().to_string_lossy().into_owned(),
             store_capacity: opts.store_capacity,
             arch: std::env::consts::ARCH.into(),
+            store_key: store.key().to_string(),
             // Set by the autoscaler's node jobs, so the head knows which
             // job this node is.
             node_job: std::env::var("FLEET_NODE_JOB").unwrap_or_default(),
