@@ -139,6 +139,20 @@ fn command_autoscaler_starts_node_agents_and_stops_idle_ones() {
             assert_eq!(auto["max_nodes"], 3, "{auto}");
             assert!(auto["requested"].as_u64() >= Some(3), "{auto}");
             assert_eq!(auto["jobs"].as_array().map(Vec::len), Some(3), "{auto}");
+            // And /metrics: three requested, of which three running
+            // (joined) and none pending.
+            let metrics = common::http::get_ok(&dashboard, "/metrics");
+            for (name, want) in [
+                ("fleet_autoscaler_node_jobs_requested", 3.0),
+                ("fleet_autoscaler_node_jobs{state=\"running\"}", 3.0),
+                ("fleet_autoscaler_node_jobs{state=\"pending\"}", 0.0),
+            ] {
+                let value = metrics
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                    .and_then(|v| v.parse::<f64>().ok());
+                assert_eq!(value, Some(want), "{name} in\n{metrics}");
+            }
             seen_on_dashboard = true;
         }
         pending = fleet::wait(&pending, pending.len(), Some(Duration::from_millis(200)))
@@ -198,19 +212,8 @@ fn command_autoscaler_starts_node_agents_and_stops_idle_ones() {
 
 /// `GET /api/snapshot` from the dashboard at `host`, as JSON.
 fn snapshot(host: &str) -> serde_json::Value {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(host).expect("connecting to the dashboard");
-    s.set_read_timeout(Some(GENEROUS)).expect("read timeout");
-    write!(
-        s,
-        "GET /api/snapshot HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("sending the request");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("reading the response");
-    assert!(text.starts_with("HTTP/1.1 200"), "{text:.300}");
-    let body = text.split_once("\r\n\r\n").expect("a body").1;
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("invalid JSON ({e}): {body:.500}"))
+    let body = common::http::get_ok(host, "/api/snapshot");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("invalid JSON ({e}): {body:.500}"))
 }
 
 /// `fleet start` with these arguments fails at once, naming the fix.

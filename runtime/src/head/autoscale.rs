@@ -540,3 +540,27 @@ impl Autoscaler {
         }
     }
 }
+
+/// The autoscaler's part of `/metrics`: node jobs requested, and of those
+/// pending and running. Zeros without an autoscaler, so dashboards built on
+/// them work on every head.
+pub(crate) fn metric_families(
+    status: Option<&proto::AutoscaleStatus>,
+) -> Vec<super::metrics::Family> {
+    use super::metrics::Family;
+    let (requested, pending, running) =
+        status.map_or((0, 0, 0), |a| (a.requested, a.pending, a.running));
+    vec![
+        Family::gauge(
+            "autoscaler_node_jobs_requested",
+            "Node jobs the autoscaler asked for and has not given back",
+        )
+        .with(Vec::new(), f64::from(requested)),
+        Family::gauge(
+            "autoscaler_node_jobs",
+            "The autoscaler's node jobs: pending (queued, or not joined yet) or running",
+        )
+        .with(vec![("state", "pending".into())], f64::from(pending))
+        .with(vec![("state", "running".into())], f64::from(running)),
+    ]
+}
