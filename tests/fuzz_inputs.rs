@@ -235,6 +235,7 @@ fn task_spec(id: u64) -> TaskSpec {
             max_restarts: 2,
             max_task_retries: 1,
             max_concurrency: 4,
+            detached: true,
         }),
         node: "127.0.0.2:1234".into(),
         retry_on_error: true,
@@ -1104,6 +1105,7 @@ fn random_op(rng: &mut Rng, ids: &[u64]) -> ClientOp {
                 max_restarts: rng.below(3) as u32,
                 max_task_retries: rng.below(3) as u32,
                 max_concurrency: rng.below(3) as u32,
+                detached: false,
             });
             let mut spec = TaskSpec {
                 task_id: id(rng),

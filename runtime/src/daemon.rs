@@ -91,6 +91,7 @@ pub fn run_head(
         num_cpus: opts.num_cpus,
         store_capacity: opts.store_capacity,
         embedded_registry: None,
+        token_file: Some(opts.token_file.clone()),
     })?;
     if let Some(autoscale) = opts.autoscale.clone() {
         let launch = crate::head::autoscale::Launch {

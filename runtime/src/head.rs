@@ -5,7 +5,9 @@
 mod actors;
 pub(crate) mod autoscale;
 mod dashboard;
+mod detached;
 mod directory;
+mod jobs;
 mod metrics;
 mod nodes;
 pub(crate) mod observe;
@@ -55,6 +57,8 @@ pub(crate) struct HeadConfig {
     /// For a local cluster: the driver's registry hash; its workers run
     /// this same executable and are kept at `num_cpus`.
     pub(crate) embedded_registry: Option<String>,
+    /// Where the token was written (named in the error for a wrong token).
+    pub(crate) token_file: Option<PathBuf>,
 }
 
 /// A worker the head's supervisor started: (node, job).
@@ -81,6 +85,9 @@ pub(crate) struct Head {
     binaries: PathBuf,
     supervisor: OnceLock<Supervisor>,
     spiller: Mutex<std::sync::mpsc::Sender<spilling::FileWork>>,
+    token_file: Option<PathBuf>,
+    /// Jobs submitted with `fleet job submit`.
+    jobs: jobs::Jobs,
     /// Asks for nodes and gives them back (`--autoscale`).
     autoscaler: OnceLock<Arc<autoscale::Autoscaler>>,
     /// Itself, for work put off to later.
@@ -127,6 +134,8 @@ impl Head {
             store,
             binaries,
             supervisor: OnceLock::new(),
+            token_file: config.token_file,
+            jobs: jobs::Jobs::new(weak.clone()),
             autoscaler: OnceLock::new(),
             me: weak.clone(),
         });
@@ -229,7 +238,7 @@ impl Head {
             ));
         }
         if hello.token != self.token {
-            return Err("wrong or missing cluster token".into());
+            return Err(crate::discovery::wrong_token(self.token_file.as_deref()));
         }
         let mut st = self.state.lock();
         match hello.role() {
@@ -374,6 +383,7 @@ impl Head {
                 Role::Node => {
                     if let Some(name) = hello.node_info.as_ref().map(|i| i.address.clone()) {
                         st.node_lost(&name);
+                        self.jobs.node_lost(&name);
                     }
                 }
                 _ => {}
@@ -387,6 +397,7 @@ impl Head {
     fn apply(&self, client: u32, ops: Vec<proto::ClientOp>) {
         let mut exits = Vec::new();
         let mut logs = Vec::new();
+        let mut job_updates = Vec::new();
         let out = {
             let mut st = self.state.lock();
             for op in ops.into_iter().filter_map(|o| o.op) {
@@ -403,6 +414,7 @@ impl Head {
                     Op::Lookup(l) => st.lookup(client, l),
                     Op::WorkerExit(e) => exits.push(e),
                     Op::Log(l) => logs.push(l),
+                    Op::JobUpdate(j) => job_updates.push(j),
                     Op::Spilled(s) => st.spill_done(
                         s.object_id,
                         if s.error.is_empty() {
@@ -424,6 +436,9 @@ impl Head {
         }
         for l in logs {
             self.forward_log(l.worker_id, l.stderr, l.lines);
+        }
+        for j in job_updates {
+            self.jobs.update(j);
         }
     }
 
@@ -496,7 +511,13 @@ impl Head {
                 job,
                 "workers of this job keep failing to start; not starting more"
             );
-            self.state.lock().worker_started(node, job, false);
+            let out = {
+                let mut st = self.state.lock();
+                st.worker_started(node, job, false);
+                st.detached_cannot_start(job);
+                st.take_outbox()
+            };
+            self.flush(out);
             return;
         }
         self.worker_jobs.insert(worker_id, job);
@@ -604,6 +625,7 @@ impl Head {
     /// Stops every worker and removes the store folders.
     pub(crate) fn shutdown(&self) {
         self.stopping.store(true, Ordering::Release);
+        self.jobs.shutdown();
         // Node jobs are given back first: they would outlive the head.
         if let Some(a) = self.autoscaler.get() {
             a.shutdown();

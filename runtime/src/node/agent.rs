@@ -10,13 +10,15 @@ use futures::StreamExt;
 use tokio::sync::{mpsc::UnboundedSender, oneshot};
 
 use super::health::{Health, Phase};
+use super::jobs::{JobHostService, JobRunner, Launch};
 use super::object_store::ObjectStore;
 use super::supervisor::{Supervisor, WorkerEnv};
 use super::transfer::{save, NodeService};
 use crate::client::transport;
 use crate::error::{Error, Result};
 use crate::proto::{
-    self, client_op::Op, head_client::HeadClient, head_op, node_server::NodeServer,
+    self, client_op::Op, head_client::HeadClient, head_op, job_host_server::JobHostServer,
+    node_server::NodeServer,
 };
 
 /// How a node agent joins.
@@ -76,6 +78,45 @@ struct Agent {
 }
 
 impl Agent {
+    /// The executable with content hash `hash`, fetched from the head once.
+    async fn executable(&self, hash: &str) -> std::result::Result<PathBuf, String> {
+        if !crate::node::transfer::safe_name(hash) {
+            return Err("cannot run: no executable named".into());
+        }
+        let path = self.binaries.join(hash);
+        let _one = self.fetching.lock().await;
+        if !path.is_file() {
+            fetch_binary(&self.opts.head, &self.opts.token, hash, &path)
+                .await
+                .map_err(|e| format!("failed to fetch the executable: {e}"))?;
+        }
+        Ok(path)
+    }
+
+    /// Runs a job's driver here (`fleet job submit --node`).
+    async fn run_job(&self, jobs: &JobRunner, r: proto::RunJob) {
+        let info = match self.executable(&r.binary_hash).await {
+            Ok(program) => jobs.start(Launch {
+                id: r.id,
+                program,
+                args: r.args,
+                env: r.env,
+                head: self.opts.head.clone(),
+                token: self.opts.token.clone(),
+            }),
+            Err(why) => proto::JobInfo {
+                id: r.id,
+                state: crate::node::jobs::FAILED.into(),
+                message: why,
+                end_millis: crate::node::jobs::now_millis(),
+                ..Default::default()
+            },
+        };
+        let _ = self.out.send(proto::ClientOp {
+            op: Some(Op::JobUpdate(info)),
+        });
+    }
+
     async fn spawn(&self, s: proto::SpawnWorker) {
         let exit = |status: String| {
             let _ = self.out.send(proto::ClientOp {
@@ -86,20 +127,10 @@ impl Agent {
                 })),
             });
         };
-        if !crate::node::transfer::safe_name(&s.binary_hash) {
-            return exit("cannot run: no executable named".into());
-        }
-        let path = self.binaries.join(&s.binary_hash);
-        {
-            let _one = self.fetching.lock().await;
-            if !path.is_file() {
-                if let Err(e) =
-                    fetch_binary(&self.opts.head, &self.opts.token, &s.binary_hash, &path).await
-                {
-                    return exit(format!("failed to fetch the executable: {e}"));
-                }
-            }
-        }
+        let path = match self.executable(&s.binary_hash).await {
+            Ok(p) => p,
+            Err(e) => return exit(e),
+        };
         let (theirs, ours) = (elf_machine(&path), own_machine());
         if theirs != ours {
             tracing::error!(job = s.job, "the job's executable is for another machine type ({theirs:?}, this node is {ours:?})");
@@ -155,12 +186,34 @@ async fn serve(
         store: store.clone(),
         token: opts.token.clone(),
     };
+    // Jobs run here report through the session, once it is open.
+    let (job_tx, mut job_rx) = tokio::sync::mpsc::unbounded_channel();
+    let jobs = Arc::new(JobRunner::new(
+        crate::daemon::runtime_dir().join("jobs"),
+        Arc::new(move |info| {
+            let _ = job_tx.send(info);
+        }),
+    ));
     tokio::spawn(
         crate::net::server()?
             .add_service(NodeServer::new(node))
+            .add_service(JobHostServer::new(JobHostService {
+                runner: jobs.clone(),
+                token: opts.token.clone(),
+            }))
             .serve_with_incoming(incoming),
     );
     let (out, mut inbound) = transport::connect(&opts.head).await?;
+    {
+        let out = out.clone();
+        tokio::spawn(async move {
+            while let Some(info) = job_rx.recv().await {
+                let _ = out.send(proto::ClientOp {
+                    op: Some(Op::JobUpdate(info)),
+                });
+            }
+        });
+    }
     let hello = proto::Hello {
         protocol_version: crate::head::PROTOCOL_VERSION,
         role: proto::Role::Node.into(),
@@ -249,6 +302,13 @@ async fn serve(
                 });
             });
         }
+        Some(head_op::Op::RunJob(r)) => {
+            let (agent, jobs) = (agent.clone(), jobs.clone());
+            tokio::spawn(async move { agent.run_job(&jobs, r).await });
+        }
+        Some(head_op::Op::StopJob(id)) => {
+            jobs.stop(&id);
+        }
         Some(head_op::Op::FreeFile(f)) if crate::node::transfer::safe_name(&f) => {
             store.discard(&store.dir().join(&f).to_string_lossy());
             ObjectStore::delete(&store.spill_dir().join(&f).to_string_lossy());
@@ -269,6 +329,7 @@ async fn serve(
     };
     health.set(Phase::Stopping);
     tracing::warn!(node = %name, "node agent leaving: {why}");
+    jobs.shutdown();
     agent.supervisor.shutdown();
     Ok(())
 }
