@@ -400,9 +400,16 @@ fn a_driver_that_ignores_sigterm_is_killed_after_the_grace_period() {
             .then_some(())
     });
     let said = head.ok(&["job", "stop", &id]);
-    assert!(said.contains("STOPPED") && said.contains("killed by signal 9"), "{said}");
+    assert!(
+        said.contains("STOPPED") && said.contains("killed by signal 9"),
+        "{said}"
+    );
     let status = head.ok(&["job", "status", &id]);
-    assert_eq!(field(&status, "exit code:"), "-", "killed, no exit code: {status}");
+    assert_eq!(
+        field(&status, "exit code:"),
+        "-",
+        "killed, no exit code: {status}"
+    );
 }
 
 #[test]
