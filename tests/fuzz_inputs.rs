@@ -258,6 +258,7 @@ fn hello(token: &str, role: Role) -> Hello {
             spill_dir: "/tmp/x".into(),
             store_capacity: 1 << 30,
             arch: "x86_64".into(),
+            ..Default::default()
         }),
     }
 }

@@ -30,6 +30,9 @@ pub struct HeadOptions {
     pub token_file: PathBuf,
     /// The dashboard's address (`None`: no dashboard).
     pub dashboard: Option<std::net::SocketAddr>,
+    /// How long a dead node stays in `fleet status` (`None`:
+    /// `FLEET_DEAD_NODE_TTL_SECS`, else 5 minutes).
+    pub dead_node_ttl: Option<std::time::Duration>,
 }
 
 /// This user's folder for Fleet's files on this machine (token, pids, logs).
@@ -88,6 +91,7 @@ pub fn run_head(
         num_cpus: opts.num_cpus,
         store_capacity: opts.store_capacity,
         embedded_registry: None,
+        dead_node_ttl: opts.dead_node_ttl,
     })?;
     let (stop_server, server_stopped) = oneshot::channel();
     let server = head.clone();

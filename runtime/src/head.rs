@@ -7,6 +7,7 @@ mod dashboard;
 mod directory;
 mod nodes;
 pub(crate) mod observe;
+pub(crate) mod rejoin;
 mod scheduler;
 mod service;
 mod spilling;
@@ -52,6 +53,9 @@ pub(crate) struct HeadConfig {
     /// For a local cluster: the driver's registry hash; its workers run
     /// this same executable and are kept at `num_cpus`.
     pub(crate) embedded_registry: Option<String>,
+    /// How long a dead node stays listed (`None`: `FLEET_DEAD_NODE_TTL_SECS`
+    /// or 5 minutes).
+    pub(crate) dead_node_ttl: Option<std::time::Duration>,
 }
 
 /// A worker the head's supervisor started: (node, job).
@@ -78,6 +82,7 @@ pub(crate) struct Head {
     binaries: PathBuf,
     supervisor: OnceLock<Supervisor>,
     spiller: Mutex<std::sync::mpsc::Sender<spilling::FileWork>>,
+    dead_node_ttl: std::time::Duration,
 }
 
 impl Head {
@@ -96,6 +101,7 @@ impl Head {
                 spill_dir: store.spill_dir().to_string_lossy().into_owned(),
                 store_capacity: config.store_capacity,
                 arch: std::env::consts::ARCH.into(),
+                ..Default::default()
             },
         );
         if let Some(registry) = &config.embedded_registry {
@@ -118,6 +124,9 @@ impl Head {
             store,
             binaries,
             supervisor: OnceLock::new(),
+            dead_node_ttl: config
+                .dead_node_ttl
+                .unwrap_or_else(rejoin::dead_node_ttl_from_env),
         });
         Ok(head)
     }
@@ -236,13 +245,7 @@ impl Head {
             },
             Role::Node => match &hello.node_info {
                 Some(info) if !info.address.is_empty() => {
-                    if st.nodes.get(&info.address).is_some_and(|n| n.alive) {
-                        return Err(format!(
-                            "a node named {} is already in the cluster",
-                            info.address
-                        ));
-                    }
-                    st.add_node(info.address.clone(), Some(client), info.clone());
+                    st.admit_node(client, info)?;
                     Ok(EMBEDDED_JOB)
                 }
                 _ => Err("a node must say what it brings".into()),
@@ -328,7 +331,7 @@ impl Head {
                 }
                 Role::Node => {
                     if let Some(name) = hello.node_info.as_ref().map(|i| i.address.clone()) {
-                        st.node_lost(&name);
+                        st.node_session_ended(&name, client);
                     }
                 }
                 _ => {}

@@ -11,8 +11,10 @@ use tokio::sync::{mpsc::UnboundedSender, oneshot};
 
 use super::object_store::ObjectStore;
 use super::supervisor::{Supervisor, WorkerEnv};
-use super::transfer::{save, NodeService};
+use super::transfer::{save, NodeService, SharedToken};
 use crate::client::transport;
+
+mod join;
 use crate::error::{Error, Result};
 use crate::proto::{
     self, client_op::Op, head_client::HeadClient, head_op, node_server::NodeServer,
@@ -23,8 +25,11 @@ use crate::proto::{
 pub struct NodeOptions {
     /// The head's address.
     pub head: String,
-    /// The cluster token.
+    /// The cluster token (`FLEET_TOKEN`); empty: read `token_file`.
     pub token: String,
+    /// Where the head wrote the token; read again on every attempt to join,
+    /// since a restarted head may write a new one.
+    pub token_file: Option<PathBuf>,
     /// CPUs this node offers.
     pub num_cpus: f64,
     /// Address other nodes reach this one on (also the bind address).
@@ -33,6 +38,9 @@ pub struct NodeOptions {
     pub port: u16,
     /// Bytes of shared memory for the object store.
     pub store_capacity: u64,
+    /// How long to wait for a head that is not up yet, or to rejoin one
+    /// that went away, before giving up (`--wait-for-head`).
+    pub wait_for_head: std::time::Duration,
 }
 
 /// The ELF machine number of an executable, if it is one.
@@ -65,6 +73,8 @@ async fn fetch_binary(head: &str, token: &str, hash: &str, dest: &Path) -> Resul
 
 struct Agent {
     opts: NodeOptions,
+    /// The token of the current session (used to fetch executables).
+    token: String,
     binaries: PathBuf,
     supervisor: Supervisor,
     out: UnboundedSender<proto::ClientOp>,
@@ -90,7 +100,7 @@ impl Agent {
             let _one = self.fetching.lock().await;
             if !path.is_file() {
                 if let Err(e) =
-                    fetch_binary(&self.opts.head, &self.opts.token, &s.binary_hash, &path).await
+                    fetch_binary(&self.opts.head, &self.token, &s.binary_hash, &path).await
                 {
                     return exit(format!("failed to fetch the executable: {e}"));
                 }
@@ -108,7 +118,8 @@ impl Agent {
     }
 }
 
-/// Runs a node agent until the head goes away or `stop` fires.
+/// Runs a node agent until `stop` fires, or until no head answers for
+/// `opts.wait_for_head` (at the start, or after the head went away).
 pub fn run(opts: NodeOptions, stop: oneshot::Receiver<()>) -> Result<()> {
     let rt = crate::cluster::runtime("fleet-node", 2)?;
     let (listener, name) = crate::cluster::bind(&opts.node_ip, opts.port)?;
@@ -121,33 +132,42 @@ pub fn run(opts: NodeOptions, stop: oneshot::Receiver<()>) -> Result<()> {
     result
 }
 
+/// How a session with a head ended.
+enum Ended {
+    Stopped,
+    HeadGone(String),
+}
+
 async fn serve(
     opts: NodeOptions,
     name: String,
     store: ObjectStore,
     binaries: PathBuf,
     listener: TcpListener,
-    stop: oneshot::Receiver<()>,
+    mut stop: oneshot::Receiver<()>,
 ) -> Result<()> {
     listener.set_nonblocking(true)?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(
         tokio::net::TcpListener::from_std(listener)?,
     );
+    let token: SharedToken = Arc::new(parking_lot::RwLock::new(opts.token.clone()));
     let node = NodeService {
         store: store.clone(),
-        token: opts.token.clone(),
+        token: token.clone(),
     };
     tokio::spawn(
         crate::net::server()?
             .add_service(NodeServer::new(node))
             .serve_with_incoming(incoming),
     );
-    let (out, mut inbound) = transport::connect(&opts.head).await?;
-    let hello = proto::Hello {
+    // Same name (its transfer address) on every join; a new instance per
+    // process, so the head can tell this agent rejoining from another one.
+    let instance = rand::random::<u64>() | 1;
+    let hello = |token: String| proto::Hello {
         protocol_version: crate::head::PROTOCOL_VERSION,
         role: proto::Role::Node.into(),
         pid: std::process::id(),
-        token: opts.token.clone(),
+        token,
         node_info: Some(proto::NodeInfo {
             address: name.clone(),
             num_cpus: opts.num_cpus,
@@ -155,17 +175,57 @@ async fn serve(
             spill_dir: store.spill_dir().to_string_lossy().into_owned(),
             store_capacity: opts.store_capacity,
             arch: std::env::consts::ARCH.into(),
+            instance,
         }),
         ..Default::default()
     };
-    let (_welcome, leftover) = transport::handshake(&out, &mut inbound, hello).await?;
+    loop {
+        let Some(joined) = join::join(&opts, &hello, &mut stop).await? else {
+            return Ok(());
+        };
+        *token.write() = joined.token.clone();
+        match session(&opts, &name, &store, &binaries, joined, &mut stop).await {
+            Ended::Stopped => return Ok(()),
+            Ended::HeadGone(why) => {
+                // A clean slate for the next head: the workers were stopped
+                // with the session; the old session's objects go too.
+                store.clear();
+                println!(
+                    "fleet node {name}: lost the head at {} ({why}); stopped its workers and \
+                     emptied its store; rejoining when a head is there again (for up to {} s, \
+                     --wait-for-head)",
+                    opts.head,
+                    opts.wait_for_head.as_secs_f64()
+                );
+            }
+        }
+    }
+}
+
+/// Serves one session with the head: starts workers it asks for, spills
+/// and frees store files, until the head goes away or `stop` fires. Its
+/// workers are stopped when it ends.
+async fn session(
+    opts: &NodeOptions,
+    name: &str,
+    store: &ObjectStore,
+    binaries: &Path,
+    joined: join::Joined,
+    stop: &mut oneshot::Receiver<()>,
+) -> Ended {
+    let join::Joined {
+        out,
+        mut inbound,
+        leftover,
+        token,
+    } = joined;
     let exits = out.clone();
     let logs = out.clone();
     let supervisor = Supervisor::start(
         WorkerEnv {
             head: opts.head.clone(),
-            token: opts.token.clone(),
-            node: name.clone(),
+            token: token.clone(),
+            node: name.to_string(),
             on_log: Arc::new(move |worker_id, stderr, lines| {
                 let _ = logs.send(proto::ClientOp {
                     op: Some(Op::Log(proto::LogLines {
@@ -190,8 +250,9 @@ async fn serve(
     tracing::info!(node = %name, head = %opts.head, "node agent joined");
     println!("fleet node {name} joined the cluster at {}", opts.head);
     let agent = Arc::new(Agent {
-        opts,
-        binaries,
+        opts: opts.clone(),
+        token,
+        binaries: binaries.to_path_buf(),
         supervisor,
         out,
         fetching: tokio::sync::Mutex::new(()),
@@ -233,18 +294,21 @@ async fn serve(
         _ => {}
     };
     leftover.into_iter().for_each(handle);
-    let mut stop = stop;
-    let why = loop {
+    let ended = loop {
         tokio::select! {
             ops = inbound.next() => match ops {
                 Some(Ok(ops)) => ops.into_iter().for_each(handle),
-                Some(Err(e)) => break e.to_string(),
-                None => break "the head closed the session".to_string(),
+                Some(Err(e)) => break Ended::HeadGone(e.to_string()),
+                None => break Ended::HeadGone("the head closed the session".to_string()),
             },
-            _ = &mut stop => break "stopped".to_string(),
+            _ = &mut *stop => break Ended::Stopped,
         }
     };
-    tracing::warn!(node = %name, "node agent leaving: {why}");
-    agent.supervisor.shutdown();
-    Ok(())
+    if let Ended::HeadGone(why) = &ended {
+        tracing::warn!(node = %name, "lost the head: {why}");
+    }
+    // Blocking (it waits for the workers to exit): off the runtime threads.
+    let supervisor_owner = agent.clone();
+    let _ = tokio::task::spawn_blocking(move || supervisor_owner.supervisor.shutdown()).await;
+    ended
 }

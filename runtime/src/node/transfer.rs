@@ -66,8 +66,13 @@ pub(crate) fn stream_file(path: PathBuf) -> ChunkStream {
 /// The `Node` service of one node's store.
 pub(crate) struct NodeService {
     pub(crate) store: ObjectStore,
-    pub(crate) token: String,
+    /// The cluster token; a node agent updates it when it rejoins a head
+    /// restarted with a new one.
+    pub(crate) token: SharedToken,
 }
+
+/// A token that can change while a service runs.
+pub(crate) type SharedToken = std::sync::Arc<parking_lot::RwLock<String>>;
 
 #[tonic::async_trait]
 impl proto::node_server::Node for NodeService {
@@ -78,7 +83,7 @@ impl proto::node_server::Node for NodeService {
         request: Request<proto::FetchObjectRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
         let r = request.into_inner();
-        if r.token != self.token {
+        if r.token != *self.token.read() {
             tracing::warn!("refused an object fetch with a wrong token");
             return Err(Status::unauthenticated("wrong or missing cluster token"));
         }
