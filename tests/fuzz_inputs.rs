@@ -237,6 +237,8 @@ fn task_spec(id: u64) -> TaskSpec {
             max_concurrency: 4,
         }),
         node: "127.0.0.2:1234".into(),
+        retry_on_error: true,
+        parent_task: id + 4,
     }
 }
 
@@ -309,6 +311,11 @@ fn client_ops() -> Vec<ClientOp> {
         })),
         op(client_op::Op::Unblocked(3)),
         op(client_op::Op::KillActor(77)),
+        op(client_op::Op::Cancel(fleet::proto::Cancel {
+            task_id: 1 << 40 | 1,
+            force: true,
+            recursive: true,
+        })),
         op(client_op::Op::Lookup(Lookup {
             request_id: 1,
             name: "hits".into(),
@@ -1101,6 +1108,8 @@ fn random_op(rng: &mut Rng, ids: &[u64]) -> ClientOp {
                 actor_id: if rng.below(3) == 0 { id(rng) } else { 0 },
                 create,
                 node: String::new(),
+                retry_on_error: rng.below(2) == 0,
+                parent_task: if rng.below(3) == 0 { id(rng) } else { 0 },
             };
             let me = spec.task_id;
             spec.args

@@ -36,8 +36,13 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
             let lit: syn::LitInt = meta.value()?.parse()?;
             options.max_retries = Some(lit.base10_parse::<u32>()?);
             Ok(())
+        } else if meta.path.is_ident("retry_on_error") {
+            let lit: syn::LitBool = meta.value()?.parse()?;
+            options.retry_on_error = Some(lit.value);
+            Ok(())
         } else {
-            Err(meta.error("unknown option; expected `num_cpus` or `max_retries`"))
+            Err(meta
+                .error("unknown option; expected `num_cpus`, `max_retries` or `retry_on_error`"))
         }
     });
     parse_macro_input!(attr with parser);
@@ -58,6 +63,7 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
 struct Options {
     num_cpus: Option<f64>,
     max_retries: Option<u32>,
+    retry_on_error: Option<bool>,
 }
 
 /// `T` of a return type spelled `Result<T, ..>`; the function's `Err`
@@ -151,6 +157,7 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
     );
     let num_cpus = options.num_cpus.map(|n| quote!(.num_cpus(#n)));
     let max_retries = options.max_retries.map(|n| quote!(.max_retries(#n)));
+    let retry_on_error = options.retry_on_error.map(|b| quote!(.retry_on_error(#b)));
     let finish = finish_result(returns_result);
     // An async function runs to completion on the worker's runtime.
     let call = if is_async {
@@ -176,7 +183,7 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
 
             /// The defaults given in `#[remote(..)]`.
             #inner fn options() -> Options {
-                Options(::fleet::TaskOptions::new(NAME) #num_cpus #max_retries)
+                Options(::fleet::TaskOptions::new(NAME) #num_cpus #max_retries #retry_on_error)
             }
 
             /// Submits a call; each argument may be a value or an `ObjectRef` of it.
@@ -193,6 +200,11 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
                 /// Retries if the worker process dies.
                 #inner fn max_retries(self, n: u32) -> Self {
                     Options(self.0.max_retries(n))
+                }
+
+                /// Retries an `Err` or panic too, up to `max_retries`.
+                #inner fn retry_on_error(self, yes: bool) -> Self {
+                    Options(self.0.retry_on_error(yes))
                 }
 
                 /// Runs the call only on the named node.

@@ -201,6 +201,8 @@ impl Client {
             num_cpus: opts.num_cpus,
             max_retries: opts.max_retries,
             node: opts.node.clone().unwrap_or_default(),
+            retry_on_error: opts.retry_on_error,
+            parent_task: crate::worker::cancel::current(),
             ..Default::default()
         };
         self.submit(spec, args)
@@ -349,7 +351,7 @@ impl Client {
             None => return,
         };
         for w in waiters {
-            w.count_down();
+            w.count_down(value.object_id);
         }
     }
 
@@ -393,7 +395,7 @@ impl Client {
                 Some(mut s) => {
                     if matches!(s.state, State::Ready(_)) {
                         done += 1;
-                        waiter.count_down();
+                        waiter.count_down(id);
                     } else {
                         s.waiters.push(waiter.clone());
                         if !s.subscribed {
@@ -404,7 +406,7 @@ impl Client {
                 }
                 None => {
                     done += 1;
-                    waiter.count_down();
+                    waiter.count_down(id);
                 }
             }
         }
@@ -430,6 +432,14 @@ impl Client {
         // A task that waits lends its CPU to others meanwhile.
         let _lent = crate::worker::executor::lend_cpu();
         waiter.wait(timeout)
+    }
+
+    /// Subscribes to `ids` and returns a waiter that yields them as they
+    /// finish (`fleet::as_completed`).
+    pub(crate) fn completions(&self, ids: &[u64]) -> Arc<Waiter> {
+        let waiter = Waiter::ordered(ids.len());
+        self.register(ids, &waiter);
+        waiter
     }
 
     pub(crate) async fn ready_async(&self, id: u64) -> Result<()> {

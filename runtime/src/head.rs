@@ -27,6 +27,7 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use crate::node::object_store::ObjectStore;
 use crate::node::supervisor::Supervisor;
 use crate::proto::{self, client_op::Op, head_op, Role};
+pub(crate) use scheduler::describe_exit;
 pub(crate) use service::{make_executable, serve};
 use state::{Outbox, State};
 
@@ -83,6 +84,8 @@ pub(crate) struct Head {
     supervisor: OnceLock<Supervisor>,
     spiller: Mutex<std::sync::mpsc::Sender<spilling::FileWork>>,
     dead_node_ttl: std::time::Duration,
+    /// Itself, for work put off to later.
+    me: std::sync::Weak<Head>,
 }
 
 impl Head {
@@ -127,6 +130,7 @@ impl Head {
             dead_node_ttl: config
                 .dead_node_ttl
                 .unwrap_or_else(rejoin::dead_node_ttl_from_env),
+            me: weak.clone(),
         });
         Ok(head)
     }
@@ -369,6 +373,7 @@ impl Head {
                             Err(s.error)
                         },
                     ),
+                    Op::Cancel(c) => st.cancel(client, c),
                     Op::Hello(_) => {}
                 }
             }
@@ -431,6 +436,9 @@ impl Head {
                     })),
                 });
             }
+        }
+        for (delay, what) in out.later {
+            self.put_off(delay, what);
         }
         if !out.delete.is_empty() {
             let _ = self
@@ -500,8 +508,16 @@ impl Head {
         }
         let started = self.started.lock().remove(&worker_id);
         if self.connected_workers.remove(&worker_id).is_some() {
-            // Its session's end does the bookkeeping.
+            // Its session's end does the bookkeeping; the status says how
+            // it died to the task it ran.
             tracing::debug!(worker_id, "worker exited: {status}");
+            let out = {
+                let mut st = self.state.lock();
+                st.worker_exit_status(worker_id, status);
+                st.dispatch();
+                st.take_outbox()
+            };
+            self.flush(out);
             return;
         }
         tracing::warn!(worker_id, "worker exited before connecting: {status}");
@@ -523,6 +539,28 @@ impl Head {
             st.take_outbox()
         };
         self.flush(out);
+    }
+
+    /// Applies `what` after `delay` (a dead worker's status that never
+    /// came, a retry's backoff).
+    fn put_off(&self, delay: std::time::Duration, what: scheduler::Later) {
+        let Some(me) = self.me.upgrade() else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            tokio::time::sleep(delay).await;
+            if me.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            let out = {
+                let mut st = me.state.lock();
+                st.later(what);
+                st.dispatch();
+                st.take_outbox()
+            };
+            me.flush(out);
+        });
     }
 
     /// Stops every worker and removes the store folders.

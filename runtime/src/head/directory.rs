@@ -161,6 +161,7 @@ impl State {
             let Some(task) = self.tasks.remove(&id) else {
                 continue;
             };
+            self.forget_children(id);
             if let Some(n) = self.pending.get_mut(&task.job) {
                 *n = n.saturating_sub(1);
             }

@@ -3,12 +3,19 @@
 //! once so it never idles for a round trip, while long tasks go one per
 //! worker so a slow task never holds others behind it.
 
+mod cancel;
+mod control;
+mod deaths;
+
 use std::collections::{HashMap, VecDeque};
 
 use crate::proto::{self, head_op::Op, object_value::Payload};
 
 use super::directory::arg_ref;
 use super::state::{ObjState, State, Task, Worker};
+pub(super) use control::Control;
+pub(crate) use deaths::describe_exit;
+pub(super) use deaths::Later;
 
 /// How much queued work (in microseconds of run time) a worker may hold
 /// beyond the task it runs.
@@ -73,6 +80,7 @@ impl State {
         }
         let retries_left = spec.max_retries;
         let actor = spec.actor_id;
+        let parent = spec.parent_task;
         self.tasks.insert(
             id,
             Box::new(Task {
@@ -83,6 +91,9 @@ impl State {
                 job,
             }),
         );
+        if parent != 0 {
+            self.note_parent(id, parent);
+        }
         if failed.is_none() && actor != 0 {
             failed = self.enqueue_call(id, actor);
         }
@@ -150,6 +161,10 @@ impl State {
                 lineage = Some(Box::new(t.spec.clone()));
             }
         }
+        let payload = match self.finish_attempt(id, payload) {
+            Some(p) => p,
+            None => return, // retried (retry_on_error)
+        };
         self.complete(id, payload, result.nested_refs);
         if let Some(o) = self.objects.get_mut(&id) {
             o.lineage = lineage;
@@ -193,27 +208,15 @@ impl State {
                 continue;
             };
             t.worker = None;
-            if i > 0 {
-                requeue.push(*id);
-            } else if t.retries_left > 0 {
-                t.retries_left -= 1;
+            if let Some(how) = self.control.cancelled.remove(id) {
+                // Cancelled while sent there: it ends here, whatever killed it.
+                let e = self.cancelled_error(*id, how);
+                self.complete(*id, Payload::Error(e), Vec::new());
+            } else if i > 0 {
                 requeue.push(*id);
             } else {
-                let mut e = proto::TaskError {
-                    function: t.spec.function.clone(),
-                    message: format!(
-                        "worker pid {} on {} exited while running it (retries used up)",
-                        w.pid, w.node
-                    ),
-                    pid: w.pid,
-                    node: w.node.clone(),
-                    ..Default::default()
-                };
-                e.set_kind(proto::ErrorKind::WorkerDied);
-                let function = t.spec.function.clone();
-                let now = super::observe::now_us();
-                self.record((w.node.clone(), w.pid), *id, &function, false, now, 0);
-                self.complete(*id, Payload::Error(e), Vec::new());
+                // Retried or failed once the node says how the worker died.
+                self.running_task_lost(&w, *id);
             }
         }
         for id in requeue.into_iter().rev() {
@@ -236,6 +239,11 @@ impl State {
         };
         w.queue.retain(|t| !b.returned.contains(t));
         for id in b.returned.iter().rev() {
+            if let Some(how) = self.control.cancelled.remove(id) {
+                let e = self.cancelled_error(*id, how);
+                self.complete(*id, Payload::Error(e), Vec::new());
+                continue;
+            }
             if let Some(t) = self.tasks.get_mut(id) {
                 t.worker = None;
                 self.ready.push_front(*id);

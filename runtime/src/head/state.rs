@@ -77,6 +77,8 @@ pub(super) struct Outbox {
     pub(super) reap: Vec<u32>,
     /// Store files to move to disk: (node, object, path).
     pub(super) spill: Vec<(String, u64, String)>,
+    /// Work to apply after a delay (control: deaths, backoffs).
+    pub(super) later: Vec<(std::time::Duration, super::scheduler::Later)>,
 }
 
 impl Outbox {
@@ -115,6 +117,8 @@ pub(crate) struct State {
     pub(super) pending: HashMap<u32, usize>,
     pub(super) max_pending: usize,
     pub(super) tick: u64,
+    /// control: cancels, dying workers, retries (head/scheduler/control.rs).
+    pub(super) control: super::scheduler::Control,
 }
 
 impl State {
@@ -143,6 +147,7 @@ impl State {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(10_000_000),
             tick: 0,
+            control: Default::default(),
         }
     }
 
