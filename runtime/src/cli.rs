@@ -33,12 +33,17 @@ pub struct StartArgs {
     pub dashboard_port: Option<u16>,
     /// Head: the dashboard's listen address.
     pub dashboard_bind: String,
+<<<<<<< HEAD
     /// Node: seconds to wait for a head that is not up yet, or to rejoin
     /// one that went away, before exiting with an error.
     pub wait_for_head: f64,
     /// Head: seconds a dead node stays in `fleet status` (`None`:
     /// `FLEET_DEAD_NODE_TTL_SECS`, else 300).
     pub dead_node_ttl: Option<f64>,
+=======
+    /// Head: the autoscaler's settings (`None`: no autoscaler).
+    pub autoscale: Option<daemon::AutoscaleOptions>,
+>>>>>>> main
 }
 
 /// The start time of a process (field 22 of /proc/PID/stat): with the pid
@@ -138,10 +143,14 @@ fn run_foreground(args: StartArgs) -> Result<()> {
                             .map_err(|e| Error::Startup(format!("--dashboard-bind: {e}")))
                     })
                     .transpose()?,
+<<<<<<< HEAD
                 dead_node_ttl: args
                     .dead_node_ttl
                     .map(|s| seconds(s, "--dead-node-ttl"))
                     .transpose()?,
+=======
+                autoscale: args.autoscale.clone(),
+>>>>>>> main
             },
             |address, dashboard| {
                 if let Some(d) = dashboard {
@@ -290,8 +299,49 @@ pub fn status(address: &str, token_file: Option<PathBuf>) -> Result<String> {
     for w in &s.waiting {
         out += &format!("  note: {w}\n");
     }
+    if let Some(a) = &s.autoscale {
+        out += &autoscale_status(a);
+    }
     out += &format!("  logs and token: {}\n", daemon::runtime_dir().display());
     Ok(out)
+}
+
+/// The autoscaler's part of `fleet status`.
+fn autoscale_status(a: &crate::proto::AutoscaleStatus) -> String {
+    let mut out = format!(
+        "  autoscaler ({}, {}..{} nodes): {} node jobs requested, {} pending, {} running\n",
+        a.provider, a.min_nodes, a.max_nodes, a.requested, a.pending, a.running
+    );
+    for j in &a.jobs {
+        let external = if j.external_id.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} job {})", a.provider, j.external_id)
+        };
+        out += &format!(
+            "    node job {}{external}: {} {:.0}s{}\n",
+            j.id,
+            j.state,
+            j.age_secs,
+            if j.node.is_empty() {
+                String::new()
+            } else {
+                format!("  node {}", j.node)
+            }
+        );
+    }
+    for e in a
+        .events
+        .iter()
+        .rev()
+        .take(5)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+    {
+        out += &format!("    {e}\n");
+    }
+    out
 }
 
 /// `fleet stop`: stops what `fleet start` started on this machine.

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::head::{Head, HeadConfig};
 use crate::proto;
 
+pub use crate::head::autoscale::{AutoscaleOptions, ProviderKind};
 pub use crate::node::agent::{run as run_node, NodeOptions};
 
 /// How `fleet start --head` runs.
@@ -30,9 +31,14 @@ pub struct HeadOptions {
     pub token_file: PathBuf,
     /// The dashboard's address (`None`: no dashboard).
     pub dashboard: Option<std::net::SocketAddr>,
+<<<<<<< HEAD
     /// How long a dead node stays in `fleet status` (`None`:
     /// `FLEET_DEAD_NODE_TTL_SECS`, else 5 minutes).
     pub dead_node_ttl: Option<std::time::Duration>,
+=======
+    /// Ask for nodes and give them back (`--autoscale`; `None`: never).
+    pub autoscale: Option<AutoscaleOptions>,
+>>>>>>> main
 }
 
 /// This user's folder for Fleet's files on this machine (token, pids, logs).
@@ -93,6 +99,17 @@ pub fn run_head(
         embedded_registry: None,
         dead_node_ttl: opts.dead_node_ttl,
     })?;
+    if let Some(autoscale) = opts.autoscale.clone() {
+        let launch = crate::head::autoscale::Launch {
+            address: address.clone(),
+            token: token.clone(),
+            fleet_bin: std::env::current_exe()?,
+        };
+        if let Err(e) = head.start_autoscaler(autoscale, launch) {
+            head.shutdown();
+            return Err(e);
+        }
+    }
     let (stop_server, server_stopped) = oneshot::channel();
     let server = head.clone();
     let serving =

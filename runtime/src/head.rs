@@ -3,6 +3,7 @@
 //! start --head` runs it in the `fleet` process.
 
 mod actors;
+pub(crate) mod autoscale;
 mod dashboard;
 mod directory;
 mod nodes;
@@ -83,7 +84,12 @@ pub(crate) struct Head {
     binaries: PathBuf,
     supervisor: OnceLock<Supervisor>,
     spiller: Mutex<std::sync::mpsc::Sender<spilling::FileWork>>,
+<<<<<<< HEAD
     dead_node_ttl: std::time::Duration,
+=======
+    /// Asks for nodes and gives them back (`--autoscale`).
+    autoscaler: OnceLock<Arc<autoscale::Autoscaler>>,
+>>>>>>> main
     /// Itself, for work put off to later.
     me: std::sync::Weak<Head>,
 }
@@ -127,9 +133,13 @@ impl Head {
             store,
             binaries,
             supervisor: OnceLock::new(),
+<<<<<<< HEAD
             dead_node_ttl: config
                 .dead_node_ttl
                 .unwrap_or_else(rejoin::dead_node_ttl_from_env),
+=======
+            autoscaler: OnceLock::new(),
+>>>>>>> main
             me: weak.clone(),
         });
         Ok(head)
@@ -148,7 +158,25 @@ impl Head {
     }
 
     pub(crate) fn status(&self) -> proto::StatusReply {
-        self.state.lock().status()
+        let mut status = self.state.lock().status();
+        status.autoscale = self.autoscaler.get().map(|a| a.status());
+        status
+    }
+
+    /// Starts the autoscaler; node jobs join at `launch.address`.
+    pub(crate) fn start_autoscaler(
+        self: &Arc<Self>,
+        opts: autoscale::AutoscaleOptions,
+        launch: autoscale::Launch,
+    ) -> crate::Result<()> {
+        let scaler = autoscale::Autoscaler::start(self, opts, launch)?;
+        let _ = self.autoscaler.set(scaler);
+        Ok(())
+    }
+
+    /// The autoscaler's state, for the dashboard.
+    pub(crate) fn autoscale_status(&self) -> Option<proto::AutoscaleStatus> {
+        self.autoscaler.get().map(|a| a.status())
     }
 
     /// Recent tasks as Chrome trace JSON.
@@ -566,6 +594,10 @@ impl Head {
     /// Stops every worker and removes the store folders.
     pub(crate) fn shutdown(&self) {
         self.stopping.store(true, Ordering::Release);
+        // Node jobs are given back first: they would outlive the head.
+        if let Some(a) = self.autoscaler.get() {
+            a.shutdown();
+        }
         if let Some(s) = self.supervisor.get() {
             s.shutdown();
         }

@@ -63,6 +63,7 @@ struct Start {
     /// Head: no dashboard.
     #[arg(long)]
     no_dashboard: bool,
+<<<<<<< HEAD
     /// Node: seconds to wait for a head that is not up yet, and to rejoin
     /// one that went away (its workers stopped, its store emptied); past
     /// that the node exits with an error. 0: try once.
@@ -72,12 +73,121 @@ struct Start {
     /// dashboard (default 300).
     #[arg(long, value_name = "SECS", env = "FLEET_DEAD_NODE_TTL_SECS")]
     dead_node_ttl: Option<f64>,
+=======
+    #[command(flatten)]
+    autoscale: Autoscale,
+}
+
+/// The head's autoscaler (dask-jobqueue style).
+#[derive(Args, Default)]
+struct Autoscale {
+    /// Head: ask for nodes when ready tasks wait for CPUs, give idle ones
+    /// back: `slurm` (sbatch/scancel) or `command` (--scale-up/--scale-down).
+    #[arg(long, value_parser = ["slurm", "command"], requires = "head")]
+    autoscale: Option<String>,
+    /// Autoscaler: node jobs kept even when idle.
+    #[arg(long, default_value_t = 0, requires = "autoscale")]
+    min_nodes: u32,
+    /// Autoscaler: node jobs never exceeded.
+    #[arg(long, default_value_t = 8, requires = "autoscale")]
+    max_nodes: u32,
+    /// Autoscaler: seconds ready tasks wait for CPUs before nodes are asked for.
+    #[arg(long, default_value_t = 5.0, requires = "autoscale")]
+    upscale_after: f64,
+    /// Autoscaler: seconds a node stays idle before it is given back.
+    #[arg(long, default_value_t = 60.0, requires = "autoscale")]
+    idle_timeout: f64,
+    /// Autoscaler: CPUs one node job brings, to size requests (default:
+    /// what joined node jobs brought, else 1).
+    #[arg(long, requires = "autoscale")]
+    node_cpus: Option<f64>,
+    /// Autoscaler `slurm`: more sbatch arguments for each node job, e.g.
+    /// "-p debug --cpus-per-task 2 -t 1:00:00".
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    slurm_args: String,
+    /// Autoscaler `command`: starts one node (`sh -c`; {job}, {address},
+    /// {count} replaced; FLEET_NODE_JOB, FLEET_ADDRESS, FLEET_TOKEN set).
+    #[arg(long, allow_hyphen_values = true)]
+    scale_up: Option<String>,
+    /// Autoscaler `command`: stops the node {node} ({job}, {count} too).
+    #[arg(long, allow_hyphen_values = true)]
+    scale_down: Option<String>,
+}
+
+impl Autoscale {
+    fn options(self) -> anyhow::Result<Option<fleet::daemon::AutoscaleOptions>> {
+        let Some(kind) = self.autoscale else {
+            anyhow::ensure!(
+                self.slurm_args.is_empty() && self.scale_up.is_none() && self.scale_down.is_none(),
+                "--slurm-args, --scale-up and --scale-down need --autoscale slurm|command"
+            );
+            return Ok(None);
+        };
+        let secs = |v: f64, flag: &str| {
+            anyhow::ensure!(
+                v.is_finite() && v >= 0.0,
+                "{flag} must be a number of seconds, 0 or more"
+            );
+            Ok(std::time::Duration::from_secs_f64(v))
+        };
+        anyhow::ensure!(
+            self.max_nodes >= self.min_nodes,
+            "--max-nodes {} is below --min-nodes {}: raise --max-nodes",
+            self.max_nodes,
+            self.min_nodes
+        );
+        if let Some(n) = self.node_cpus {
+            anyhow::ensure!(n.is_finite() && n > 0.0, "--node-cpus must be positive");
+        }
+        let provider = match kind.as_str() {
+            "slurm" => {
+                anyhow::ensure!(
+                    self.scale_up.is_none() && self.scale_down.is_none(),
+                    "--scale-up/--scale-down are for --autoscale command, not slurm"
+                );
+                let args = shlex::split(&self.slurm_args).ok_or_else(|| {
+                    anyhow::anyhow!("--slurm-args {:?}: unbalanced quotes", self.slurm_args)
+                })?;
+                fleet::daemon::ProviderKind::Slurm { args }
+            }
+            _ => {
+                anyhow::ensure!(
+                    self.slurm_args.is_empty(),
+                    "--slurm-args is for --autoscale slurm, not command"
+                );
+                let (Some(scale_up), Some(scale_down)) = (self.scale_up, self.scale_down) else {
+                    anyhow::bail!(
+                        "--autoscale command needs --scale-up 'CMD' and --scale-down 'CMD {{node}}'"
+                    );
+                };
+                fleet::daemon::ProviderKind::Command {
+                    scale_up,
+                    scale_down,
+                }
+            }
+        };
+        Ok(Some(fleet::daemon::AutoscaleOptions {
+            provider,
+            min_nodes: self.min_nodes,
+            max_nodes: self.max_nodes,
+            upscale_after: secs(self.upscale_after, "--upscale-after")?,
+            idle_timeout: secs(self.idle_timeout, "--idle-timeout")?,
+            node_cpus: self.node_cpus,
+            interval: std::time::Duration::from_millis(
+                std::env::var("FLEET_AUTOSCALE_INTERVAL_MS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1000),
+            ),
+        }))
+    }
+>>>>>>> main
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Starts a head (`--head`) or a node joining one (`--address`).
-    Start(Start),
+    Start(Box<Start>),
     /// Nodes, resources, tasks by state, objects of a running cluster.
     Status {
         /// The head's address.
@@ -143,6 +253,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     match cli.command {
+<<<<<<< HEAD
         Command::Start(s) => fleet::cli::start(
             fleet::cli::StartArgs {
                 head: s.head,
@@ -161,6 +272,28 @@ fn main() -> anyhow::Result<()> {
             },
             argv,
         )?,
+=======
+        Command::Start(mut s) => {
+            let autoscale = std::mem::take(&mut s.autoscale).options()?;
+            fleet::cli::start(
+                fleet::cli::StartArgs {
+                    head: s.head,
+                    address: s.address,
+                    port: s.port.unwrap_or(if s.head { 6380 } else { 0 }),
+                    bind: s.bind,
+                    node_ip: s.node_ip,
+                    num_cpus: s.num_cpus,
+                    object_store_bytes: s.object_store_bytes,
+                    token_file: s.token_file,
+                    block: s.block,
+                    dashboard_port: (!s.no_dashboard).then_some(s.dashboard_port),
+                    dashboard_bind: s.dashboard_bind,
+                    autoscale,
+                },
+                argv,
+            )?
+        }
+>>>>>>> main
         Command::Status {
             address,
             token_file,

@@ -29,7 +29,7 @@ async fn page() -> Html<&'static str> {
 }
 
 async fn snapshot(State(head): State<Arc<Head>>, Query(q): Query<Since>) -> impl IntoResponse {
-    Json(head.state.lock().snapshot(q.since))
+    Json(head.snapshot(q.since))
 }
 
 async fn timeline(State(head): State<Arc<Head>>) -> impl IntoResponse {
@@ -45,12 +45,38 @@ async fn events(
         if !first {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        let snap = head.state.lock().snapshot(since);
+        let snap = head.snapshot(since);
         let next = snap.last_seq();
         let json = serde_json::to_string(&snap).unwrap_or_default();
         Some((Ok(Event::default().data(json)), (head, next, false)))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+impl Head {
+    /// The dashboard's view, with the autoscaler's part.
+    fn snapshot(&self, since: u64) -> super::observe::Snapshot {
+        let mut snap = self.state.lock().snapshot(since);
+        snap.autoscale = self.autoscale_status().map(|a| {
+            serde_json::json!({
+                "provider": a.provider,
+                "requested": a.requested,
+                "pending": a.pending,
+                "running": a.running,
+                "min_nodes": a.min_nodes,
+                "max_nodes": a.max_nodes,
+                "jobs": a.jobs.iter().map(|j| serde_json::json!({
+                    "id": j.id,
+                    "external_id": j.external_id,
+                    "state": j.state,
+                    "node": j.node,
+                    "age_secs": j.age_secs,
+                })).collect::<Vec<_>>(),
+                "events": a.events,
+            })
+        });
+        snap
+    }
 }
 
 /// Serves the dashboard on `addr`; returns the address it listens on.

@@ -337,6 +337,8 @@ impl State {
             actors: self.actors.len() as u32,
             drivers: self.jobs.len() as u32,
             waiting,
+            // Filled by the head, which owns the autoscaler.
+            autoscale: None,
         }
     }
 }

@@ -118,6 +118,10 @@ pub(crate) struct Snapshot {
     objects: usize,
     actors: Vec<ActorView>,
     drivers: usize,
+    /// The autoscaler's node jobs (absent without `--autoscale`); set by
+    /// the head, which owns the autoscaler.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) autoscale: Option<serde_json::Value>,
 }
 
 pub(crate) fn now_us() -> u64 {
@@ -331,6 +335,7 @@ impl State {
             objects: self.objects.len(),
             actors,
             drivers: self.jobs.values().filter(|j| j.driver.is_some()).count(),
+            autoscale: None,
         }
     }
 

@@ -176,6 +176,9 @@ async fn serve(
             store_capacity: opts.store_capacity,
             arch: std::env::consts::ARCH.into(),
             instance,
+            // Set by the autoscaler's node jobs, so the head knows which
+            // job this node is.
+            node_job: std::env::var("FLEET_NODE_JOB").unwrap_or_default(),
         }),
         ..Default::default()
     };
