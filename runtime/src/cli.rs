@@ -33,17 +33,14 @@ pub struct StartArgs {
     pub dashboard_port: Option<u16>,
     /// Head: the dashboard's listen address.
     pub dashboard_bind: String,
-<<<<<<< HEAD
     /// Node: seconds to wait for a head that is not up yet, or to rejoin
     /// one that went away, before exiting with an error.
     pub wait_for_head: f64,
     /// Head: seconds a dead node stays in `fleet status` (`None`:
     /// `FLEET_DEAD_NODE_TTL_SECS`, else 300).
     pub dead_node_ttl: Option<f64>,
-=======
     /// Head: the autoscaler's settings (`None`: no autoscaler).
     pub autoscale: Option<daemon::AutoscaleOptions>,
->>>>>>> main
 }
 
 /// The start time of a process (field 22 of /proc/PID/stat): with the pid
@@ -143,14 +140,11 @@ fn run_foreground(args: StartArgs) -> Result<()> {
                             .map_err(|e| Error::Startup(format!("--dashboard-bind: {e}")))
                     })
                     .transpose()?,
-<<<<<<< HEAD
                 dead_node_ttl: args
                     .dead_node_ttl
                     .map(|s| seconds(s, "--dead-node-ttl"))
                     .transpose()?,
-=======
                 autoscale: args.autoscale.clone(),
->>>>>>> main
             },
             |address, dashboard| {
                 if let Some(d) = dashboard {

@@ -31,14 +31,11 @@ pub struct HeadOptions {
     pub token_file: PathBuf,
     /// The dashboard's address (`None`: no dashboard).
     pub dashboard: Option<std::net::SocketAddr>,
-<<<<<<< HEAD
     /// How long a dead node stays in `fleet status` (`None`:
     /// `FLEET_DEAD_NODE_TTL_SECS`, else 5 minutes).
     pub dead_node_ttl: Option<std::time::Duration>,
-=======
     /// Ask for nodes and give them back (`--autoscale`; `None`: never).
     pub autoscale: Option<AutoscaleOptions>,
->>>>>>> main
 }
 
 /// This user's folder for Fleet's files on this machine (token, pids, logs).

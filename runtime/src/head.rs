@@ -84,12 +84,9 @@ pub(crate) struct Head {
     binaries: PathBuf,
     supervisor: OnceLock<Supervisor>,
     spiller: Mutex<std::sync::mpsc::Sender<spilling::FileWork>>,
-<<<<<<< HEAD
     dead_node_ttl: std::time::Duration,
-=======
     /// Asks for nodes and gives them back (`--autoscale`).
     autoscaler: OnceLock<Arc<autoscale::Autoscaler>>,
->>>>>>> main
     /// Itself, for work put off to later.
     me: std::sync::Weak<Head>,
 }
@@ -133,13 +130,10 @@ impl Head {
             store,
             binaries,
             supervisor: OnceLock::new(),
-<<<<<<< HEAD
             dead_node_ttl: config
                 .dead_node_ttl
                 .unwrap_or_else(rejoin::dead_node_ttl_from_env),
-=======
             autoscaler: OnceLock::new(),
->>>>>>> main
             me: weak.clone(),
         });
         Ok(head)

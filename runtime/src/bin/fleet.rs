@@ -63,7 +63,6 @@ struct Start {
     /// Head: no dashboard.
     #[arg(long)]
     no_dashboard: bool,
-<<<<<<< HEAD
     /// Node: seconds to wait for a head that is not up yet, and to rejoin
     /// one that went away (its workers stopped, its store emptied); past
     /// that the node exits with an error. 0: try once.
@@ -73,7 +72,6 @@ struct Start {
     /// dashboard (default 300).
     #[arg(long, value_name = "SECS", env = "FLEET_DEAD_NODE_TTL_SECS")]
     dead_node_ttl: Option<f64>,
-=======
     #[command(flatten)]
     autoscale: Autoscale,
 }
@@ -181,7 +179,6 @@ impl Autoscale {
             ),
         }))
     }
->>>>>>> main
 }
 
 #[derive(Subcommand)]
@@ -253,26 +250,6 @@ fn main() -> anyhow::Result<()> {
         }
     }
     match cli.command {
-<<<<<<< HEAD
-        Command::Start(s) => fleet::cli::start(
-            fleet::cli::StartArgs {
-                head: s.head,
-                address: s.address,
-                port: s.port.unwrap_or(if s.head { 6380 } else { 0 }),
-                bind: s.bind,
-                node_ip: s.node_ip,
-                num_cpus: s.num_cpus,
-                object_store_bytes: s.object_store_bytes,
-                token_file: s.token_file,
-                block: s.block,
-                dashboard_port: (!s.no_dashboard).then_some(s.dashboard_port),
-                dashboard_bind: s.dashboard_bind,
-                wait_for_head: s.wait_for_head,
-                dead_node_ttl: s.dead_node_ttl,
-            },
-            argv,
-        )?,
-=======
         Command::Start(mut s) => {
             let autoscale = std::mem::take(&mut s.autoscale).options()?;
             fleet::cli::start(
@@ -289,11 +266,12 @@ fn main() -> anyhow::Result<()> {
                     dashboard_port: (!s.no_dashboard).then_some(s.dashboard_port),
                     dashboard_bind: s.dashboard_bind,
                     autoscale,
+                    wait_for_head: s.wait_for_head,
+                    dead_node_ttl: s.dead_node_ttl,
                 },
                 argv,
             )?
         }
->>>>>>> main
         Command::Status {
             address,
             token_file,
