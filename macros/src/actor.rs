@@ -82,6 +82,9 @@ fn typed_args(sig: &syn::Signature) -> syn::Result<Vec<Type>> {
     let mut out = Vec::new();
     for input in &sig.inputs {
         if let FnArg::Typed(t) = input {
+            if let Some(e) = crate::checks::owned_parameter(t) {
+                return Err(e);
+            }
             out.push((*t.ty).clone());
         }
     }

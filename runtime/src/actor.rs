@@ -142,7 +142,7 @@ impl ActorOptions {
     /// Creates the actor; used by generated code.
     #[doc(hidden)]
     pub fn create(&self, args: Vec<Result<ArgValue>>) -> Result<ActorHandle> {
-        let client = context::client_or_init();
+        let client = context::client_or_init()?;
         let spec = proto::TaskSpec {
             function: self.class.to_string(),
             num_cpus: self.num_cpus,
@@ -177,7 +177,7 @@ impl ActorOptions {
 
 /// Finds the actor named `name`, from any driver or task of the cluster.
 pub fn get_actor<A: Actor>(name: &str) -> Result<A::Handle> {
-    let client = context::client_or_init();
+    let client = context::client_or_init()?;
     match client.lookup_actor(name)? {
         None => Err(Error::ActorDied {
             actor: format!("`{name}`"),

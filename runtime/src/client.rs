@@ -80,6 +80,29 @@ impl Client {
         })
     }
 
+    /// A client with no session: every op it sends is dropped. It holds
+    /// the refs that [`Client::failed`] makes when no cluster is reachable.
+    pub(crate) fn detached() -> Arc<Self> {
+        let (out, _) = tokio::sync::mpsc::unbounded_channel();
+        let client = Client::new(&proto::Welcome::default(), out, "");
+        client.closed.store(true, Ordering::Release);
+        client
+    }
+
+    /// A ref that is finished already, with `err` as its outcome.
+    pub(crate) fn failed(self: &Arc<Self>, err: &Error) -> Arc<Handle> {
+        let wire = match err {
+            // Kept as a `Connection` error with its own text (the wire form
+            // of other kinds would nest the prefix).
+            Error::Connection(m) => proto::TaskError {
+                message: m.clone(),
+                ..Default::default()
+            },
+            other => other.to_wire(),
+        };
+        self.new_handle(self.next_id(), State::Ready(Payload::Error(wire)))
+    }
+
     pub(crate) fn node(&self) -> &str {
         &self.node
     }

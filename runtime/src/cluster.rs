@@ -314,7 +314,52 @@ async fn upload(
     Ok(())
 }
 
+/// Names the settings of `config` that only shape a local cluster, and so
+/// do nothing when joining one.
+fn ignored_when_joining(config: &Config) -> Vec<&'static str> {
+    let mut ignored = Vec::new();
+    if config.num_cpus.is_some() {
+        ignored.push("num_cpus");
+    }
+    if config.object_store_bytes.is_some() {
+        ignored.push("object_store_bytes");
+    }
+    if config.dashboard_port.is_some() {
+        ignored.push("dashboard_port");
+    }
+    ignored
+}
+
+/// Warns (once per process) that settings of a local cluster are ignored
+/// because the program joins an existing cluster: a silent no-op is the
+/// worst answer to `num_cpus: Some(2)`.
+fn warn_ignored(config: &Config, address: &str) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    let ignored = ignored_when_joining(config);
+    if ignored.is_empty() {
+        return;
+    }
+    let from = if config.address.is_some() {
+        "Config::address"
+    } else {
+        "FLEET_ADDRESS"
+    };
+    WARNED.call_once(|| {
+        let list = ignored
+            .iter()
+            .map(|f| format!("Config::{f}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        tracing::warn!(
+            "{list} ignored: this program joins the cluster at {address} ({from}), whose \
+             nodes set their own CPUs and store; unset {from} to start a local cluster \
+             with these settings"
+        );
+    });
+}
+
 fn join(address: &str, config: &Config) -> Result<Inner> {
+    warn_ignored(config, address);
     let rt = runtime("fleet-driver", 1)?;
     let token = config
         .token
@@ -323,7 +368,16 @@ fn join(address: &str, config: &Config) -> Result<Inner> {
         .unwrap_or_default();
     let exe = std::env::current_exe()
         .map_err(|e| Error::Startup(format!("finding this executable: {e}")))?;
-    let hash = executable_hash(&exe)?;
+    // Hashed once per process: a driver that retries joining (every
+    // `f::remote` while no cluster is reachable) does not re-read itself.
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let hash = match HASH.get() {
+        Some(h) => h.clone(),
+        None => {
+            let h = executable_hash(&exe)?;
+            HASH.get_or_init(|| h).clone()
+        }
+    };
     let addr = address.to_string();
     let client = block_on(&rt, async move {
         upload(addr.clone(), token.clone(), exe, hash.clone()).await?;

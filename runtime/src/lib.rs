@@ -88,6 +88,30 @@ pub mod __private {
         crate::worker::block_on(fut)
     }
 
+    /// Marks a `#[remote] fn` that is an item of a module (see
+    /// `macros/src/checks.rs`).
+    pub struct AtModuleLevel;
+
+    /// What the marker of a `#[remote] fn` inside a function body falls
+    /// back to.
+    pub struct InsideAFunctionBody;
+
+    /// Implemented only by [`AtModuleLevel`]: the bound's message is the
+    /// compile error of a remote function inside a function body.
+    #[diagnostic::on_unimplemented(
+        message = "remote functions must be items at module level",
+        label = "this `#[remote] fn` is inside a function body",
+        note = "move it out of the function body, next to `fn main`: workers find a remote \
+                function by its path in the module tree, and items inside a function body \
+                have none"
+    )]
+    pub trait ModuleLevel {}
+
+    impl ModuleLevel for AtModuleLevel {}
+
+    /// Compiles only for [`AtModuleLevel`].
+    pub const fn at_module_level<M: ModuleLevel>() {}
+
     /// Converts one argument for submission.
     pub fn arg<T, A: crate::IntoArg<T>>(a: A) -> crate::Result<ArgValue> {
         a.into_arg()

@@ -60,7 +60,9 @@ impl TaskOptions {
     /// Submits a call; used by the code `#[remote]` generates.
     #[doc(hidden)]
     pub fn submit<T>(&self, args: Vec<Result<ArgValue>>) -> ObjectRef<T> {
-        let client = context::client_or_init();
-        ObjectRef::from_handle(client.submit_task(self, args))
+        match context::client_or_detached() {
+            Ok(client) => ObjectRef::from_handle(client.submit_task(self, args)),
+            Err((detached, e)) => ObjectRef::from_handle(detached.failed(&e)),
+        }
     }
 }
