@@ -39,6 +39,8 @@ pub struct StartArgs {
     /// Head: seconds a dead node stays in `fleet status` (`None`:
     /// `FLEET_DEAD_NODE_TTL_SECS`, else 300).
     pub dead_node_ttl: Option<f64>,
+    /// Node: the port of its `/healthz` (`None`: not served).
+    pub health_port: Option<u16>,
     /// Head: the autoscaler's settings (`None`: no autoscaler).
     pub autoscale: Option<daemon::AutoscaleOptions>,
 }
@@ -105,6 +107,13 @@ fn record_pid() -> Result<PathBuf> {
 /// `fleet start`: in the foreground with `block`, else as a background
 /// process that this call waits for until it serves.
 pub fn start(args: StartArgs, argv: Vec<String>) -> Result<()> {
+    if args.head && args.health_port.is_some() {
+        return Err(Error::Startup(
+            "--health-port is for node agents (fleet start --address …); a head serves \
+             /healthz and /metrics on its dashboard port (--dashboard-port)"
+                .into(),
+        ));
+    }
     if !args.block {
         return start_background(argv);
     }
@@ -183,6 +192,7 @@ fn run_foreground(args: StartArgs) -> Result<()> {
                 node_ip: args.node_ip.clone().unwrap_or_else(|| "127.0.0.1".into()),
                 port: args.port,
                 store_capacity: capacity,
+                health_port: args.health_port,
             },
             stop_on_signal(),
         )

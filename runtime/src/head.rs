@@ -6,6 +6,7 @@ mod actors;
 pub(crate) mod autoscale;
 mod dashboard;
 mod directory;
+mod metrics;
 mod nodes;
 pub(crate) mod observe;
 pub(crate) mod rejoin;
@@ -185,6 +186,11 @@ impl Head {
         addr: std::net::SocketAddr,
     ) -> std::io::Result<std::net::SocketAddr> {
         dashboard::serve(self.clone(), addr).await
+    }
+
+    /// Whether the head is shutting down (`/healthz` says 503).
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
     pub(crate) fn token(&self) -> &str {

@@ -118,6 +118,9 @@ pub(crate) fn fleet_bin() -> PathBuf {
 /// A head started with `fleet start --head`, and the nodes added to it.
 pub(crate) struct CliCluster {
     pub(crate) address: String,
+    /// The dashboard's `http://host:port` (also `/metrics`, `/healthz`),
+    /// unless `--no-dashboard` was given.
+    pub(crate) dashboard: Option<String>,
     pub(crate) token: String,
     pub(crate) nodes: Vec<(String, Child)>,
     pub(crate) head: Child,
@@ -135,9 +138,11 @@ impl CliCluster {
     pub(crate) fn start_on(port: u16, token: &str, head_cpus: u32, extra: &[&str]) -> CliCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let token = token.to_string();
-        let (head, address) = spawn_head(port, &token, &dir.path().join("token"), head_cpus, extra);
+        let (head, address, dashboard) =
+            spawn_head(port, &token, &dir.path().join("token"), head_cpus, extra);
         CliCluster {
             address,
+            dashboard,
             token,
             nodes: Vec::new(),
             head,
@@ -156,12 +161,14 @@ impl CliCluster {
             .and_then(|p| p.parse().ok())
             .expect("the head's port");
         let token_file = self._dir.path().join("token");
-        let (head, address) = spawn_head(port, &self.token, &token_file, head_cpus, extra);
+        let (head, address, dashboard) =
+            spawn_head(port, &self.token, &token_file, head_cpus, extra);
         assert_eq!(
             address, self.address,
             "the new head serves at the old address"
         );
         self.head = head;
+        self.dashboard = dashboard;
     }
 
     /// Starts a node agent on `ip`; returns its name.
@@ -201,15 +208,16 @@ impl CliCluster {
     }
 }
 
-/// Starts `fleet start --head` on `port` (0: any free one); returns it
-/// and the address it serves at.
+/// Starts `fleet start --head` on `port` (0: any free one); returns it,
+/// the address it serves at and its dashboard's URL (unless
+/// `--no-dashboard` is in `extra`).
 pub(crate) fn spawn_head(
     port: u16,
     token: &str,
     token_file: &std::path::Path,
     head_cpus: u32,
     extra: &[&str],
-) -> (Child, String) {
+) -> (Child, String, Option<String>) {
     let head = Child::spawn(
         Command::new(fleet_bin())
             .args(["start", "--head", "--dashboard-port", "0", "--block"])
@@ -220,9 +228,13 @@ pub(crate) fn spawn_head(
             .args(extra)
             .env("FLEET_TOKEN", token),
     );
+    let dashboard = (!extra.contains(&"--no-dashboard")).then(|| {
+        let line = head.expect_line("fleet dashboard at ");
+        line.rsplit(' ').next().expect("dashboard URL").to_string()
+    });
     let line = head.expect_line("serving at");
     let address = line.rsplit(' ').next().expect("address").to_string();
-    (head, address)
+    (head, address, dashboard)
 }
 
 /// Starts a node agent for the head at `address` without waiting for it

@@ -72,6 +72,10 @@ struct Start {
     /// dashboard (default 300).
     #[arg(long, value_name = "SECS", env = "FLEET_DEAD_NODE_TTL_SECS")]
     dead_node_ttl: Option<f64>,
+    /// Node: serve /healthz on this port of --node-ip (0: any free port);
+    /// the head's /healthz and /metrics are on its dashboard port.
+    #[arg(long)]
+    health_port: Option<u16>,
     #[command(flatten)]
     autoscale: Autoscale,
 }
@@ -268,6 +272,7 @@ fn main() -> anyhow::Result<()> {
                     autoscale,
                     wait_for_head: s.wait_for_head,
                     dead_node_ttl: s.dead_node_ttl,
+                    health_port: s.health_port,
                 },
                 argv,
             )?

@@ -270,6 +270,7 @@ impl State {
                         retries_left: 0,
                         worker: None,
                         job,
+                        ready_at: std::time::Instant::now(),
                     }),
                 );
                 if let Some(o) = self.objects.get_mut(&id) {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
@@ -34,6 +35,39 @@ async fn snapshot(State(head): State<Arc<Head>>, Query(q): Query<Since>) -> impl
 
 async fn timeline(State(head): State<Arc<Head>>) -> impl IntoResponse {
     Json(head.state.lock().chrome_trace())
+}
+
+/// Prometheus metrics of the whole cluster (`head/metrics.rs`): OpenMetrics
+/// when the client asks for it (Prometheus does), else the classic text.
+async fn metrics(State(head): State<Arc<Head>>, headers: HeaderMap) -> impl IntoResponse {
+    use super::metrics::{classic, render, CLASSIC, OPENMETRICS};
+    let sample = head.state.lock().metrics_sample();
+    let text = render(sample);
+    let open = headers.get_all(axum::http::header::ACCEPT).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.contains("application/openmetrics-text"))
+    });
+    if open {
+        ([(axum::http::header::CONTENT_TYPE, OPENMETRICS)], text)
+    } else {
+        (
+            [(axum::http::header::CONTENT_TYPE, CLASSIC)],
+            classic(&text),
+        )
+    }
+}
+
+/// 200 while the head serves, 503 once it shuts down: for load balancers,
+/// Kubernetes probes and scripts that wait for a head.
+async fn healthz(State(head): State<Arc<Head>>) -> impl IntoResponse {
+    if head.is_stopping() {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down\n",
+        )
+    } else {
+        (axum::http::StatusCode::OK, "ok\n")
+    }
 }
 
 /// A snapshot every half second; each carries the task events since the
@@ -86,6 +120,8 @@ pub(crate) async fn serve(head: Arc<Head>, addr: SocketAddr) -> std::io::Result<
         .route("/api/snapshot", get(snapshot))
         .route("/api/timeline", get(timeline))
         .route("/api/events", get(events))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
         .with_state(head);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;

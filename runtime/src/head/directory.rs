@@ -194,6 +194,7 @@ impl State {
                 } else if let Some(t) = self.tasks.get_mut(&d) {
                     t.missing = t.missing.saturating_sub(1);
                     if t.missing == 0 {
+                        t.ready_at = std::time::Instant::now();
                         self.ready.push_back(d);
                     }
                 }

@@ -226,6 +226,7 @@ impl State {
                             retries_left,
                             worker: None,
                             job,
+                            ready_at: std::time::Instant::now(),
                         }),
                     );
                     self.ready.push_back(id);

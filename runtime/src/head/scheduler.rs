@@ -89,6 +89,7 @@ impl State {
                 retries_left,
                 worker: None,
                 job,
+                ready_at: std::time::Instant::now(),
             }),
         );
         if parent != 0 {
@@ -208,6 +209,7 @@ impl State {
                 continue;
             };
             t.worker = None;
+            t.ready_at = std::time::Instant::now();
             if let Some(how) = self.control.cancelled.remove(id) {
                 // Cancelled while sent there: it ends here, whatever killed it.
                 let e = self.cancelled_error(*id, how);
@@ -246,6 +248,7 @@ impl State {
             }
             if let Some(t) = self.tasks.get_mut(id) {
                 t.worker = None;
+                t.ready_at = std::time::Instant::now();
                 self.ready.push_front(*id);
             }
         }
@@ -445,6 +448,8 @@ impl State {
             return;
         };
         task.worker = Some(client);
+        self.scheduling_delay
+            .observe(task.ready_at.elapsed().as_secs_f64());
         let spec = task.spec.clone();
         if let Some(w) = self.workers.get_mut(&client) {
             if w.queue.is_empty() {

@@ -41,6 +41,8 @@ pub(super) struct Task {
     pub(super) retries_left: u32,
     pub(super) worker: Option<u32>,
     pub(super) job: u32,
+    /// When it last became ready to run (for the scheduling delay).
+    pub(super) ready_at: std::time::Instant,
 }
 
 pub(super) struct Worker {
@@ -117,6 +119,8 @@ pub(crate) struct State {
     pub(super) pending: HashMap<u32, usize>,
     pub(super) max_pending: usize,
     pub(super) tick: u64,
+    /// Ready to sent to a worker, for `/metrics`.
+    pub(super) scheduling_delay: prometheus_client::metrics::histogram::Histogram,
     /// control: cancels, dying workers, retries (head/scheduler/control.rs).
     pub(super) control: super::scheduler::Control,
 }
@@ -147,6 +151,7 @@ impl State {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(10_000_000),
             tick: 0,
+            scheduling_delay: super::metrics::delay_histogram(),
             control: Default::default(),
         }
     }

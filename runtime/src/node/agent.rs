@@ -9,6 +9,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use tokio::sync::{mpsc::UnboundedSender, oneshot};
 
+use super::health::{Health, Phase};
 use super::object_store::ObjectStore;
 use super::supervisor::{Supervisor, WorkerEnv};
 use super::transfer::{save, NodeService, SharedToken};
@@ -41,6 +42,9 @@ pub struct NodeOptions {
     /// How long to wait for a head that is not up yet, or to rejoin one
     /// that went away, before giving up (`--wait-for-head`).
     pub wait_for_head: std::time::Duration,
+    /// Port of the agent's `/healthz` on `node_ip` (`None`: not served;
+    /// 0: any free port).
+    pub health_port: Option<u16>,
 }
 
 /// The ELF machine number of an executable, if it is one.
@@ -146,6 +150,20 @@ async fn serve(
     listener: TcpListener,
     mut stop: oneshot::Receiver<()>,
 ) -> Result<()> {
+    let health = Health::new(&opts.head);
+    if let Some(port) = opts.health_port {
+        let at = format!("{}:{port}", opts.node_ip)
+            .parse()
+            .map_err(|e| Error::Startup(format!("--health-port on {}: {e}", opts.node_ip)))?;
+        let bound = super::health::serve(health.clone(), at)
+            .await
+            .map_err(|e| {
+                Error::Startup(format!(
+                    "cannot serve /healthz on {at}: {e}; choose another --health-port"
+                ))
+            })?;
+        println!("fleet node health at http://{bound}/healthz");
+    }
     listener.set_nonblocking(true)?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(
         tokio::net::TcpListener::from_std(listener)?,
@@ -183,13 +201,20 @@ async fn serve(
         ..Default::default()
     };
     loop {
-        let Some(joined) = join::join(&opts, &hello, &mut stop).await? else {
+        let joined = join::join(&opts, &hello, &mut stop).await;
+        let Some(joined) = joined.inspect_err(|_| health.set(Phase::Stopping))? else {
+            health.set(Phase::Stopping);
             return Ok(());
         };
         *token.write() = joined.token.clone();
+        health.set(Phase::Joined);
         match session(&opts, &name, &store, &binaries, joined, &mut stop).await {
-            Ended::Stopped => return Ok(()),
+            Ended::Stopped => {
+                health.set(Phase::Stopping);
+                return Ok(());
+            }
             Ended::HeadGone(why) => {
+                health.set(Phase::Waiting);
                 // A clean slate for the next head: the workers were stopped
                 // with the session; the old session's objects go too.
                 store.clear();

@@ -122,6 +122,7 @@ impl State {
         let oom = !info.oom.is_empty();
         if t.retries_left > 0 {
             t.retries_left -= 1;
+            t.ready_at = std::time::Instant::now();
             if oom {
                 // Memory is short now: give it a moment to come back.
                 let used = t.spec.max_retries.saturating_sub(t.retries_left);
