@@ -235,6 +235,7 @@ fn task_spec(id: u64) -> TaskSpec {
             max_restarts: 2,
             max_task_retries: 1,
             max_concurrency: 4,
+            detached: true,
         }),
         node: "127.0.0.2:1234".into(),
         retry_on_error: true,
@@ -260,6 +261,7 @@ fn hello(token: &str, role: Role) -> Hello {
             spill_dir: "/tmp/x".into(),
             store_capacity: 1 << 30,
             arch: "x86_64".into(),
+            store_key: "5eed".into(),
             ..Default::default()
         }),
     }
@@ -354,6 +356,12 @@ fn head_frames() -> Vec<HeadFrame> {
             node: "127.0.0.1:6380".into(),
             spill_dir: "/tmp/fleet-1-3".into(),
             store_capacity: 1 << 30,
+            stores: vec![NodeInfo {
+                address: "127.0.0.1:6380".into(),
+                store_dir: "/dev/shm/fleet-1-2".into(),
+                store_key: "5eed".into(),
+                ..Default::default()
+            }],
         })),
         hop(head_op::Op::Refused(
             "wrong or missing cluster token".into(),
@@ -1097,6 +1105,7 @@ fn random_op(rng: &mut Rng, ids: &[u64]) -> ClientOp {
                 max_restarts: rng.below(3) as u32,
                 max_task_retries: rng.below(3) as u32,
                 max_concurrency: rng.below(3) as u32,
+                detached: false,
             });
             let mut spec = TaskSpec {
                 task_id: id(rng),

@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+pub mod job;
+
 use crate::daemon::{self, HeadOptions, NodeOptions};
 use crate::error::{Error, Result};
 
@@ -58,7 +60,7 @@ fn pid_dir() -> PathBuf {
 }
 
 fn default_token_file() -> PathBuf {
-    daemon::runtime_dir().join("token")
+    crate::discovery::default_token_file()
 }
 
 fn cores() -> f64 {
@@ -130,7 +132,7 @@ fn run_foreground(args: StartArgs) -> Result<()> {
     if args.head {
         let token_file = args.token_file.clone().unwrap_or_else(default_token_file);
         let shown = token_file.clone();
-        daemon::run_head(
+        let result = daemon::run_head(
             HeadOptions {
                 bind: args.bind.clone(),
                 port: args.port,
@@ -156,6 +158,9 @@ fn run_foreground(args: StartArgs) -> Result<()> {
                 autoscale: args.autoscale.clone(),
             },
             |address, dashboard| {
+                if let Err(e) = crate::discovery::record_head(address, &shown) {
+                    eprintln!("fleet: cannot record the head for local discovery: {e}");
+                }
                 if let Some(d) = dashboard {
                     println!("fleet dashboard at http://{d}");
                 }
@@ -168,25 +173,36 @@ fn run_foreground(args: StartArgs) -> Result<()> {
                 );
             },
             stop_on_signal(),
-        )
+        );
+        crate::discovery::clear_head_record();
+        result
     } else {
         let Some(head) = args.address.clone() else {
             return Err(Error::Startup(
                 "fleet start needs --head or --address".into(),
             ));
         };
-        // Read on every attempt to join: the head may not have written it yet.
-        let token = std::env::var(crate::ENV_TOKEN)
+        // --token-file, else FLEET_TOKEN, else what this machine knows of
+        // the head; a file is read again on every attempt to join (the
+        // head may not have written it yet, or a restarted head a new one).
+        let env_token = std::env::var(crate::ENV_TOKEN)
             .ok()
-            .filter(|t| !t.is_empty())
-            .unwrap_or_default();
+            .filter(|t| !t.is_empty());
+        let (token, token_file) = match (&args.token_file, env_token) {
+            (Some(file), _) => (String::new(), Some(file.clone())),
+            (None, Some(t)) => (t, None),
+            (None, None) => match crate::discovery::resolve_token(None, &head) {
+                Ok(t) => (t, None),
+                Err(_) => (String::new(), Some(default_token_file())),
+            },
+        };
         let wait_for_head = seconds(args.wait_for_head, "--wait-for-head")?;
         crate::logging::init();
         daemon::run_node(
             NodeOptions {
                 head,
                 token,
-                token_file: Some(args.token_file.clone().unwrap_or_else(default_token_file)),
+                token_file,
                 wait_for_head,
                 num_cpus: args.num_cpus.unwrap_or_else(cores),
                 node_ip: args.node_ip.clone().unwrap_or_else(|| "127.0.0.1".into()),
@@ -258,31 +274,34 @@ fn start_background(mut argv: Vec<String>) -> Result<()> {
     }
 }
 
-fn token(token_file: Option<PathBuf>) -> Result<String> {
-    match std::env::var(crate::ENV_TOKEN)
-        .ok()
-        .filter(|t| !t.is_empty())
-    {
-        Some(t) => Ok(t),
-        None => daemon::read_token(&token_file.unwrap_or_else(default_token_file)),
-    }
+/// The head to talk to and its token: from the flags and `FLEET_*`
+/// variables, else the head recorded on this machine (local discovery).
+pub fn target(
+    address: Option<&str>,
+    token_file: Option<&std::path::Path>,
+) -> Result<(String, String)> {
+    let address = crate::discovery::resolve_address(address)?;
+    let token = crate::discovery::resolve_token(token_file, &address)?;
+    Ok((address, token))
 }
 
 /// `fleet timeline`: writes recent tasks as a Chrome trace to `out`;
 /// returns how many tasks it holds.
 pub fn timeline(
-    address: &str,
+    address: Option<&str>,
     token_file: Option<PathBuf>,
     out: &std::path::Path,
 ) -> Result<usize> {
-    let json = daemon::timeline(address, &token(token_file)?)?;
+    let (address, token) = target(address, token_file.as_deref())?;
+    let json = daemon::timeline(&address, &token)?;
     std::fs::write(out, &json)?;
     Ok(json.matches("\"ph\":\"X\"").count())
 }
 
 /// `fleet status`: nodes, resources, tasks by state, objects.
-pub fn status(address: &str, token_file: Option<PathBuf>) -> Result<String> {
-    let s = daemon::status(address, &token(token_file)?)?;
+pub fn status(address: Option<&str>, token_file: Option<PathBuf>) -> Result<String> {
+    let (address, token) = target(address, token_file.as_deref())?;
+    let s = daemon::status(&address, &token)?;
     let mut out = format!("cluster at {address}\n");
     for n in &s.nodes {
         out += &format!(

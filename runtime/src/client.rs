@@ -2,6 +2,7 @@
 //! workers: submits tasks and puts, and keeps this process's table of
 //! object handles and finished values.
 
+mod remote;
 pub(crate) mod transport;
 mod waiter;
 
@@ -48,6 +49,9 @@ pub(crate) struct Client {
     out: UnboundedSender<proto::ClientOp>,
     slots: DashMap<u64, Slot>,
     store: ObjectStore,
+    /// Set when this process shares no node's store (a driver on another
+    /// machine): large values then travel as streams.
+    remote: Option<remote::Remote>,
     token: String,
     closed: AtomicBool,
     /// Why the session ended, once it has: every later call fails with it.
@@ -61,23 +65,62 @@ impl Client {
         out: UnboundedSender<proto::ClientOp>,
         token: &str,
     ) -> Arc<Self> {
+        let (store, remote) = Self::choose_store(welcome, token);
         Arc::new(Client {
             id: welcome.client_id,
-            node: welcome.node.clone(),
+            node: store.node().to_string(),
             seq: AtomicU64::new(0),
             out,
             slots: DashMap::new(),
-            store: ObjectStore::open(
-                &welcome.store_dir,
-                &welcome.spill_dir,
-                &welcome.node,
-                welcome.store_capacity,
-            ),
+            store,
+            remote,
             token: token.to_string(),
             closed: AtomicBool::new(false),
             gone: OnceLock::new(),
             replies: DashMap::new(),
         })
+    }
+
+    /// The store this process uses. A worker uses its node's. A driver uses
+    /// the store of a node on its own machine (the head's first): one whose
+    /// folder it can see, holding that store's random id. With none, its
+    /// large values travel as streams to and from the nodes.
+    fn choose_store(
+        welcome: &proto::Welcome,
+        token: &str,
+    ) -> (ObjectStore, Option<remote::Remote>) {
+        let open = |i: &proto::NodeInfo| {
+            ObjectStore::open(&i.store_dir, &i.spill_dir, &i.address, i.store_capacity)
+        };
+        let given = proto::NodeInfo {
+            address: welcome.node.clone(),
+            store_dir: welcome.store_dir.clone(),
+            spill_dir: welcome.spill_dir.clone(),
+            store_capacity: welcome.store_capacity,
+            ..Default::default()
+        };
+        if welcome.stores.is_empty() {
+            return (open(&given), None);
+        }
+        let head_first = welcome
+            .stores
+            .iter()
+            .filter(|i| i.address == welcome.node)
+            .chain(welcome.stores.iter().filter(|i| i.address != welcome.node));
+        for info in head_first {
+            if ObjectStore::reachable(info) {
+                tracing::debug!(node = %info.address, "this driver shares the node's store");
+                return (open(info), None);
+            }
+        }
+        tracing::info!(
+            head_node = %welcome.node,
+            "no node's store is on this machine: large values travel as streams"
+        );
+        (
+            open(&given),
+            Some(remote::Remote::new(&welcome.node, token)),
+        )
     }
 
     /// A client with no session: every op it sends is dropped. It holds
@@ -290,6 +333,18 @@ impl Client {
         value: &T,
     ) -> Result<Arc<Handle>> {
         let id = self.next_id();
+        if let Some(remote) = &self.remote {
+            let mut writer = remote.writer(id);
+            let nested = match codec::encode_into(value, &mut writer) {
+                Ok(n) => n,
+                Err(e) => return Err(writer.error(std::io::Error::other(e))),
+            };
+            let payload = match writer.finish()? {
+                Written::Inline(b) => Payload::Inline(b.into()),
+                Written::Stored(loc) => Payload::Stored(loc),
+            };
+            return Ok(self.publish(id, payload, nested));
+        }
         let mut writer = self.store.writer(id);
         let nested = match codec::encode_into(value, &mut writer) {
             Ok(n) => n,
@@ -324,7 +379,10 @@ impl Client {
     ) -> Result<Arc<Handle>> {
         let id = self.next_id();
         let payload = if bytes.len() > INLINE_MAX {
-            Payload::Stored(self.store.write(id, &bytes)?)
+            match &self.remote {
+                Some(remote) => Payload::Stored(remote.write(id, bytes)?),
+                None => Payload::Stored(self.store.write(id, &bytes)?),
+            }
         } else {
             Payload::Inline(bytes.into())
         };
@@ -496,6 +554,9 @@ impl Client {
 
     /// Maps a stored value, pulling it from its node if that is another.
     pub(crate) fn read_stored(&self, loc: &proto::StoreLocation) -> Result<Bytes> {
+        if let Some(remote) = &self.remote {
+            return remote.read(loc);
+        }
         crate::node::transfer::read(&self.store, loc, &self.token)
     }
 

@@ -95,6 +95,7 @@ pub fn run_head(
         store_capacity: opts.store_capacity,
         embedded_registry: None,
         dead_node_ttl: opts.dead_node_ttl,
+        token_file: Some(opts.token_file.clone()),
     })?;
     if let Some(autoscale) = opts.autoscale.clone() {
         let launch = crate::head::autoscale::Launch {

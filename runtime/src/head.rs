@@ -5,7 +5,9 @@
 mod actors;
 pub(crate) mod autoscale;
 mod dashboard;
+mod detached;
 mod directory;
+mod jobs;
 mod metrics;
 mod nodes;
 pub(crate) mod observe;
@@ -59,6 +61,8 @@ pub(crate) struct HeadConfig {
     /// How long a dead node stays listed (`None`: `FLEET_DEAD_NODE_TTL_SECS`
     /// or 5 minutes).
     pub(crate) dead_node_ttl: Option<std::time::Duration>,
+    /// Where the token was written (named in the error for a wrong token).
+    pub(crate) token_file: Option<PathBuf>,
 }
 
 /// A worker the head's supervisor started: (node, job).
@@ -86,6 +90,9 @@ pub(crate) struct Head {
     supervisor: OnceLock<Supervisor>,
     spiller: Mutex<std::sync::mpsc::Sender<spilling::FileWork>>,
     dead_node_ttl: std::time::Duration,
+    token_file: Option<PathBuf>,
+    /// Jobs submitted with `fleet job submit`.
+    jobs: jobs::Jobs,
     /// Asks for nodes and gives them back (`--autoscale`).
     autoscaler: OnceLock<Arc<autoscale::Autoscaler>>,
     /// Itself, for work put off to later.
@@ -108,6 +115,7 @@ impl Head {
                 spill_dir: store.spill_dir().to_string_lossy().into_owned(),
                 store_capacity: config.store_capacity,
                 arch: std::env::consts::ARCH.into(),
+                store_key: store.key().to_string(),
                 ..Default::default()
             },
         );
@@ -134,6 +142,8 @@ impl Head {
             dead_node_ttl: config
                 .dead_node_ttl
                 .unwrap_or_else(rejoin::dead_node_ttl_from_env),
+            token_file: config.token_file,
+            jobs: jobs::Jobs::new(weak.clone()),
             autoscaler: OnceLock::new(),
             me: weak.clone(),
         });
@@ -236,7 +246,7 @@ impl Head {
             ));
         }
         if hello.token != self.token {
-            return Err("wrong or missing cluster token".into());
+            return Err(crate::discovery::wrong_token(self.token_file.as_deref()));
         }
         let mut st = self.state.lock();
         match hello.role() {
@@ -293,6 +303,16 @@ impl Head {
             _ => st.nodes.get(&self.node),
         };
         let info = node.map(|n| n.info.clone()).unwrap_or_default();
+        // A driver picks the store of its own machine among these.
+        let stores = match hello.role() {
+            Role::Driver => st
+                .nodes
+                .values()
+                .filter(|n| n.alive)
+                .map(|n| n.info.clone())
+                .collect(),
+            _ => Vec::new(),
+        };
         proto::HeadOp {
             op: Some(head_op::Op::Welcome(proto::Welcome {
                 client_id: client,
@@ -300,6 +320,7 @@ impl Head {
                 node: info.address,
                 spill_dir: info.spill_dir,
                 store_capacity: info.store_capacity,
+                stores,
             })),
         }
     }
@@ -363,7 +384,9 @@ impl Head {
                 }
                 Role::Node => {
                     if let Some(name) = hello.node_info.as_ref().map(|i| i.address.clone()) {
-                        st.node_session_ended(&name, client);
+                        if st.node_session_ended(&name, client) {
+                            self.jobs.node_lost(&name);
+                        }
                     }
                 }
                 _ => {}
@@ -377,6 +400,7 @@ impl Head {
     fn apply(&self, client: u32, ops: Vec<proto::ClientOp>) {
         let mut exits = Vec::new();
         let mut logs = Vec::new();
+        let mut job_updates = Vec::new();
         let out = {
             let mut st = self.state.lock();
             for op in ops.into_iter().filter_map(|o| o.op) {
@@ -393,6 +417,7 @@ impl Head {
                     Op::Lookup(l) => st.lookup(client, l),
                     Op::WorkerExit(e) => exits.push(e),
                     Op::Log(l) => logs.push(l),
+                    Op::JobUpdate(j) => job_updates.push(j),
                     Op::Spilled(s) => st.spill_done(
                         s.object_id,
                         if s.error.is_empty() {
@@ -414,6 +439,9 @@ impl Head {
         }
         for l in logs {
             self.forward_log(l.worker_id, l.stderr, l.lines);
+        }
+        for j in job_updates {
+            self.jobs.update(j);
         }
     }
 
@@ -486,7 +514,13 @@ impl Head {
                 job,
                 "workers of this job keep failing to start; not starting more"
             );
-            self.state.lock().worker_started(node, job, false);
+            let out = {
+                let mut st = self.state.lock();
+                st.worker_started(node, job, false);
+                st.detached_cannot_start(job);
+                st.take_outbox()
+            };
+            self.flush(out);
             return;
         }
         self.worker_jobs.insert(worker_id, job);
@@ -594,6 +628,7 @@ impl Head {
     /// Stops every worker and removes the store folders.
     pub(crate) fn shutdown(&self) {
         self.stopping.store(true, Ordering::Release);
+        self.jobs.shutdown();
         // Node jobs are given back first: they would outlive the head.
         if let Some(a) = self.autoscaler.get() {
             a.shutdown();

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod cli;
+pub(crate) mod hosts;
 pub(crate) mod http;
 pub(crate) mod slurm;
 

@@ -29,8 +29,22 @@ async fn page() -> Html<&'static str> {
     Html(PAGE)
 }
 
+/// The state's snapshot with the jobs added (they live outside the state).
+fn with_jobs(head: &Head, snap: impl serde::Serialize) -> serde_json::Value {
+    let mut v = serde_json::to_value(snap).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("jobs".into(), head.jobs.json());
+    }
+    v
+}
+
 async fn snapshot(State(head): State<Arc<Head>>, Query(q): Query<Since>) -> impl IntoResponse {
-    Json(head.snapshot(q.since))
+    let snap = head.snapshot(q.since);
+    Json(with_jobs(&head, snap))
+}
+
+async fn jobs(State(head): State<Arc<Head>>) -> impl IntoResponse {
+    Json(head.jobs.json())
 }
 
 async fn timeline(State(head): State<Arc<Head>>) -> impl IntoResponse {
@@ -81,7 +95,7 @@ async fn events(
         }
         let snap = head.snapshot(since);
         let next = snap.last_seq();
-        let json = serde_json::to_string(&snap).unwrap_or_default();
+        let json = with_jobs(&head, snap).to_string();
         Some((Ok(Event::default().data(json)), (head, next, false)))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
@@ -119,6 +133,7 @@ pub(crate) async fn serve(head: Arc<Head>, addr: SocketAddr) -> std::io::Result<
         .route("/", get(page))
         .route("/api/snapshot", get(snapshot))
         .route("/api/timeline", get(timeline))
+        .route("/api/jobs", get(jobs))
         .route("/api/events", get(events))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))

@@ -33,7 +33,7 @@ impl State {
         }
         let mut missing = 0;
         let mut failed = None;
-        let job = self.job_of(client);
+        let job = self.job_for(client, &spec);
         let pending = self.pending.entry(job).or_default();
         *pending += 1;
         if *pending > self.max_pending {

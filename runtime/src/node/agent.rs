@@ -10,6 +10,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc::UnboundedSender, oneshot};
 
 use super::health::{Health, Phase};
+use super::jobs::{JobHostService, JobRunner, Launch};
 use super::object_store::ObjectStore;
 use super::supervisor::{Supervisor, WorkerEnv};
 use super::transfer::{save, NodeService, SharedToken};
@@ -18,7 +19,8 @@ use crate::client::transport;
 mod join;
 use crate::error::{Error, Result};
 use crate::proto::{
-    self, client_op::Op, head_client::HeadClient, head_op, node_server::NodeServer,
+    self, client_op::Op, head_client::HeadClient, head_op, job_host_server::JobHostServer,
+    node_server::NodeServer,
 };
 
 /// How a node agent joins.
@@ -86,6 +88,45 @@ struct Agent {
 }
 
 impl Agent {
+    /// The executable with content hash `hash`, fetched from the head once.
+    async fn executable(&self, hash: &str) -> std::result::Result<PathBuf, String> {
+        if !crate::node::transfer::safe_name(hash) {
+            return Err("cannot run: no executable named".into());
+        }
+        let path = self.binaries.join(hash);
+        let _one = self.fetching.lock().await;
+        if !path.is_file() {
+            fetch_binary(&self.opts.head, &self.token, hash, &path)
+                .await
+                .map_err(|e| format!("failed to fetch the executable: {e}"))?;
+        }
+        Ok(path)
+    }
+
+    /// Runs a job's driver here (`fleet job submit --node`).
+    async fn run_job(&self, jobs: &JobRunner, r: proto::RunJob) {
+        let info = match self.executable(&r.binary_hash).await {
+            Ok(program) => jobs.start(Launch {
+                id: r.id,
+                program,
+                args: r.args,
+                env: r.env,
+                head: self.opts.head.clone(),
+                token: self.token.clone(),
+            }),
+            Err(why) => proto::JobInfo {
+                id: r.id,
+                state: crate::node::jobs::FAILED.into(),
+                message: why,
+                end_millis: crate::node::jobs::now_millis(),
+                ..Default::default()
+            },
+        };
+        let _ = self.out.send(proto::ClientOp {
+            op: Some(Op::JobUpdate(info)),
+        });
+    }
+
     async fn spawn(&self, s: proto::SpawnWorker) {
         let exit = |status: String| {
             let _ = self.out.send(proto::ClientOp {
@@ -96,20 +137,10 @@ impl Agent {
                 })),
             });
         };
-        if !crate::node::transfer::safe_name(&s.binary_hash) {
-            return exit("cannot run: no executable named".into());
-        }
-        let path = self.binaries.join(&s.binary_hash);
-        {
-            let _one = self.fetching.lock().await;
-            if !path.is_file() {
-                if let Err(e) =
-                    fetch_binary(&self.opts.head, &self.token, &s.binary_hash, &path).await
-                {
-                    return exit(format!("failed to fetch the executable: {e}"));
-                }
-            }
-        }
+        let path = match self.executable(&s.binary_hash).await {
+            Ok(p) => p,
+            Err(e) => return exit(e),
+        };
         let (theirs, ours) = (elf_machine(&path), own_machine());
         if theirs != ours {
             tracing::error!(job = s.job, "the job's executable is for another machine type ({theirs:?}, this node is {ours:?})");
@@ -135,6 +166,9 @@ pub fn run(opts: NodeOptions, stop: oneshot::Receiver<()>) -> Result<()> {
     rt.shutdown_background();
     result
 }
+
+/// The open session's outbound side, for reports made outside it.
+type Current = Arc<parking_lot::Mutex<Option<UnboundedSender<proto::ClientOp>>>>;
 
 /// How a session with a head ended.
 enum Ended {
@@ -173,9 +207,34 @@ async fn serve(
         store: store.clone(),
         token: token.clone(),
     };
+    // Jobs run here report through the session open at the time, if any.
+    let (job_tx, mut job_rx) = tokio::sync::mpsc::unbounded_channel();
+    let current: Current = Arc::default();
+    {
+        let current = current.clone();
+        tokio::spawn(async move {
+            while let Some(info) = job_rx.recv().await {
+                if let Some(out) = current.lock().as_ref() {
+                    let _ = out.send(proto::ClientOp {
+                        op: Some(Op::JobUpdate(info)),
+                    });
+                }
+            }
+        });
+    }
+    let jobs = Arc::new(JobRunner::new(
+        crate::daemon::runtime_dir().join("jobs"),
+        Arc::new(move |info| {
+            let _ = job_tx.send(info);
+        }),
+    ));
     tokio::spawn(
         crate::net::server()?
             .add_service(NodeServer::new(node))
+            .add_service(JobHostServer::new(JobHostService {
+                runner: jobs.clone(),
+                token: token.clone(),
+            }))
             .serve_with_incoming(incoming),
     );
     // Same name (its transfer address) on every join; a new instance per
@@ -194,6 +253,7 @@ async fn serve(
             store_capacity: opts.store_capacity,
             arch: std::env::consts::ARCH.into(),
             instance,
+            store_key: store.key().to_string(),
             // Set by the autoscaler's node jobs, so the head knows which
             // job this node is.
             node_job: std::env::var("FLEET_NODE_JOB").unwrap_or_default(),
@@ -202,13 +262,23 @@ async fn serve(
     };
     loop {
         let joined = join::join(&opts, &hello, &mut stop).await;
-        let Some(joined) = joined.inspect_err(|_| health.set(Phase::Stopping))? else {
+        let Some(joined) = joined.inspect_err(|_| {
             health.set(Phase::Stopping);
+            jobs.shutdown();
+        })?
+        else {
+            health.set(Phase::Stopping);
+            jobs.shutdown();
             return Ok(());
         };
         *token.write() = joined.token.clone();
         health.set(Phase::Joined);
-        match session(&opts, &name, &store, &binaries, joined, &mut stop).await {
+        *current.lock() = Some(joined.out.clone());
+        let ended = session(&opts, &name, &store, &binaries, &jobs, joined, &mut stop).await;
+        *current.lock() = None;
+        // The jobs driven from here belonged to that head's session.
+        jobs.shutdown();
+        match ended {
             Ended::Stopped => {
                 health.set(Phase::Stopping);
                 return Ok(());
@@ -238,6 +308,7 @@ async fn session(
     name: &str,
     store: &ObjectStore,
     binaries: &Path,
+    jobs: &Arc<JobRunner>,
     joined: join::Joined,
     stop: &mut oneshot::Receiver<()>,
 ) -> Ended {
@@ -314,6 +385,13 @@ async fn session(
                     })),
                 });
             });
+        }
+        Some(head_op::Op::RunJob(r)) => {
+            let (agent, jobs) = (agent.clone(), jobs.clone());
+            tokio::spawn(async move { agent.run_job(&jobs, r).await });
+        }
+        Some(head_op::Op::StopJob(id)) => {
+            jobs.stop(&id);
         }
         Some(head_op::Op::FreeFile(f)) if crate::node::transfer::safe_name(&f) => {
             store.discard(&store.dir().join(&f).to_string_lossy());
