@@ -347,7 +347,12 @@ impl Head {
         let job = match self.admit(&hello, client, local) {
             Ok(job) => job,
             Err(why) => {
-                tracing::warn!(pid = hello.pid, "refused a session: {why}");
+                if hello.role() == Role::Worker && !st_has_job(&self.state, hello.job) {
+                    // A worker that started as its job ended: nothing wrong.
+                    tracing::debug!(pid = hello.pid, "refused a session: {why}");
+                } else {
+                    tracing::warn!(pid = hello.pid, "refused a session: {why}");
+                }
                 let _ = out.send(refused(&why));
                 return;
             }
@@ -459,6 +464,12 @@ impl Head {
                     lines,
                 })),
             });
+        } else if driver.is_none() {
+            // A detached actor's worker has no driver: its lines go to the
+            // head's log.
+            for line in lines {
+                tracing::info!(job, "{line}");
+            }
         }
     }
 
@@ -582,7 +593,15 @@ impl Head {
             self.flush(out);
             return;
         }
-        tracing::warn!(worker_id, "worker exited before connecting: {status}");
+        let job_ended = started
+            .as_ref()
+            .is_some_and(|(_, job)| !st_has_job(&self.state, *job));
+        if job_ended {
+            // It started as its job ended and was refused: nothing wrong.
+            tracing::debug!(worker_id, "worker exited before connecting: {status}");
+        } else {
+            tracing::warn!(worker_id, "worker exited before connecting: {status}");
+        }
         if let Some((_, job)) = &started {
             *self.start_failures.entry(*job).or_default() += 1;
         }
@@ -639,6 +658,11 @@ impl Head {
         self.senders.clear();
         self.store.remove_all();
     }
+}
+
+/// Whether `job` is still running (its driver has not left).
+fn st_has_job(state: &parking_lot::Mutex<State>, job: u32) -> bool {
+    state.lock().jobs.contains_key(&job)
 }
 
 fn refused(why: &str) -> proto::HeadOp {

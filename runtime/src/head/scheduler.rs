@@ -202,7 +202,7 @@ impl State {
             n.workers = n.workers.saturating_sub(1);
         }
         self.actors_lost_with(client);
-        tracing::warn!(pid = w.pid, worker = w.worker_id, "worker died");
+        self.log_worker_end(&w);
         let mut requeue = Vec::new();
         for (i, id) in w.queue.iter().enumerate() {
             let Some(t) = self.tasks.get_mut(id) else {
