@@ -367,6 +367,13 @@ fn head_frames() -> Vec<HeadFrame> {
             "wrong or missing cluster token".into(),
         )),
         hop(head_op::Op::Execute(task_spec(42))),
+        hop(head_op::Op::RunJob(fleet::proto::RunJob {
+            id: "job-0000002a".into(),
+            binary_hash: "0123456789abcdef-42".into(),
+            args: vec!["--flag".into(), String::new()],
+            env: vec!["K=V".into()],
+        })),
+        hop(head_op::Op::StopJob("job-0000002a".into())),
         hop(head_op::Op::Ready(inline(42, b"\x01\x02"))),
         hop(head_op::Op::Ready(ObjectValue {
             object_id: 43,

@@ -47,8 +47,13 @@ fn job_driver() {
             .contains("hello from a worker")
             .then_some(())
     });
+    if mode == "stubborn" {
+        // SAFETY: plain signal(2): this driver ignores SIGTERM, so only
+        // the SIGKILL after the grace period ends it.
+        unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    }
     match mode.as_str() {
-        "gate" => {
+        "gate" | "stubborn" => {
             println!("waiting at the gate");
             let gate = PathBuf::from(std::env::var(GATE).expect("gate path"));
             wait_for_path(&gate);
@@ -135,6 +140,11 @@ struct Head {
 
 impl Head {
     fn start() -> Head {
+        Head::start_with(&[])
+    }
+
+    /// A head whose process also gets `env`.
+    fn start_with(env: &[(&str, &str)]) -> Head {
         let tmp = tempfile::tempdir().expect("temp dir");
         let token = format!("jobs-test-{}", std::process::id());
         let token_file = tmp.path().join("token");
@@ -144,7 +154,8 @@ impl Head {
                 .args(["--num-cpus", "1", "--block", "--token-file"])
                 .arg(&token_file)
                 .env("TMPDIR", tmp.path())
-                .env("FLEET_TOKEN", &token),
+                .env("FLEET_TOKEN", &token)
+                .envs(env.iter().copied()),
         );
         let dashboard = process
             .expect_line("dashboard at")
@@ -375,6 +386,30 @@ fn logs_follow_a_running_job_and_stop_kills_one() {
     // SAFETY: signal 0 only asks whether the process exists.
     let alive = unsafe { libc::kill(pid, 0) } == 0;
     assert!(!alive, "the stopped driver (pid {pid}) is gone");
+}
+
+#[test]
+fn a_driver_that_ignores_sigterm_is_killed_after_the_grace_period() {
+    let head = Head::start_with(&[("FLEET_JOB_STOP_GRACE_SECS", "1")]);
+    let never = head.tmp.path().join("never");
+    let never_env = format!("{GATE}={}", never.display());
+    let id = head.submit("stubborn", &["--env", &never_env]);
+    wait_until("the stubborn job to wait at its gate", GENEROUS, || {
+        head.ok(&["job", "logs", &id])
+            .contains("waiting at the gate")
+            .then_some(())
+    });
+    let said = head.ok(&["job", "stop", &id]);
+    assert!(
+        said.contains("STOPPED") && said.contains("killed by signal 9"),
+        "{said}"
+    );
+    let status = head.ok(&["job", "status", &id]);
+    assert_eq!(
+        field(&status, "exit code:"),
+        "-",
+        "killed, no exit code: {status}"
+    );
 }
 
 #[test]
