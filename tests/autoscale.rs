@@ -288,7 +288,7 @@ fn min_nodes_are_kept_while_idle_and_a_stopping_head_gives_them_back() {
         format!("node={{node}}; echo $node >>{d}/stopped; kill $(cat {d}/${{node%:*}}.pid)");
     let mut head = Child::spawn(
         Command::new(fleet_bin())
-            .args(["start", "--head", "--port", "0", "--no-dashboard"])
+            .args(["start", "--head", "--port", "0", "--dashboard-port", "0"])
             .args(["--block", "--num-cpus", "0", "--token-file"])
             .arg(dir.path().join("token"))
             .args([
@@ -304,6 +304,12 @@ fn min_nodes_are_kept_while_idle_and_a_stopping_head_gives_them_back() {
             .env("FLEET_TOKEN", &token)
             .env("FLEET_AUTOSCALE_INTERVAL_MS", "200"),
     );
+    let dashboard = head
+        .expect_line("fleet dashboard at")
+        .rsplit(' ')
+        .next()
+        .expect("dashboard address")
+        .to_string();
     let address = head
         .expect_line("serving at")
         .rsplit(' ')
@@ -327,6 +333,24 @@ fn min_nodes_are_kept_while_idle_and_a_stopping_head_gives_them_back() {
         assert!(Instant::now() < deadline, "{:?}", a.jobs);
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The dashboard's page, rendered by a real browser, shows them.
+    match render(&format!("{dashboard}/?once=1")) {
+        None => eprintln!("SKIPPED the page check: chromium is not installed"),
+        Some(dom) => {
+            let card = &dom[dom.find("id=\"autoscaler-card\"").expect("the card")..];
+            let card = &card[..card.find("</section>").expect("its end")];
+            assert!(!card.starts_with("id=\"autoscaler-card\" hidden"), "{card}");
+            assert!(
+                card.contains("<span data-jobs=\"requested\">2</span>"),
+                "{card}"
+            );
+            assert!(
+                card.contains("<span data-jobs=\"running\">2</span>"),
+                "{card}"
+            );
+            assert_eq!(card.matches("data-state=\"idle\"").count(), 2, "{card}");
+        }
+    }
     let pids = started.pids();
     assert_eq!(pids.len(), 2);
     assert!(pids.iter().all(|p| alive(*p)));
@@ -346,4 +370,53 @@ fn min_nodes_are_kept_while_idle_and_a_stopping_head_gives_them_back() {
         "the head ran --scale-down for each node: {stopped:?}"
     );
     head.kill();
+}
+
+/// The page at `url` as headless Chromium renders it (`--dump-dom`), or
+/// `None` without Chromium (CI installs it).
+fn render(url: &str) -> Option<String> {
+    let chromium = std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|p| {
+                std::env::split_paths(&p)
+                    .map(|d| d.join("chromium"))
+                    .find(|c| c.is_file())
+            })
+        })?;
+    let profile = tempfile::tempdir().expect("a browser profile dir");
+    let mut child = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+        ])
+        .args([
+            "--disable-background-networking",
+            "--disable-component-update",
+        ])
+        .args([
+            "--disable-dev-shm-usage",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start chromium");
+    let mut out = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut dom = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut dom);
+        let _ = tx.send(dom);
+    });
+    let dom = rx.recv_timeout(GENEROUS);
+    let _ = child.kill();
+    let _ = child.wait();
+    Some(dom.expect("chromium rendered the page in time"))
 }
