@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::cli::{fleet_bin, Child};
 use common::slurm::{Slurm, NODES, NODE_CPUS, NODE_IP_CMD};
-use common::{bounded, GENEROUS};
+use common::GENEROUS;
 
 use fleet::{remote, Config};
 
@@ -70,7 +70,7 @@ fn sbatch_recipe_runs_a_driver_on_three_slurm_nodes() {
         .port();
     let mut sbatch = slurm.command("sbatch");
     sbatch
-        .args(["--wait", &format!("--nodes={NODES}"), "--output"])
+        .args(["--parsable", &format!("--nodes={NODES}"), "--output"])
         .arg(&out)
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -87,14 +87,17 @@ fn sbatch_recipe_runs_a_driver_on_three_slurm_nodes() {
         .env(DRIVER_ENV, "7")
         .env_remove("FLEET_ADDRESS")
         .env_remove("FLEET_TOKEN");
-    let status = bounded("sbatch --wait of the recipe", GENEROUS * 2, move || {
-        sbatch.status().expect("run sbatch")
-    });
+    let submitted = sbatch.output().expect("run sbatch");
+    assert!(submitted.status.success(), "sbatch: {submitted:?}");
+    let job = String::from_utf8_lossy(&submitted.stdout)
+        .trim()
+        .to_string();
+    let (state, code) = slurm.wait_job(&job);
     let text = std::fs::read_to_string(&out).unwrap_or_default();
     println!("--- job output\n{text}");
     assert_eq!(
-        status.code(),
-        Some(7),
+        (state.as_str(), code),
+        ("FAILED", 7),
         "the job ends with the driver's exit code\n{text}\n{}",
         slurm.logs()
     );

@@ -246,6 +246,43 @@ impl Client {
         });
     }
 
+    /// Submits a task with `n` results: one handle per result.
+    pub(crate) fn submit_task_returns(
+        self: &Arc<Self>,
+        opts: &TaskOptions,
+        n: u32,
+        args: Vec<Result<ArgValue>>,
+    ) -> Vec<Arc<Handle>> {
+        let n = n.max(1);
+        let base =
+            (u64::from(self.id) << 40) | (self.seq.fetch_add(u64::from(n), Ordering::Relaxed) + 1);
+        let more: Vec<Arc<Handle>> = (1..u64::from(n))
+            .map(|k| self.new_handle(base + k, State::Pending))
+            .collect();
+        let spec = proto::TaskSpec {
+            task_id: base,
+            function: opts.function.to_string(),
+            num_cpus: opts.num_cpus,
+            max_retries: opts.max_retries,
+            node: opts.node.clone().unwrap_or_default(),
+            retry_on_error: opts.retry_on_error,
+            parent_task: crate::worker::cancel::current(),
+            num_returns: n,
+            ..Default::default()
+        };
+        let first = self.submit(spec, args);
+        if let Some(Ok(err)) = self.slots.get(&first.id).map(|s| match &s.state {
+            State::Ready(Payload::Error(e)) => Ok(e.clone()),
+            _ => Err(()),
+        }) {
+            // Failed before it was sent: so do the others.
+            for h in &more {
+                self.fail_local(h.id, &Error::from_wire(&err));
+            }
+        }
+        std::iter::once(first).chain(more).collect()
+    }
+
     pub(crate) fn submit_task(
         self: &Arc<Self>,
         opts: &TaskOptions,
@@ -270,7 +307,12 @@ impl Client {
         mut spec: proto::TaskSpec,
         args: Vec<Result<ArgValue>>,
     ) -> Arc<Handle> {
-        let id = self.next_id();
+        // A task with several results comes with its ids reserved.
+        let id = if spec.task_id != 0 {
+            spec.task_id
+        } else {
+            self.next_id()
+        };
         let handle = self.new_handle(id, State::Pending);
         spec.task_id = id;
         spec.args = Vec::with_capacity(args.len());
