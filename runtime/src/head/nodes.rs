@@ -26,6 +26,8 @@ pub(crate) struct Node {
     pub(super) store_used: u64,
     /// Its machine's load and memory, as its agent last reported them.
     pub(super) load: Option<proto::NodeLoad>,
+    /// When it was lost; it leaves the node list a TTL later.
+    pub(super) dead_since: Option<std::time::Instant>,
 }
 
 pub(crate) struct Job {
@@ -62,6 +64,7 @@ impl State {
                 excluded: HashSet::new(),
                 store_used: 0,
                 load: None,
+                dead_since: None,
             },
         );
     }
@@ -189,6 +192,7 @@ impl State {
             return;
         };
         n.alive = false;
+        n.dead_since = Some(std::time::Instant::now());
         n.available_cpus = 0.0;
         n.starting.clear();
         tracing::warn!(node = %name, "node lost");
