@@ -272,7 +272,29 @@ async fn serve(
         out,
         fetching: tokio::sync::Mutex::new(()),
     });
+    {
+        // The memory monitor: reports to the head, which picks the victim.
+        let threshold =
+            crate::node::memory_monitor::Threshold::from_env().map_err(Error::Startup)?;
+        let live = agent.supervisor.live();
+        let (out, closed) = (agent.out.clone(), agent.out.clone());
+        crate::node::memory_monitor::start(
+            threshold,
+            move || live.lock().iter().map(|(w, p)| (*w, *p)).collect(),
+            move |report| {
+                let _ = out.send(proto::ClientOp {
+                    op: Some(Op::MemoryPressure(report)),
+                });
+                false
+            },
+            move || closed.is_closed(),
+        );
+    }
     let handle = |op: proto::HeadOp| match op.op {
+        Some(head_op::Op::KillWorker(id)) => {
+            let killed = agent.supervisor.kill(id);
+            tracing::warn!(worker = id, killed, "the memory monitor kills a worker");
+        }
         Some(head_op::Op::SpawnWorker(s)) => {
             let agent = agent.clone();
             tokio::spawn(async move { agent.spawn(s).await });
