@@ -7,7 +7,7 @@ pub(crate) mod transport;
 mod waiter;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -54,6 +54,8 @@ pub(crate) struct Client {
     remote: Option<remote::Remote>,
     token: String,
     closed: AtomicBool,
+    /// Why the session ended, once it has: every later call fails with it.
+    gone: OnceLock<String>,
     replies: DashMap<u64, std::sync::mpsc::Sender<proto::Reply>>,
 }
 
@@ -74,6 +76,7 @@ impl Client {
             remote,
             token: token.to_string(),
             closed: AtomicBool::new(false),
+            gone: OnceLock::new(),
             replies: DashMap::new(),
         })
     }
@@ -163,6 +166,14 @@ impl Client {
     }
 
     fn new_handle(self: &Arc<Self>, id: u64, state: State) -> Arc<Handle> {
+        // Work submitted after the head went away fails at once, as the
+        // work pending then did.
+        let state = match (state, self.gone.get()) {
+            (State::Pending, Some(why)) => {
+                State::Ready(Payload::Error(Error::Connection(why.clone()).to_wire()))
+            }
+            (state, _) => state,
+        };
         self.slots.insert(
             id,
             Slot {
@@ -425,6 +436,10 @@ impl Client {
         let request_id = self.seq.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = std::sync::mpsc::channel();
         self.replies.insert(request_id, tx);
+        if let Some(why) = self.gone.get() {
+            self.replies.remove(&request_id);
+            return Err(Error::Connection(why.clone()));
+        }
         self.send(Op::Lookup(proto::Lookup {
             request_id,
             name: name.to_string(),
@@ -463,11 +478,25 @@ impl Client {
         }
     }
 
+    /// Why the session with the head ended, once it has.
+    pub(crate) fn gone(&self) -> Option<String> {
+        self.gone.get().cloned()
+    }
+
     /// The session ended: everything still pending fails.
     pub(crate) fn on_disconnect(&self, why: &str) {
+        let why = self
+            .gone
+            .get_or_init(|| {
+                format!(
+                    "the head went away ({why}); what this driver had in the \
+                     cluster is gone with it: start it again once the head is back"
+                )
+            })
+            .clone();
         self.closed.store(true, Ordering::Release);
         self.replies.clear();
-        let err = Error::Connection(why.to_string()).to_wire();
+        let err = Error::Connection(why).to_wire();
         let mut waiters = Vec::new();
         for mut s in self.slots.iter_mut() {
             if matches!(s.state, State::Pending) {
@@ -549,7 +578,12 @@ impl Client {
         let payload = match self.slots.get(&id) {
             Some(s) => match &s.state {
                 State::Ready(p) => p.clone(),
-                State::Pending => return Err(lost(id, "not finished")),
+                State::Pending => {
+                    return Err(match self.gone.get() {
+                        Some(why) => Error::Connection(why.clone()),
+                        None => lost(id, "not finished"),
+                    })
+                }
             },
             None => return Err(lost(id, "no handle to it in this process")),
         };

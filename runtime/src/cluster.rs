@@ -192,6 +192,7 @@ fn start_local(config: &Config) -> Result<Inner> {
             .object_store_bytes
             .unwrap_or_else(crate::node::object_store::default_capacity),
         embedded_registry: Some(crate::registry::registry_hash()),
+        dead_node_ttl: None,
         token_file: None,
     })?;
     let (stop_tx, stop_rx) = oneshot::channel();

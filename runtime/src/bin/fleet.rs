@@ -63,6 +63,15 @@ struct Start {
     /// Head: no dashboard.
     #[arg(long)]
     no_dashboard: bool,
+    /// Node: seconds to wait for a head that is not up yet, and to rejoin
+    /// one that went away (its workers stopped, its store emptied); past
+    /// that the node exits with an error. 0: try once.
+    #[arg(long, value_name = "SECS", default_value_t = 120.0)]
+    wait_for_head: f64,
+    /// Head: seconds a dead node stays listed in `fleet status` and the
+    /// dashboard (default 300).
+    #[arg(long, value_name = "SECS", env = "FLEET_DEAD_NODE_TTL_SECS")]
+    dead_node_ttl: Option<f64>,
     /// Node: serve /healthz on this port of --node-ip (0: any free port);
     /// the head's /healthz and /metrics are on its dashboard port.
     #[arg(long)]
@@ -278,6 +287,9 @@ enum JobCommand {
     List {
         #[command(flatten)]
         target: JobTarget,
+        /// Print JSON (a list of records) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// One job: state, exit code, start and end times, where its output is.
     Status {
@@ -285,6 +297,9 @@ enum JobCommand {
         target: JobTarget,
         /// The job's id (from `fleet job submit` or `fleet job list`).
         id: String,
+        /// Print JSON (a list with the one record).
+        #[arg(long)]
+        json: bool,
     },
     /// The driver's output (with its workers' lines).
     Logs {
@@ -330,12 +345,24 @@ fn job(command: JobCommand) -> anyhow::Result<()> {
             )?;
             println!("{id}");
         }
-        JobCommand::List { target } => print!("{}", job::table(&job::list(&target.into_target())?)),
-        JobCommand::Status { target, id } => {
+        JobCommand::List { target, json } => {
+            let jobs = job::list(&target.into_target())?;
             print!(
                 "{}",
-                job::describe(&job::status(&target.into_target(), &id)?)
+                if json {
+                    job::json(&jobs)
+                } else {
+                    job::table(&jobs)
+                }
             )
+        }
+        JobCommand::Status { target, id, json } => {
+            let info = job::status(&target.into_target(), &id)?;
+            if json {
+                print!("{}", job::json(std::slice::from_ref(&info)))
+            } else {
+                print!("{}", job::describe(&info))
+            }
         }
         JobCommand::Logs { target, id, follow } => job::logs(
             &target.into_target(),
@@ -386,6 +413,8 @@ fn main() -> anyhow::Result<()> {
                     dashboard_port: (!s.no_dashboard).then_some(s.dashboard_port),
                     dashboard_bind: s.dashboard_bind,
                     autoscale,
+                    wait_for_head: s.wait_for_head,
+                    dead_node_ttl: s.dead_node_ttl,
                     health_port: s.health_port,
                 },
                 argv,

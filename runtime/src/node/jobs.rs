@@ -51,6 +51,24 @@ pub(crate) fn now_millis() -> u64 {
         .unwrap_or_default()
 }
 
+/// A job's record as JSON (the dashboard, `fleet job list --json`).
+pub(crate) fn to_json(j: &proto::JobInfo) -> serde_json::Value {
+    serde_json::json!({
+        "id": j.id,
+        "program": j.program,
+        "args": j.args,
+        "node": j.node,
+        "state": j.state,
+        "exit_code": j.exit_code,
+        "submit_millis": j.submit_millis,
+        "start_millis": j.start_millis,
+        "end_millis": j.end_millis,
+        "message": j.message,
+        "pid": j.pid,
+        "log_path": j.log_path,
+    })
+}
+
 /// A job id a peer may name: `job-` and hex digits, so no request reaches
 /// outside the jobs folder.
 pub(crate) fn valid_id(id: &str) -> bool {
@@ -362,7 +380,9 @@ fn read_at(path: &std::path::Path, offset: u64) -> std::io::Result<Vec<u8>> {
 /// The `JobHost` service of a node agent: the output of jobs run there.
 pub(crate) struct JobHostService {
     pub(crate) runner: Arc<JobRunner>,
-    pub(crate) token: String,
+    /// The cluster token (it changes when the agent rejoins a head
+    /// restarted with a new one; empty before the first join).
+    pub(crate) token: crate::node::transfer::SharedToken,
 }
 
 #[tonic::async_trait]
@@ -374,7 +394,8 @@ impl proto::job_host_server::JobHost for JobHostService {
         request: Request<proto::JobLogsRequest>,
     ) -> Result<Response<LogStream>, Status> {
         let r = request.into_inner();
-        if r.token != self.token {
+        let token = self.token.read().clone();
+        if token.is_empty() || r.token != token {
             return Err(Status::unauthenticated("wrong or missing cluster token"));
         }
         Ok(Response::new(self.runner.tail(&r.id, r.offset, r.follow)))
