@@ -184,6 +184,8 @@ async fn serve(
     listener: TcpListener,
     mut stop: oneshot::Receiver<()>,
 ) -> Result<()> {
+    // A bad memory threshold stops the agent before it joins.
+    crate::node::memory_monitor::Threshold::from_env().map_err(Error::Startup)?;
     let health = Health::new(&opts.head);
     if let Some(port) = opts.health_port {
         let at = format!("{}:{port}", opts.node_ip)
@@ -358,8 +360,9 @@ async fn session(
     });
     {
         // The memory monitor: reports to the head, which picks the victim.
-        let threshold =
-            crate::node::memory_monitor::Threshold::from_env().map_err(Error::Startup)?;
+        // Checked when the agent started (`serve`).
+        let threshold = crate::node::memory_monitor::Threshold::from_env()
+            .unwrap_or(crate::node::memory_monitor::Threshold::Fraction(0.95));
         let live = agent.supervisor.live();
         let (out, closed) = (agent.out.clone(), agent.out.clone());
         crate::node::memory_monitor::start(
