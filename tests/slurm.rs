@@ -55,7 +55,11 @@ fn driver_role() {
         .into_iter()
         .collect();
     nodes.sort();
-    println!("RESULT sum={sum} nodes={}", nodes.join(","));
+    let address = std::env::var("FLEET_ADDRESS").expect("FLEET_ADDRESS");
+    let token = std::env::var("FLEET_TOKEN").expect("FLEET_TOKEN");
+    let status = fleet::daemon::status(&address, &token).expect("status");
+    let cpus: f64 = status.nodes.iter().map(|n| n.num_cpus).sum();
+    println!("RESULT sum={sum} nodes={} cpus={cpus}", nodes.join(","));
     drop(_c);
     std::process::exit(code.parse().expect("an exit code"));
 }
@@ -70,7 +74,10 @@ fn sbatch_recipe_runs_a_driver_on_three_slurm_nodes() {
         .port();
     let mut sbatch = slurm.command("sbatch");
     sbatch
-        .args(["--parsable", &format!("--nodes={NODES}"), "--output"])
+        .args(["--parsable", &format!("--nodes={NODES}")])
+        // Each node's agent offers the CPUs Slurm gave the job there.
+        .arg(format!("--cpus-per-task={NODE_CPUS}"))
+        .arg("--output")
         .arg(&out)
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -104,7 +111,8 @@ fn sbatch_recipe_runs_a_driver_on_three_slurm_nodes() {
     let want: u64 = (0..DRIVER_TASKS).map(|x| x * x).sum();
     assert!(
         text.contains(&format!(
-            "RESULT sum={want} nodes=127.0.0.1,127.0.0.2,127.0.0.3"
+            "RESULT sum={want} nodes=127.0.0.1,127.0.0.2,127.0.0.3 cpus={}",
+            NODES * NODE_CPUS
         )),
         "the driver's tasks ran on all three Slurm nodes:\n{text}"
     );
