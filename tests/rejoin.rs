@@ -251,7 +251,9 @@ fn a_driver_whose_head_is_killed_gets_a_connection_error_not_a_hang() {
 
 #[test]
 fn a_dead_node_is_replaced_by_its_return_and_leaves_status_after_the_ttl() {
-    let mut c = CliCluster::start(0, &["--dead-node-ttl", "3"]);
+    // Long enough that the dead node is surely still listed when the test
+    // looks right after seeing it die; short enough to wait for.
+    let mut c = CliCluster::start(0, &["--dead-node-ttl", "10"]);
     let port = std::net::TcpListener::bind("127.0.0.2:0")
         .and_then(|l| l.local_addr())
         .expect("a free port on 127.0.0.2")
@@ -281,7 +283,19 @@ fn a_dead_node_is_replaced_by_its_return_and_leaves_status_after_the_ttl() {
     wait_until("the node dead again", GENEROUS, || {
         status(&c).filter(|s| of(s).iter().any(|n| !n.alive))
     });
+    let dashboard = c.dashboard.clone().expect("the head's dashboard");
+    let listed = |alive: bool| {
+        let body = common::http::get_ok(&dashboard, "/api/snapshot");
+        let snap: serde_json::Value = serde_json::from_str(&body).expect("snapshot JSON");
+        snap["nodes"]
+            .as_array()
+            .expect("a node list")
+            .iter()
+            .any(|n| n["name"] == name.as_str() && n["alive"] == alive)
+    };
+    assert!(listed(false), "the dashboard lists the dead node");
     wait_until("the dead node to leave status", GENEROUS, || {
         status(&c).filter(|s| of(s).is_empty())
     });
+    assert!(!listed(false) && !listed(true), "nor the dashboard");
 }
