@@ -151,6 +151,7 @@ fn a_head_restarted_under_running_nodes_gets_them_back_with_a_clean_slate() {
     }
 
     c.restart_head(0, &[]);
+    let serving = std::time::Instant::now();
     for (name, node) in &c.nodes {
         node.expect_line("lost the head");
         assert_eq!(
@@ -159,6 +160,10 @@ fn a_head_restarted_under_running_nodes_gets_them_back_with_a_clean_slate() {
             "it rejoins under its own name"
         );
     }
+    eprintln!(
+        "FIGURE both node agents rejoined {:.2} s after the restarted head served",
+        serving.elapsed().as_secs_f64()
+    );
     // The old driver's session ended with the old head.
     let err = fleet::get(&where_am_i::remote(0)).expect_err("the old head is gone");
     assert!(matches!(err, fleet::Error::Connection(_)), "{err}");
@@ -223,10 +228,15 @@ fn a_driver_whose_head_is_killed_gets_a_connection_error_not_a_hang() {
     });
     let also_waiting = pending.clone();
     let waited = std::thread::spawn(move || fleet::wait(&[also_waiting], 1, None));
+    let killed = std::time::Instant::now();
     c.head.kill();
     let got = rx
         .recv_timeout(GENEROUS)
         .expect("the pending get returns once the head is gone");
+    eprintln!(
+        "FIGURE a pending get failed {:.3} s after its head was SIGKILLed",
+        killed.elapsed().as_secs_f64()
+    );
     match got {
         Err(fleet::Error::Connection(why)) => {
             assert!(why.contains("head went away"), "{why}")
