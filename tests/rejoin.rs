@@ -128,9 +128,17 @@ fn a_head_restarted_under_running_nodes_gets_them_back_with_a_clean_slate() {
     let b = c.add_node("127.0.0.3", 1);
     let agent_pids: Vec<u32> = c.nodes.iter().map(|(_, p)| p.child.id()).collect();
     let driver = c.join();
-    // Work on both nodes, with results kept in their stores.
-    let refs: Vec<_> = (0..8)
-        .map(|_| stored_on_node::remote(1 << 20, 150))
+    // Work on both nodes (pinned, so a loaded machine cannot put it all
+    // on one), with results kept in their stores.
+    let refs: Vec<_> = [&a, &b]
+        .into_iter()
+        .flat_map(|n| {
+            (0..4).map(move |_| {
+                stored_on_node::options()
+                    .node(n.clone())
+                    .remote(1 << 20, 50)
+            })
+        })
         .collect();
     let results = fleet::get_all(&refs).expect("tasks on both nodes");
     let nodes: HashSet<&str> = results.iter().map(|r| r.1.as_str()).collect();
@@ -198,12 +206,13 @@ fn a_head_restarted_under_running_nodes_gets_them_back_with_a_clean_slate() {
     }
     // A new driver runs tasks on both.
     let _driver = c.join();
-    let refs: Vec<ObjectRef<String>> = (0..16).map(|_| where_am_i::remote(100)).collect();
-    let seen: HashSet<String> = fleet::get_all(&refs)
-        .expect("tasks on the rejoined nodes")
-        .into_iter()
-        .collect();
-    assert_eq!(seen, HashSet::from([a, b]));
+    for n in [&a, &b] {
+        let refs: Vec<ObjectRef<String>> = (0..4)
+            .map(|_| where_am_i::options().node(n.clone()).remote(20))
+            .collect();
+        let seen = fleet::get_all(&refs).expect("tasks on the rejoined nodes");
+        assert!(seen.iter().all(|s| s == n), "{seen:?} not all on {n}");
+    }
 }
 
 #[test]
