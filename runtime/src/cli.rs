@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+pub mod job;
+
 use crate::daemon::{self, HeadOptions, NodeOptions};
 use crate::error::{Error, Result};
 
@@ -33,6 +35,12 @@ pub struct StartArgs {
     pub dashboard_port: Option<u16>,
     /// Head: the dashboard's listen address.
     pub dashboard_bind: String,
+    /// Node: seconds to wait for a head that is not up yet, or to rejoin
+    /// one that went away, before exiting with an error.
+    pub wait_for_head: f64,
+    /// Head: seconds a dead node stays in `fleet status` (`None`:
+    /// `FLEET_DEAD_NODE_TTL_SECS`, else 300).
+    pub dead_node_ttl: Option<f64>,
     /// Node: the port of its `/healthz` (`None`: not served).
     pub health_port: Option<u16>,
     /// Head: the autoscaler's settings (`None`: no autoscaler).
@@ -52,7 +60,7 @@ fn pid_dir() -> PathBuf {
 }
 
 fn default_token_file() -> PathBuf {
-    daemon::runtime_dir().join("token")
+    crate::discovery::default_token_file()
 }
 
 fn cores() -> f64 {
@@ -124,7 +132,7 @@ fn run_foreground(args: StartArgs) -> Result<()> {
     if args.head {
         let token_file = args.token_file.clone().unwrap_or_else(default_token_file);
         let shown = token_file.clone();
-        daemon::run_head(
+        let result = daemon::run_head(
             HeadOptions {
                 bind: args.bind.clone(),
                 port: args.port,
@@ -143,9 +151,16 @@ fn run_foreground(args: StartArgs) -> Result<()> {
                             .map_err(|e| Error::Startup(format!("--dashboard-bind: {e}")))
                     })
                     .transpose()?,
+                dead_node_ttl: args
+                    .dead_node_ttl
+                    .map(|s| seconds(s, "--dead-node-ttl"))
+                    .transpose()?,
                 autoscale: args.autoscale.clone(),
             },
             |address, dashboard| {
+                if let Err(e) = crate::discovery::record_head(address, &shown) {
+                    eprintln!("fleet: cannot record the head for local discovery: {e}");
+                }
                 if let Some(d) = dashboard {
                     println!("fleet dashboard at http://{d}");
                 }
@@ -158,19 +173,37 @@ fn run_foreground(args: StartArgs) -> Result<()> {
                 );
             },
             stop_on_signal(),
-        )
+        );
+        crate::discovery::clear_head_record();
+        result
     } else {
         let Some(head) = args.address.clone() else {
             return Err(Error::Startup(
                 "fleet start needs --head or --address".into(),
             ));
         };
-        let token = token(args.token_file.clone())?;
+        // --token-file, else FLEET_TOKEN, else what this machine knows of
+        // the head; a file is read again on every attempt to join (the
+        // head may not have written it yet, or a restarted head a new one).
+        let env_token = std::env::var(crate::ENV_TOKEN)
+            .ok()
+            .filter(|t| !t.is_empty());
+        let (token, token_file) = match (&args.token_file, env_token) {
+            (Some(file), _) => (String::new(), Some(file.clone())),
+            (None, Some(t)) => (t, None),
+            (None, None) => match crate::discovery::resolve_token(None, &head) {
+                Ok(t) => (t, None),
+                Err(_) => (String::new(), Some(default_token_file())),
+            },
+        };
+        let wait_for_head = seconds(args.wait_for_head, "--wait-for-head")?;
         crate::logging::init();
         daemon::run_node(
             NodeOptions {
                 head,
                 token,
+                token_file,
+                wait_for_head,
                 num_cpus: args.num_cpus.unwrap_or_else(cores),
                 node_ip: args.node_ip.clone().unwrap_or_else(|| "127.0.0.1".into()),
                 port: args.port,
@@ -180,6 +213,16 @@ fn run_foreground(args: StartArgs) -> Result<()> {
             stop_on_signal(),
         )
     }
+}
+
+/// A duration in seconds from a flag, refused with the flag's name when it
+/// is negative or not a number.
+fn seconds(secs: f64, flag: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(secs).map_err(|_| {
+        Error::Startup(format!(
+            "{flag} {secs}: give a number of seconds, 0 or more"
+        ))
+    })
 }
 
 fn start_background(mut argv: Vec<String>) -> Result<()> {
@@ -206,7 +249,12 @@ fn start_background(mut argv: Vec<String>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("serving at") || text.contains("joined the cluster") {
+        // A node agent waiting for its head is up too: it joins when the
+        // head comes (or exits after --wait-for-head, saying so in its log).
+        if text.contains("serving at")
+            || text.contains("joined the cluster")
+            || text.contains("waiting for the head")
+        {
             print!("{text}");
             println!("  logs: {}", log.display());
             return Ok(());
@@ -226,31 +274,34 @@ fn start_background(mut argv: Vec<String>) -> Result<()> {
     }
 }
 
-fn token(token_file: Option<PathBuf>) -> Result<String> {
-    match std::env::var(crate::ENV_TOKEN)
-        .ok()
-        .filter(|t| !t.is_empty())
-    {
-        Some(t) => Ok(t),
-        None => daemon::read_token(&token_file.unwrap_or_else(default_token_file)),
-    }
+/// The head to talk to and its token: from the flags and `FLEET_*`
+/// variables, else the head recorded on this machine (local discovery).
+pub fn target(
+    address: Option<&str>,
+    token_file: Option<&std::path::Path>,
+) -> Result<(String, String)> {
+    let address = crate::discovery::resolve_address(address)?;
+    let token = crate::discovery::resolve_token(token_file, &address)?;
+    Ok((address, token))
 }
 
 /// `fleet timeline`: writes recent tasks as a Chrome trace to `out`;
 /// returns how many tasks it holds.
 pub fn timeline(
-    address: &str,
+    address: Option<&str>,
     token_file: Option<PathBuf>,
     out: &std::path::Path,
 ) -> Result<usize> {
-    let json = daemon::timeline(address, &token(token_file)?)?;
+    let (address, token) = target(address, token_file.as_deref())?;
+    let json = daemon::timeline(&address, &token)?;
     std::fs::write(out, &json)?;
     Ok(json.matches("\"ph\":\"X\"").count())
 }
 
 /// `fleet status`: nodes, resources, tasks by state, objects.
-pub fn status(address: &str, token_file: Option<PathBuf>) -> Result<String> {
-    let s = daemon::status(address, &token(token_file)?)?;
+pub fn status(address: Option<&str>, token_file: Option<PathBuf>) -> Result<String> {
+    let (address, token) = target(address, token_file.as_deref())?;
+    let s = daemon::status(&address, &token)?;
     let mut out = format!("cluster at {address}\n");
     for n in &s.nodes {
         out += &format!(

@@ -24,11 +24,13 @@ pub const ENV_TOKEN: &str = "FLEET_TOKEN";
 #[derive(Clone, Debug, Default)]
 pub struct Config {
     /// Head to join (`host:port`); `None` reads `FLEET_ADDRESS`, and if that
-    /// is unset too, starts a local cluster in this process.
+    /// is unset too, starts a local cluster in this process. `auto` joins
+    /// the head `fleet start --head` started on this machine.
     pub address: Option<String>,
     /// CPUs of the local cluster; default: the cores of this machine.
     pub num_cpus: Option<usize>,
-    /// Token of the cluster to join; default: `FLEET_TOKEN`.
+    /// Token of the cluster to join; default: `FLEET_TOKEN`, else the
+    /// token file of the head recorded on this machine.
     pub token: Option<String>,
     /// Bytes of the local cluster's shared-memory object store before it
     /// spills to disk; default: 30% of memory.
@@ -120,11 +122,14 @@ impl Cluster {
 impl Drop for Inner {
     fn drop(&mut self) {
         crate::context::clear_client(&self.client);
-        if let Some(stop) = self.stop_server.lock().take() {
-            let _ = stop.send(());
-        }
+        // The head stops its workers first, a worker still starting among
+        // them, and only then its server: a worker must not find the door
+        // closed and report it (an intentional shutdown prints nothing).
         if let Some(head) = &self.head {
             head.shutdown();
+        }
+        if let Some(stop) = self.stop_server.lock().take() {
+            let _ = stop.send(());
         }
         if let Some(rt) = self.runtime.lock().take() {
             rt.shutdown_background();
@@ -187,6 +192,8 @@ fn start_local(config: &Config) -> Result<Inner> {
             .object_store_bytes
             .unwrap_or_else(crate::node::object_store::default_capacity),
         embedded_registry: Some(crate::registry::registry_hash()),
+        dead_node_ttl: None,
+        token_file: None,
     })?;
     let (stop_tx, stop_rx) = oneshot::channel();
     let server = head.clone();
@@ -273,7 +280,7 @@ pub(crate) fn local_supervisor(head: &Arc<Head>, address: &str, token: &str) -> 
 }
 
 /// Content hash of this executable: workers on other nodes run exactly it.
-fn executable_hash(path: &std::path::Path) -> Result<String> {
+pub(crate) fn executable_hash(path: &std::path::Path) -> Result<String> {
     let bytes = std::fs::read(path)?;
     // FNV-1a over 8-byte words: fast and stable; collisions are not a
     // security boundary here (the token is).
@@ -288,7 +295,7 @@ fn executable_hash(path: &std::path::Path) -> Result<String> {
     Ok(format!("{h:016x}-{}", bytes.len()))
 }
 
-async fn upload(
+pub(crate) async fn upload(
     address: String,
     token: String,
     path: std::path::PathBuf,
@@ -360,11 +367,11 @@ fn warn_ignored(config: &Config, address: &str) {
 fn join(address: &str, config: &Config) -> Result<Inner> {
     warn_ignored(config, address);
     let rt = runtime("fleet-driver", 1)?;
-    let token = config
-        .token
-        .clone()
-        .or_else(|| std::env::var(ENV_TOKEN).ok())
-        .unwrap_or_default();
+    let address = &crate::discovery::resolve_address(Some(address))?;
+    let token = match config.token.clone().filter(|t| !t.is_empty()) {
+        Some(t) => t,
+        None => crate::discovery::resolve_token(None, address)?,
+    };
     let exe = std::env::current_exe()
         .map_err(|e| Error::Startup(format!("finding this executable: {e}")))?;
     // Hashed once per process: a driver that retries joining (every

@@ -89,6 +89,10 @@ pub enum Error {
     /// The cluster could not be started.
     #[error("starting the cluster: {0}")]
     Startup(String),
+    /// No cluster address or token was given, and none was found on this
+    /// machine; the message names the variable, flag and file that fix it.
+    #[error("{0}")]
+    NoCluster(String),
 }
 
 /// `Result` with [`Error`] as the default error.

@@ -42,6 +42,7 @@ mod codec;
 mod context;
 mod control;
 pub mod daemon;
+pub mod discovery;
 mod error;
 mod head;
 mod logging;
@@ -68,6 +69,7 @@ pub use control::{as_completed, cancel, force_cancel, is_cancelled, AsCompleted}
 pub use error::{Error, Result};
 pub use fleet_macros::remote;
 pub use head::{Counts, PROTOCOL_VERSION};
+pub use node::jobs::ENV_JOB_ID;
 pub use object_ref::{IntoArg, ObjectId, ObjectRef};
 pub use task::TaskOptions;
 
@@ -76,9 +78,10 @@ pub use task::TaskOptions;
 pub mod __private {
     pub use crate::object_ref::ArgValue;
     pub use crate::registry::{
-        output, ActorClass, ActorMethod, ActorState, Args, Failure, Output, RemoteFunction,
-        ACTOR_CLASSES, ACTOR_METHODS, REMOTE_FUNCTIONS,
+        output, outputs, ActorClass, ActorMethod, ActorState, Args, Failure, Output,
+        RemoteFunction, ACTOR_CLASSES, ACTOR_METHODS, REMOTE_FUNCTIONS,
     };
+    pub use crate::task::Returns;
     pub use linkme;
     pub use serde;
 

@@ -3,6 +3,7 @@
 
 pub(crate) mod agent;
 pub(crate) mod health;
+pub(crate) mod jobs;
 pub(crate) mod object_store;
 pub(crate) mod supervisor;
 pub(crate) mod transfer;

@@ -63,6 +63,15 @@ struct Start {
     /// Head: no dashboard.
     #[arg(long)]
     no_dashboard: bool,
+    /// Node: seconds to wait for a head that is not up yet, and to rejoin
+    /// one that went away (its workers stopped, its store emptied); past
+    /// that the node exits with an error. 0: try once.
+    #[arg(long, value_name = "SECS", default_value_t = 120.0)]
+    wait_for_head: f64,
+    /// Head: seconds a dead node stays listed in `fleet status` and the
+    /// dashboard (default 300).
+    #[arg(long, value_name = "SECS", env = "FLEET_DEAD_NODE_TTL_SECS")]
+    dead_node_ttl: Option<f64>,
     /// Node: serve /healthz on this port of --node-ip (0: any free port);
     /// the head's /healthz and /metrics are on its dashboard port.
     #[arg(long)]
@@ -182,10 +191,11 @@ enum Command {
     Start(Box<Start>),
     /// Nodes, resources, tasks by state, objects of a running cluster.
     Status {
-        /// The head's address.
+        /// The head's address (default: the head started on this machine;
+        /// FLEET_ADDRESS=auto asks for it too).
         #[arg(long, env = "FLEET_ADDRESS")]
-        address: String,
-        /// Token file (default: the one `fleet start --head` wrote here).
+        address: Option<String>,
+        /// Token file (default: FLEET_TOKEN, else the one `fleet start --head` wrote here).
         #[arg(long)]
         token_file: Option<PathBuf>,
     },
@@ -193,16 +203,21 @@ enum Command {
     Stop,
     /// Writes recent tasks as a Chrome trace (chrome://tracing, Perfetto).
     Timeline {
-        /// The head's address.
+        /// The head's address (default: the head started on this machine;
+        /// FLEET_ADDRESS=auto asks for it too).
         #[arg(long, env = "FLEET_ADDRESS")]
-        address: String,
-        /// Token file (default: the one `fleet start --head` wrote here).
+        address: Option<String>,
+        /// Token file (default: FLEET_TOKEN, else the one `fleet start --head` wrote here).
         #[arg(long)]
         token_file: Option<PathBuf>,
         /// Output file.
         #[arg(short, long, default_value = "timeline.json")]
         output: PathBuf,
     },
+    /// Runs a program as a driver on the cluster, detached from this
+    /// terminal, and looks after it (like `ray job`).
+    #[command(subcommand)]
+    Job(JobCommand),
     /// Prints the build's version and protocol version.
     Version,
     /// Runs Ray's `ray microbenchmark` tests that Fleet supports on a local
@@ -228,6 +243,125 @@ enum Command {
         #[arg(long, default_value_t = 16)]
         scale_object_gib: u64,
     },
+}
+
+/// Where a `fleet job` command finds the cluster.
+#[derive(Args)]
+struct JobTarget {
+    /// The head's address (default: the head started on this machine;
+    /// FLEET_ADDRESS=auto asks for it too).
+    #[arg(long, env = "FLEET_ADDRESS")]
+    address: Option<String>,
+    /// Token file (default: FLEET_TOKEN, else the one `fleet start --head` wrote here).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+impl JobTarget {
+    fn into_target(self) -> fleet::cli::job::Target {
+        fleet::cli::job::Target {
+            address: self.address,
+            token_file: self.token_file,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum JobCommand {
+    /// Ships the executable and runs it as a driver on the cluster (the
+    /// head's machine, or --node); prints the job id alone on stdout.
+    Submit {
+        #[command(flatten)]
+        target: JobTarget,
+        /// Run on this node (its name as `fleet status` prints it).
+        #[arg(long)]
+        node: Option<String>,
+        /// Extra environment for the driver, KEY=VALUE (repeatable).
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// The program and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "PROGRAM ARGS")]
+        command: Vec<String>,
+    },
+    /// Every job of the cluster: state, exit code, times.
+    List {
+        #[command(flatten)]
+        target: JobTarget,
+    },
+    /// One job: state, exit code, start and end times, where its output is.
+    Status {
+        #[command(flatten)]
+        target: JobTarget,
+        /// The job's id (from `fleet job submit` or `fleet job list`).
+        id: String,
+    },
+    /// The driver's output (with its workers' lines).
+    Logs {
+        #[command(flatten)]
+        target: JobTarget,
+        /// The job's id.
+        id: String,
+        /// Keep printing new output until the job ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Stops a job: SIGTERM to its driver, SIGKILL after a grace period.
+    Stop {
+        #[command(flatten)]
+        target: JobTarget,
+        /// The job's id.
+        id: String,
+        /// Return at once instead of waiting until the driver has exited.
+        #[arg(long)]
+        no_wait: bool,
+    },
+}
+
+fn job(command: JobCommand) -> anyhow::Result<()> {
+    use fleet::cli::job;
+    match command {
+        JobCommand::Submit {
+            target,
+            node,
+            env,
+            command,
+        } => {
+            let mut command = command.into_iter();
+            let program = command.next().unwrap_or_default();
+            let id = job::submit(
+                &target.into_target(),
+                job::Submit {
+                    program: program.into(),
+                    args: command.collect(),
+                    node,
+                    env,
+                },
+            )?;
+            println!("{id}");
+        }
+        JobCommand::List { target } => print!("{}", job::table(&job::list(&target.into_target())?)),
+        JobCommand::Status { target, id } => {
+            print!(
+                "{}",
+                job::describe(&job::status(&target.into_target(), &id)?)
+            )
+        }
+        JobCommand::Logs { target, id, follow } => job::logs(
+            &target.into_target(),
+            &id,
+            follow,
+            &mut std::io::stdout().lock(),
+        )?,
+        JobCommand::Stop {
+            target,
+            id,
+            no_wait,
+        } => {
+            let info = job::stop(&target.into_target(), &id, !no_wait)?;
+            println!("job {} {}: {}", info.id, info.state, info.message);
+        }
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -261,6 +395,8 @@ fn main() -> anyhow::Result<()> {
                     dashboard_port: (!s.no_dashboard).then_some(s.dashboard_port),
                     dashboard_bind: s.dashboard_bind,
                     autoscale,
+                    wait_for_head: s.wait_for_head,
+                    dead_node_ttl: s.dead_node_ttl,
                     health_port: s.health_port,
                 },
                 argv,
@@ -269,16 +405,17 @@ fn main() -> anyhow::Result<()> {
         Command::Status {
             address,
             token_file,
-        } => print!("{}", fleet::cli::status(&address, token_file)?),
+        } => print!("{}", fleet::cli::status(address.as_deref(), token_file)?),
         Command::Stop => println!("stopped {} fleet processes", fleet::cli::stop()?),
         Command::Timeline {
             address,
             token_file,
             output,
         } => {
-            let n = fleet::cli::timeline(&address, token_file, &output)?;
+            let n = fleet::cli::timeline(address.as_deref(), token_file, &output)?;
             println!("wrote {n} tasks to {}", output.display());
         }
+        Command::Job(command) => job(command)?,
         Command::Version => println!(
             "fleet {} (protocol {})",
             env!("CARGO_PKG_VERSION"),

@@ -332,6 +332,7 @@ impl State {
             self.names.remove(&name);
             self.unpin(id);
         }
+        self.detached_dead(id);
     }
 
     pub(super) fn kill_actor(&mut self, id: u64) {

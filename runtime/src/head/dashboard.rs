@@ -29,8 +29,22 @@ async fn page() -> Html<&'static str> {
     Html(PAGE)
 }
 
+/// The state's snapshot with the jobs added (they live outside the state).
+fn with_jobs(head: &Head, snap: impl serde::Serialize) -> serde_json::Value {
+    let mut v = serde_json::to_value(snap).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("jobs".into(), head.jobs.json());
+    }
+    v
+}
+
 async fn snapshot(State(head): State<Arc<Head>>, Query(q): Query<Since>) -> impl IntoResponse {
-    Json(head.snapshot(q.since))
+    let snap = head.snapshot(q.since);
+    Json(with_jobs(&head, snap))
+}
+
+async fn jobs(State(head): State<Arc<Head>>) -> impl IntoResponse {
+    Json(head.jobs.json())
 }
 
 async fn timeline(State(head): State<Arc<Head>>) -> impl IntoResponse {
@@ -41,7 +55,10 @@ async fn timeline(State(head): State<Arc<Head>>) -> impl IntoResponse {
 /// when the client asks for it (Prometheus does), else the classic text.
 async fn metrics(State(head): State<Arc<Head>>, headers: HeaderMap) -> impl IntoResponse {
     use super::metrics::{classic, render, CLASSIC, OPENMETRICS};
-    let sample = head.state.lock().metrics_sample();
+    let mut sample = head.state.lock().metrics_sample();
+    for family in super::autoscale::metric_families(head.autoscale_status().as_ref()) {
+        sample.push(family);
+    }
     let text = render(sample);
     let open = headers.get_all(axum::http::header::ACCEPT).iter().any(|v| {
         v.to_str()
@@ -81,7 +98,7 @@ async fn events(
         }
         let snap = head.snapshot(since);
         let next = snap.last_seq();
-        let json = serde_json::to_string(&snap).unwrap_or_default();
+        let json = with_jobs(&head, snap).to_string();
         Some((Ok(Event::default().data(json)), (head, next, false)))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
@@ -119,6 +136,7 @@ pub(crate) async fn serve(head: Arc<Head>, addr: SocketAddr) -> std::io::Result<
         .route("/", get(page))
         .route("/api/snapshot", get(snapshot))
         .route("/api/timeline", get(timeline))
+        .route("/api/jobs", get(jobs))
         .route("/api/events", get(events))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))

@@ -100,6 +100,13 @@ pub(crate) struct Sample {
     delay: Option<Histogram>,
 }
 
+impl Sample {
+    /// Adds a family the head's state does not hold (the autoscaler's).
+    pub(crate) fn push(&mut self, family: Family) {
+        self.families.push(family);
+    }
+}
+
 impl Collector for Sample {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         for f in &self.families {

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::Head;
 use crate::client::transport::{batches, MAX_MESSAGE};
+use crate::node::jobs::LogStream;
 use crate::node::transfer::{stream_file, ChunkStream, NodeService};
 use crate::proto::{self, head_server::HeadServer, node_server::NodeServer};
 
@@ -25,7 +26,9 @@ impl Service {
             Ok(())
         } else {
             tracing::warn!("refused a request with a wrong token");
-            Err(Status::unauthenticated("wrong or missing cluster token"))
+            Err(Status::unauthenticated(crate::discovery::wrong_token(
+                self.0.token_file.as_deref(),
+            )))
         }
     }
 }
@@ -34,6 +37,7 @@ impl Service {
 impl proto::head_server::Head for Service {
     type SessionStream = FrameStream;
     type FetchBinaryStream = ChunkStream;
+    type JobLogsStream = LogStream;
 
     async fn session(
         &self,
@@ -103,6 +107,52 @@ impl proto::head_server::Head for Service {
         }))
     }
 
+    async fn submit_job(
+        &self,
+        request: Request<proto::SubmitJobRequest>,
+    ) -> Result<Response<proto::JobInfo>, Status> {
+        let r = request.into_inner();
+        self.check(&r.token)?;
+        self.0.jobs.submit(r).map(Response::new)
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::JobList>, Status> {
+        self.check(&request.into_inner().token)?;
+        Ok(Response::new(proto::JobList {
+            jobs: self.0.jobs.list(),
+        }))
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<proto::JobRequest>,
+    ) -> Result<Response<proto::JobInfo>, Status> {
+        let r = request.into_inner();
+        self.check(&r.token)?;
+        self.0.jobs.get(&r.id).map(Response::new)
+    }
+
+    async fn stop_job(
+        &self,
+        request: Request<proto::JobRequest>,
+    ) -> Result<Response<proto::JobInfo>, Status> {
+        let r = request.into_inner();
+        self.check(&r.token)?;
+        self.0.jobs.stop(&r.id).map(Response::new)
+    }
+
+    async fn job_logs(
+        &self,
+        request: Request<proto::JobLogsRequest>,
+    ) -> Result<Response<LogStream>, Status> {
+        let r = request.into_inner();
+        self.check(&r.token)?;
+        self.0.jobs.logs(r).await.map(Response::new)
+    }
+
     async fn status(
         &self,
         request: Request<proto::StatusRequest>,
@@ -143,12 +193,13 @@ pub(crate) async fn serve(
     });
     let node = NodeService {
         store: head.store().clone(),
-        token: head.token().to_string(),
+        token: std::sync::Arc::new(parking_lot::RwLock::new(head.token().to_string())),
     };
+    let sweeper = tokio::spawn(super::rejoin::sweep_dead_nodes(Arc::downgrade(&head)));
     let service = HeadServer::new(Service(head))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    crate::net::server()
+    let served = crate::net::server()
         .map_err(std::io::Error::other)?
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(keepalive()))
@@ -158,5 +209,7 @@ pub(crate) async fn serve(
             let _ = shutdown.await;
         })
         .await
-        .map_err(std::io::Error::other)
+        .map_err(std::io::Error::other);
+    sweeper.abort();
+    served
 }

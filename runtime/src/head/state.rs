@@ -119,6 +119,9 @@ pub(crate) struct State {
     pub(super) pending: HashMap<u32, usize>,
     pub(super) max_pending: usize,
     pub(super) tick: u64,
+    /// Detached actors and the jobs of their own (`head/detached.rs`).
+    pub(super) detached: HashMap<u64, u32>,
+    pub(super) next_detached_job: u32,
     /// Ready to sent to a worker, for `/metrics`.
     pub(super) scheduling_delay: prometheus_client::metrics::histogram::Histogram,
     /// control: cancels, dying workers, retries (head/scheduler/control.rs).
@@ -151,6 +154,8 @@ impl State {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(10_000_000),
             tick: 0,
+            detached: HashMap::new(),
+            next_detached_job: 0,
             scheduling_delay: super::metrics::delay_histogram(),
             control: Default::default(),
         }
