@@ -494,7 +494,10 @@ fn a_node_whose_link_comes_back_rejoins_and_is_counted_once() {
         .lines()
         .filter(|l| l.trim_start().starts_with("node "))
         .count();
-    assert_eq!(nodes_listed, 2, "the head's node and the one that came back");
+    assert_eq!(
+        nodes_listed, 2,
+        "the head's node and the one that came back"
+    );
     let d = c.driver(2, "pinned", &[]);
     c.driver_succeeds(d);
 }

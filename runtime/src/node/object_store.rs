@@ -302,6 +302,11 @@ impl ObjectStore {
             };
             for e in entries.flatten() {
                 let path = e.path();
+                // The store's id stays: drivers on this machine find the
+                // store by it after a rejoin too.
+                if e.file_name() == KEY_FILE {
+                    continue;
+                }
                 if path.is_dir() {
                     if e.file_name() != "binaries" {
                         let _ = fs::remove_dir_all(&path);
