@@ -122,6 +122,17 @@ fn detached_role() {
             });
             println!("USED {four} {five} same={same_id} after-kill={gone}");
         }
+        "race" => {
+            // Several drivers at once: one creates it, all get that one.
+            let t = Tally::options()
+                .name("race")
+                .detached()
+                .get_if_exists(true)
+                .remote(0)
+                .expect("get or create");
+            let n = fleet::get(&t.add(1)).expect("call");
+            println!("RACED id={} n={n}", t.as_ref().id());
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -313,6 +324,11 @@ fn a_submitted_job_runs_to_completion_after_the_submitter_exits() {
     let row = list.lines().find(|l| l.starts_with(&id)).expect("listed");
     assert!(row.contains("SUCCEEDED") && row.contains(" 0 "), "{list}");
 
+    let scripted: serde_json::Value =
+        serde_json::from_str(&head.ok(&["job", "status", &id, "--json"])).expect("status JSON");
+    assert_eq!(scripted[0]["id"], id.as_str());
+    assert_eq!(scripted[0]["exit_code"], 0);
+    assert!(scripted[0]["end_millis"].as_u64() >= scripted[0]["start_millis"].as_u64());
     let jobs: serde_json::Value =
         serde_json::from_str(&http_get(&head.dashboard, "/api/jobs")).expect("jobs JSON");
     let listed = jobs
@@ -471,6 +487,38 @@ fn a_detached_actor_outlives_its_driver() {
         let s = head.ok(&["status"]);
         (s.contains("actors: 0") && s.contains(")    0 workers")).then_some(())
     });
+}
+
+#[test]
+fn drivers_racing_with_get_if_exists_share_one_actor() {
+    let head = Head::start();
+    // Children killed if the test fails half-way.
+    let racers: Vec<Child> = (0..3)
+        .map(|_| {
+            Child::spawn(
+                clean(&mut Command::new(std::env::current_exe().unwrap()))
+                    .args(["--exact", "detached_role", "--nocapture"])
+                    .env(ROLE, "race")
+                    .env("TMPDIR", head.tmp.path())
+                    .env("FLEET_ADDRESS", "auto"),
+            )
+        })
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    let mut counts = Vec::new();
+    for r in &racers {
+        let line = r.expect_line("RACED");
+        let mut parts = line.split_whitespace().skip(1);
+        ids.insert(parts.next().expect("id").to_string());
+        counts.push(parts.next().expect("n").to_string());
+    }
+    assert_eq!(ids.len(), 1, "every driver got the same actor: {ids:?}");
+    counts.sort();
+    assert_eq!(
+        counts,
+        ["n=1", "n=2", "n=3"],
+        "one actor counted all three calls"
+    );
 }
 
 #[test]

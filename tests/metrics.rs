@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::cli::{fleet_bin, Child, CliCluster};
+use common::cli::{fleet_bin, free_port, fresh_token, spawn_node, Child, CliCluster};
 use common::http::{get, get_ok};
 use common::{wait_for_path, wait_until, Gate, GENEROUS};
 use fleet::remote;
@@ -304,6 +304,24 @@ fn healthz_answers_on_the_head_and_on_a_node_agent() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(&c.address), "{body}");
 
+    // A job of `fleet job submit` is counted by state.
+    let submit = Command::new(fleet_bin())
+        .args(["job", "submit", "--address", &c.address, "--", "/bin/true"])
+        .env("FLEET_TOKEN", &c.token)
+        .output()
+        .expect("run fleet job submit");
+    assert!(
+        submit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&submit.stderr)
+    );
+    wait_until("the submitted job counted as succeeded", GENEROUS, || {
+        let text = get_ok(&dashboard, "/metrics");
+        text.contains("fleet_submitted_jobs{state=\"succeeded\"} 1")
+            .then_some(())
+    });
+    promtool_check(&get_ok(&dashboard, "/metrics"));
+
     // A node may only serve /healthz: the flag is refused on a head.
     let tmp = tempfile::tempdir().expect("temp dir");
     let mut refused = Reaped(
@@ -332,4 +350,51 @@ fn healthz_answers_on_the_head_and_on_a_node_agent() {
         .expect("stderr");
     assert!(!status.success(), "{err}");
     assert!(err.contains("--dashboard-port"), "{err}");
+}
+
+#[test]
+fn a_node_agents_healthz_is_503_until_it_joins_and_after_it_loses_its_head() {
+    let port = free_port();
+    let token = fresh_token();
+    // The agent starts first, as pods and batch jobs may.
+    let node = spawn_node(
+        &format!("127.0.0.1:{port}"),
+        &token,
+        "127.0.0.5",
+        1,
+        &["--health-port", "0", "--wait-for-head", "120"],
+    );
+    let health = node
+        .expect_line("fleet node health at ")
+        .rsplit(' ')
+        .next()
+        .expect("URL")
+        .trim_end_matches("/healthz")
+        .to_string();
+    let status = |want: u16| {
+        wait_until(
+            &format!("the node's /healthz to say {want}"),
+            GENEROUS,
+            || {
+                get(&health, "/healthz")
+                    .ok()
+                    .filter(|(s, _)| *s == want)
+                    .map(|(_, body)| body)
+            },
+        )
+    };
+    let body = status(503);
+    assert!(body.contains("waiting for the head"), "{body}");
+
+    let mut c = CliCluster::start_on(port, &token, 1, &[]);
+    node.expect_line("joined the cluster");
+    let body = status(200);
+    assert!(body.contains(&c.address), "{body}");
+
+    // The head dies: the agent waits for another one, and says so.
+    c.head.kill();
+    let body = status(503);
+    assert!(body.contains("waiting for the head"), "{body}");
+    c.restart_head(1, &[]);
+    status(200);
 }

@@ -59,6 +59,7 @@ async fn metrics(State(head): State<Arc<Head>>, headers: HeaderMap) -> impl Into
     for family in super::autoscale::metric_families(head.autoscale_status().as_ref()) {
         sample.push(family);
     }
+    sample.push(super::metrics::submitted_jobs(&head.jobs.list()));
     let text = render(sample);
     let open = headers.get_all(axum::http::header::ACCEPT).iter().any(|v| {
         v.to_str()

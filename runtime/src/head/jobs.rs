@@ -324,24 +324,6 @@ impl Jobs {
 
     /// The jobs as JSON for the dashboard.
     pub(super) fn json(&self) -> serde_json::Value {
-        self.list()
-            .into_iter()
-            .map(|j| {
-                serde_json::json!({
-                    "id": j.id,
-                    "program": j.program,
-                    "args": j.args,
-                    "node": j.node,
-                    "state": j.state,
-                    "exit_code": j.exit_code,
-                    "submit_millis": j.submit_millis,
-                    "start_millis": j.start_millis,
-                    "end_millis": j.end_millis,
-                    "message": j.message,
-                    "pid": j.pid,
-                    "log_path": j.log_path,
-                })
-            })
-            .collect()
+        self.list().iter().map(crate::node::jobs::to_json).collect()
     }
 }

@@ -169,6 +169,22 @@ pub(crate) fn render(sample: Sample) -> String {
     text
 }
 
+/// Jobs of `fleet job submit` by state (the head keeps them outside its
+/// state, in `head/jobs.rs`).
+pub(crate) fn submitted_jobs(jobs: &[crate::proto::JobInfo]) -> Family {
+    use crate::node::jobs::{FAILED, PENDING, RUNNING, STOPPED, SUCCEEDED};
+    let mut f = Family::gauge(
+        "submitted_jobs",
+        "Jobs submitted with `fleet job submit`, by state",
+    );
+    for state in [PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED] {
+        let n = jobs.iter().filter(|j| j.state == state).count();
+        f.samples
+            .push(one(vec![("state", state.to_lowercase())], n as f64));
+    }
+    f
+}
+
 /// The classic Prometheus text format (0.0.4) of OpenMetrics text, for
 /// clients that do not ask for OpenMetrics (curl, `promtool check
 /// metrics`): a counter's HELP and TYPE name its `_total` samples, and
