@@ -14,7 +14,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use common::cli::{fleet_bin, free_port, fresh_token, spawn_node, Child, CliCluster};
-use common::http::{get, get_ok};
+use common::http::{get, get_ok, get_with};
 use common::{wait_for_path, wait_until, Gate, GENEROUS};
 use fleet::remote;
 
@@ -241,6 +241,32 @@ fn a_live_scrape_passes_promtool_and_counts_the_work_done() {
         .sum();
     assert!(objects >= 1.0);
     drop(big);
+
+    // Prometheus asks for OpenMetrics, and gets it: counters' families
+    // without `_total`, units, and the closing `# EOF`.
+    let (status, open) = get_with(
+        &dashboard,
+        "/metrics",
+        &[(
+            "Accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )],
+    )
+    .expect("an OpenMetrics scrape");
+    assert_eq!(status, 200);
+    assert!(
+        open.contains("# TYPE fleet_tasks_finished counter\n"),
+        "{open}"
+    );
+    assert!(
+        open.contains("# UNIT fleet_task_run_seconds seconds\n"),
+        "{open}"
+    );
+    assert!(open.trim_end().ends_with("# EOF"), "{open}");
+    assert_eq!(
+        samples(&open).get("fleet_tasks_finished_total{function=\"square\"}"),
+        Some(&n)
+    );
 
     // The Grafana dashboard reads only metrics the head exposes.
     let exposed = names(&done);
