@@ -113,6 +113,10 @@ pub fn run_head(
     let serving =
         rt.spawn(async move { crate::head::serve(server, listener, server_stopped).await });
     head.attach_supervisor(crate::cluster::local_supervisor(&head, &address, &token));
+    if let Err(e) = head.start_memory_monitor() {
+        head.shutdown();
+        return Err(e);
+    }
     // A busy dashboard port does not stop the cluster: it runs without one.
     let dashboard = match opts.dashboard {
         Some(at) => match rt.block_on(head.serve_dashboard(at)) {
