@@ -1,12 +1,11 @@
 //! Seed 003: `concurrent.futures` executor `map` of `add` and `product`
 //! over two lists.
 //!
-//! `executor.map(f, a, b)` becomes one remote call per pair, submitted all
-//! at once, and the results gathered in input order. Both maps are checked
-//! against the plain local map.
+//! `executor.map(f, a, b)` becomes `f::map(a.iter().zip(&b))`: one remote
+//! call per pair, submitted all at once, and the results gathered in input
+//! order. Both maps are checked against the plain local map.
 
 use anyhow::ensure;
-use fleet::ObjectRef;
 
 /// Returns the sum of the two arguments.
 #[fleet::remote]
@@ -20,17 +19,6 @@ fn product(x: i64, y: i64) -> i64 {
     x * y
 }
 
-/// Like `executor.map(f, a, b)`: submits `f(a[i], b[i])` for every pair at
-/// once, then gathers the results in order.
-fn map<R: serde::de::DeserializeOwned>(
-    submit: impl Fn(i64, i64) -> ObjectRef<R>,
-    a: &[i64],
-    b: &[i64],
-) -> fleet::Result<Vec<R>> {
-    let refs: Vec<ObjectRef<R>> = a.iter().zip(b).map(|(&x, &y)| submit(x, y)).collect();
-    fleet::get_all(&refs)
-}
-
 fn main() -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("This machine has {cores} cores");
@@ -39,8 +27,8 @@ fn main() -> anyhow::Result<()> {
     let a = [1, 2, 3, 4, 5];
     let b = [6, 7, 8, 9, 10];
 
-    let sums = map(add::remote, &a, &b)?;
-    let products = map(product::remote, &a, &b)?;
+    let sums = fleet::get_all(&add::map(a.iter().zip(&b)))?;
+    let products = fleet::get_all(&product::map(a.iter().zip(&b)))?;
     println!("add:     {a:?} + {b:?} = {sums:?}");
     println!("product: {a:?} * {b:?} = {products:?}");
 

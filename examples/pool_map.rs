@@ -1,7 +1,8 @@
 //! Seed 002: `multiprocessing.Pool(2).map`, random-array powers, and a
 //! Dask-style chunked array mean.
 //!
-//! 1. Eight `(name, seconds)` items are mapped over tasks that announce
+//! 1. Eight `(name, seconds)` items are mapped (`mp_worker::map(DATA)`, as
+//!    `Pool(2).map(mp_worker, data)`) over tasks that announce
 //!    themselves, sleep and return `name + name`; the results come back in
 //!    input order. The cluster has 2 CPUs, so (as with `Pool(2)`) at most
 //!    two items sleep at once: the map takes at least half the total sleep.
@@ -43,8 +44,7 @@ const SEED: u64 = 7;
 
 /// Announces the item, sleeps its time and returns its name twice.
 #[fleet::remote]
-fn mp_worker(item: (String, String)) -> Result<String, String> {
-    let (inputs, the_time) = item;
+fn mp_worker(inputs: String, the_time: String) -> Result<String, String> {
     println!(" Process {inputs}\tWaiting {the_time} seconds");
     let secs: f64 = the_time
         .parse()
@@ -105,11 +105,7 @@ fn main() -> anyhow::Result<()> {
 
     // 1. Pool.map with sleeps.
     let start = Instant::now();
-    let refs: Vec<_> = DATA
-        .iter()
-        .map(|&(n, t)| mp_worker::remote((n.to_string(), t.to_string())))
-        .collect();
-    let names = fleet::get_all(&refs)?;
+    let names = fleet::get_all(&mp_worker::map(DATA))?;
     let took = start.elapsed().as_secs_f64();
     println!("{names:?}");
     let expected: Vec<String> = DATA.iter().map(|(n, _)| format!("{n}{n}")).collect();
@@ -132,8 +128,7 @@ fn main() -> anyhow::Result<()> {
     );
 
     // 2. Random arrays raised to powers.
-    let refs: Vec<_> = POWERS.iter().map(|&p| power_worker::remote(p)).collect();
-    let means = fleet::get_all(&refs)?;
+    let means = fleet::get_all(&power_worker::map(POWERS))?;
     println!("{means:?}");
     let local: Vec<f64> = POWERS.iter().map(|&p| power_mean(p)).collect();
     ensure!(

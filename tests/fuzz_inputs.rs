@@ -235,8 +235,11 @@ fn task_spec(id: u64) -> TaskSpec {
             max_restarts: 2,
             max_task_retries: 1,
             max_concurrency: 4,
+            detached: true,
         }),
         node: "127.0.0.2:1234".into(),
+        retry_on_error: true,
+        parent_task: id + 4,
     }
 }
 
@@ -258,6 +261,8 @@ fn hello(token: &str, role: Role) -> Hello {
             spill_dir: "/tmp/x".into(),
             store_capacity: 1 << 30,
             arch: "x86_64".into(),
+            store_key: "5eed".into(),
+            ..Default::default()
         }),
     }
 }
@@ -308,6 +313,11 @@ fn client_ops() -> Vec<ClientOp> {
         })),
         op(client_op::Op::Unblocked(3)),
         op(client_op::Op::KillActor(77)),
+        op(client_op::Op::Cancel(fleet::proto::Cancel {
+            task_id: 1 << 40 | 1,
+            force: true,
+            recursive: true,
+        })),
         op(client_op::Op::Lookup(Lookup {
             request_id: 1,
             name: "hits".into(),
@@ -346,6 +356,12 @@ fn head_frames() -> Vec<HeadFrame> {
             node: "127.0.0.1:6380".into(),
             spill_dir: "/tmp/fleet-1-3".into(),
             store_capacity: 1 << 30,
+            stores: vec![NodeInfo {
+                address: "127.0.0.1:6380".into(),
+                store_dir: "/dev/shm/fleet-1-2".into(),
+                store_key: "5eed".into(),
+                ..Default::default()
+            }],
         })),
         hop(head_op::Op::Refused(
             "wrong or missing cluster token".into(),
@@ -1089,6 +1105,7 @@ fn random_op(rng: &mut Rng, ids: &[u64]) -> ClientOp {
                 max_restarts: rng.below(3) as u32,
                 max_task_retries: rng.below(3) as u32,
                 max_concurrency: rng.below(3) as u32,
+                detached: false,
             });
             let mut spec = TaskSpec {
                 task_id: id(rng),
@@ -1100,6 +1117,8 @@ fn random_op(rng: &mut Rng, ids: &[u64]) -> ClientOp {
                 actor_id: if rng.below(3) == 0 { id(rng) } else { 0 },
                 create,
                 node: String::new(),
+                retry_on_error: rng.below(2) == 0,
+                parent_task: if rng.below(3) == 0 { id(rng) } else { 0 },
             };
             let me = spec.task_id;
             spec.args

@@ -222,13 +222,14 @@ fn store_dir() -> PathBuf {
 }
 
 /// Object files in the store folder; the pool of freed files kept for
-/// reuse (`free/`, bounded) is not an object.
+/// reuse (`free/`, bounded) and the store's id (`.fleet-store-id`) are
+/// not objects.
 fn files_in(dir: &PathBuf) -> Vec<String> {
     std::fs::read_dir(dir)
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|name| name != "free")
+                .filter(|name| name != "free" && !name.starts_with('.'))
                 .collect()
         })
         .unwrap_or_default()

@@ -56,13 +56,15 @@ fn session_dir(base: &Path) -> PathBuf {
     found.into_iter().next().expect("one")
 }
 
-/// Object files (not the `binaries` folder) in `dir`.
+/// Object files (not the `binaries` folder, nor the store's id
+/// `.fleet-store-id`) in `dir`.
 fn object_files(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .map(|d| {
             d.flatten()
                 .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| !name.starts_with('.'))
                 .collect()
         })
         .unwrap_or_default()

@@ -82,6 +82,9 @@ fn typed_args(sig: &syn::Signature) -> syn::Result<Vec<Type>> {
     let mut out = Vec::new();
     for input in &sig.inputs {
         if let FnArg::Typed(t) = input {
+            if let Some(e) = crate::checks::owned_parameter(t) {
+                return Err(e);
+            }
             out.push((*t.ty).clone());
         }
     }
@@ -299,6 +302,14 @@ pub(crate) fn expand_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
             /// CPUs reserved for the actor's life.
             #new_vis fn num_cpus(self, n: f64) -> Self {
                 #options(self.0.num_cpus(n))
+            }
+            /// Outlives the creating driver until `fleet::kill` (needs a name).
+            #new_vis fn detached(self) -> Self {
+                #options(self.0.detached())
+            }
+            /// Returns the live actor of this name if there is one.
+            #new_vis fn get_if_exists(self, yes: bool) -> Self {
+                #options(self.0.get_if_exists(yes))
             }
             /// Creates the actor with these options.
             #new_vis fn remote(&self, #(#new_args: impl ::fleet::IntoArg<#new_types>),*) -> ::fleet::Result<#handle> {

@@ -6,6 +6,7 @@
 //! link-time registry under its stable name, `module_path!()::name`.
 
 mod actor;
+mod checks;
 
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
@@ -36,8 +37,13 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
             let lit: syn::LitInt = meta.value()?.parse()?;
             options.max_retries = Some(lit.base10_parse::<u32>()?);
             Ok(())
+        } else if meta.path.is_ident("retry_on_error") {
+            let lit: syn::LitBool = meta.value()?.parse()?;
+            options.retry_on_error = Some(lit.value);
+            Ok(())
         } else {
-            Err(meta.error("unknown option; expected `num_cpus` or `max_retries`"))
+            Err(meta
+                .error("unknown option; expected `num_cpus`, `max_retries` or `retry_on_error`"))
         }
     });
     parse_macro_input!(attr with parser);
@@ -58,6 +64,7 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
 struct Options {
     num_cpus: Option<f64>,
     max_retries: Option<u32>,
+    retry_on_error: Option<bool>,
 }
 
 /// `T` of a return type spelled `Result<T, ..>`; the function's `Err`
@@ -110,8 +117,12 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
     if !sig.generics.params.is_empty() {
         return Err(syn::Error::new(
             sig.generics.span(),
-            "a remote function cannot be generic: workers find it by name",
+            "a remote function cannot be generic: workers find it by name and decode its \
+             arguments by their types, so write one function per concrete type",
         ));
+    }
+    if checks::mentions_self(sig) {
+        return Err(checks::method_outside_impl(sig.ident.span()));
     }
     let is_async = sig.asyncness.is_some();
     let name = &sig.ident;
@@ -119,19 +130,26 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
     let inner = inner_visibility(vis);
     let mut arg_names = Vec::new();
     let mut arg_types = Vec::new();
+    let mut errors: Option<syn::Error> = None;
     for (i, input) in sig.inputs.iter().enumerate() {
         match input {
             FnArg::Typed(t) => {
+                if let Some(e) = checks::owned_parameter(t) {
+                    match &mut errors {
+                        Some(all) => all.combine(e),
+                        None => errors = Some(e),
+                    }
+                }
                 arg_names.push(format_ident!("arg{}", i, span = Span::call_site()));
                 arg_types.push((*t.ty).clone());
             }
             FnArg::Receiver(r) => {
-                return Err(syn::Error::new(
-                    r.span(),
-                    "a remote function takes no `self`",
-                ));
+                return Err(checks::method_outside_impl(r.span()));
             }
         }
+    }
+    if let Some(e) = errors {
+        return Err(e);
     }
     let (ret, returns_result) = match &sig.output {
         ReturnType::Default => (syn::parse_quote!(()), false),
@@ -151,21 +169,44 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
     );
     let num_cpus = options.num_cpus.map(|n| quote!(.num_cpus(#n)));
     let max_retries = options.max_retries.map(|n| quote!(.max_retries(#n)));
+    let retry_on_error = options.retry_on_error.map(|b| quote!(.retry_on_error(#b)));
     let finish = finish_result(returns_result);
+    // The call resolves `name` through `super::*` next to a stand-in, so a
+    // function inside a function body gets one error, the module-level one.
+    let stand_in = checks::stand_in(sig, &arg_types);
+    let callee = match stand_in {
+        Some(_) => quote!(#name),
+        None => quote!(super::#name),
+    };
     // An async function runs to completion on the worker's runtime.
     let call = if is_async {
-        quote!(::fleet::__private::block_on(super::#name(#(#arg_names),*)))
+        quote!(::fleet::__private::block_on(#callee(#(#arg_names),*)))
     } else {
-        quote!(super::#name(#(#arg_names),*))
+        quote!(#callee(#(#arg_names),*))
     };
+    let call = quote! {{
+        #stand_in
+        {
+            #[allow(unused_imports)]
+            use super::*;
+            #call
+        }
+    }};
+    let marker = checks::module_level_marker(name);
+    let module_check = checks::module_level_check(name);
+    let map = map_fns(&inner, &arg_names, &arg_types, &ret);
     let doc = format!("Remote form of [`{name}`]: `{name}::remote(..)` runs it on the cluster.");
     Ok(quote! {
         #f
+
+        #marker
 
         #[doc = #doc]
         #vis mod #name {
             #[allow(unused_imports)]
             use super::*;
+
+            #module_check
 
             /// Stable name of the function in the registry.
             #inner const NAME: &str = ::std::module_path!();
@@ -176,7 +217,7 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
 
             /// The defaults given in `#[remote(..)]`.
             #inner fn options() -> Options {
-                Options(::fleet::TaskOptions::new(NAME) #num_cpus #max_retries)
+                Options(::fleet::TaskOptions::new(NAME) #num_cpus #max_retries #retry_on_error)
             }
 
             /// Submits a call; each argument may be a value or an `ObjectRef` of it.
@@ -195,6 +236,11 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
                     Options(self.0.max_retries(n))
                 }
 
+                /// Retries an `Err` or panic too, up to `max_retries`.
+                #inner fn retry_on_error(self, yes: bool) -> Self {
+                    Options(self.0.retry_on_error(yes))
+                }
+
                 /// Runs the call only on the named node.
                 #inner fn node(self, node: impl ::std::convert::Into<::std::string::String>) -> Self {
                     Options(self.0.node(node))
@@ -205,6 +251,8 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
                     self.0.submit(::std::vec![#(::fleet::__private::arg::<#arg_types, _>(#arg_names)),*])
                 }
             }
+
+            #map
 
             fn invoke(
                 args: &mut ::fleet::__private::Args,
@@ -223,4 +271,60 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
             };
         }
     })
+}
+
+/// `f::map(inputs)` and `f::options().map(inputs)`: one call per input, in
+/// input order, as `Pool.map` and `executor.map` do. An input is the
+/// argument itself (one parameter) or a tuple of the arguments.
+fn map_fns(
+    inner: &TokenStream2,
+    arg_names: &[syn::Ident],
+    arg_types: &[Type],
+    ret: &Type,
+) -> TokenStream2 {
+    if arg_names.is_empty() {
+        return TokenStream2::new();
+    }
+    let xs: Vec<syn::Ident> = (0..arg_names.len())
+        .map(|i| format_ident!("__X{}", i))
+        .collect();
+    let (item, pattern) = if arg_names.len() == 1 {
+        let x = &xs[0];
+        let a = &arg_names[0];
+        (quote!(#x), quote!(#a))
+    } else {
+        (quote!((#(#xs,)*)), quote!((#(#arg_names,)*)))
+    };
+    let bounds = quote!(#(#xs: ::fleet::IntoArg<#arg_types>),*);
+    let doc = if arg_names.len() == 1 {
+        "One call per input, in input order (as `Pool.map`); each input may be a value, a \
+         reference to one, or an `ObjectRef` of it."
+    } else {
+        "One call per input tuple `(a, b, ..)`, in input order (as `executor.map` over \
+         zipped lists); each element may be a value, a reference to one, or an `ObjectRef`."
+    };
+    quote! {
+        #[doc = #doc]
+        #inner fn map<__I, #(#xs),*>(inputs: __I) -> ::std::vec::Vec<::fleet::ObjectRef<#ret>>
+        where
+            __I: ::std::iter::IntoIterator<Item = #item>,
+            #bounds
+        {
+            options().map(inputs)
+        }
+
+        impl Options {
+            #[doc = #doc]
+            #inner fn map<__I, #(#xs),*>(&self, inputs: __I) -> ::std::vec::Vec<::fleet::ObjectRef<#ret>>
+            where
+                __I: ::std::iter::IntoIterator<Item = #item>,
+                #bounds
+            {
+                inputs
+                    .into_iter()
+                    .map(|#pattern| self.remote(#(#arg_names),*))
+                    .collect()
+            }
+        }
+    }
 }

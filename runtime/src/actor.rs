@@ -90,6 +90,8 @@ pub struct ActorOptions {
     max_task_retries: u32,
     max_concurrency: u32,
     num_cpus: f64,
+    detached: bool,
+    get_if_exists: bool,
 }
 
 impl ActorOptions {
@@ -103,7 +105,26 @@ impl ActorOptions {
             max_task_retries: 0,
             max_concurrency: 1,
             num_cpus: 0.0,
+            detached: false,
+            get_if_exists: false,
         }
+    }
+
+    /// Lets the actor outlive the driver that creates it (Ray's
+    /// `lifetime="detached"`): it runs until [`kill`]ed, and later drivers
+    /// reach it with [`get_actor`]. Needs a [`name`](Self::name). Its
+    /// worker runs the creating driver's executable, kept by the head.
+    pub fn detached(mut self) -> Self {
+        self.detached = true;
+        self
+    }
+
+    /// With a name: return the live actor of that name if there is one
+    /// (the constructor's arguments are then unused) instead of failing,
+    /// and create it otherwise (Ray's `get_if_exists`).
+    pub fn get_if_exists(mut self, yes: bool) -> Self {
+        self.get_if_exists = yes;
+        self
     }
 
     /// A cluster-wide name: [`get_actor`] finds it, and it lives until
@@ -142,7 +163,20 @@ impl ActorOptions {
     /// Creates the actor; used by generated code.
     #[doc(hidden)]
     pub fn create(&self, args: Vec<Result<ArgValue>>) -> Result<ActorHandle> {
-        let client = context::client_or_init();
+        let client = context::client_or_init()?;
+        if self.detached && self.name.is_none() {
+            return Err(Error::ActorDied {
+                actor: self.class.to_string(),
+                message: "a detached actor needs a name: add .name(\"...\") so that later \
+                          drivers can find it with fleet::get_actor and stop it with fleet::kill"
+                    .into(),
+            });
+        }
+        if let (true, Some(name)) = (self.get_if_exists, &self.name) {
+            if let Some(handle) = self.existing(&client, name)? {
+                return Ok(handle);
+            }
+        }
         let spec = proto::TaskSpec {
             function: self.class.to_string(),
             num_cpus: self.num_cpus,
@@ -152,6 +186,7 @@ impl ActorOptions {
                 max_restarts: self.max_restarts,
                 max_task_retries: self.max_task_retries,
                 max_concurrency: self.max_concurrency,
+                detached: self.detached,
             }),
             ..Default::default()
         };
@@ -163,6 +198,16 @@ impl ActorOptions {
             // submit tells whether this actor got it.
             match client.lookup_actor(name)? {
                 Some((id, _)) if id == handle.object.handle.id => {}
+                // Another caller created it first: theirs is the one.
+                _ if self.get_if_exists => {
+                    if let Some(theirs) = self.existing(&client, name)? {
+                        return Ok(theirs);
+                    }
+                    return Err(Error::ActorDied {
+                        actor: format!("{} `{name}`", self.class),
+                        message: "the actor of that name died while this one was created".into(),
+                    });
+                }
                 _ => {
                     return Err(Error::ActorDied {
                         actor: format!("{} `{name}`", self.class),
@@ -175,9 +220,29 @@ impl ActorOptions {
     }
 }
 
+impl ActorOptions {
+    /// The live actor named `name`, if any, checked to be of this class.
+    fn existing(
+        &self,
+        client: &std::sync::Arc<crate::client::Client>,
+        name: &str,
+    ) -> Result<Option<ActorHandle>> {
+        match client.lookup_actor(name)? {
+            None => Ok(None),
+            Some((_, class)) if class != self.class => Err(Error::ActorDied {
+                actor: format!("`{name}`"),
+                message: format!("it is a {class}, not a {}", self.class),
+            }),
+            Some((id, _)) => Ok(Some(ActorHandle {
+                object: ObjectRef::from_handle(client.adopt(id)),
+            })),
+        }
+    }
+}
+
 /// Finds the actor named `name`, from any driver or task of the cluster.
 pub fn get_actor<A: Actor>(name: &str) -> Result<A::Handle> {
-    let client = context::client_or_init();
+    let client = context::client_or_init()?;
     match client.lookup_actor(name)? {
         None => Err(Error::ActorDied {
             actor: format!("`{name}`"),

@@ -15,8 +15,26 @@ pub fn get<T: DeserializeOwned>(r: &ObjectRef<T>) -> Result<T> {
     get_timeout(r, None)
 }
 
-/// [`get`] that gives up with [`Error::Timeout`] after `timeout`.
-pub fn get_timeout<T: DeserializeOwned>(r: &ObjectRef<T>, timeout: Option<Duration>) -> Result<T> {
+/// [`get`] that gives up with [`Error::Timeout`] after `timeout`: a
+/// [`Duration`], or an `Option<Duration>` where `None` waits for ever.
+///
+/// ```no_run
+/// # #[fleet::remote] fn slow() -> u32 { 7 }
+/// # fn main() -> fleet::Result<()> {
+/// use std::time::Duration;
+/// let r = slow::remote();
+/// match fleet::get_timeout(&r, Duration::from_millis(500)) {
+///     Ok(v) => println!("{v}"),
+///     Err(fleet::Error::Timeout(_)) => println!("not yet"),
+///     Err(e) => return Err(e),
+/// }
+/// # Ok(()) }
+/// ```
+pub fn get_timeout<T: DeserializeOwned>(
+    r: &ObjectRef<T>,
+    timeout: impl Into<Option<Duration>>,
+) -> Result<T> {
+    let timeout = timeout.into();
     let client = &r.handle.client;
     if !client.wait(&[r.handle.id], 1, timeout) {
         return Err(Error::Timeout(timeout.unwrap_or_default()));
@@ -29,11 +47,13 @@ pub fn get_all<T: DeserializeOwned>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
     get_all_timeout(refs, None)
 }
 
-/// [`get_all`] with a timeout for the whole batch.
+/// [`get_all`] with a timeout for the whole batch: a [`Duration`], or an
+/// `Option<Duration>` where `None` waits for ever.
 pub fn get_all_timeout<T: DeserializeOwned>(
     refs: &[ObjectRef<T>],
-    timeout: Option<Duration>,
+    timeout: impl Into<Option<Duration>>,
 ) -> Result<Vec<T>> {
+    let timeout = timeout.into();
     let Some(first) = refs.first() else {
         return Ok(Vec::new());
     };
@@ -77,7 +97,7 @@ pub fn get_all_with_progress<T: DeserializeOwned>(refs: &[ObjectRef<T>]) -> Resu
 /// Stores `value` in the cluster and returns a ref to it. Large values go
 /// to the node's shared-memory store; tasks on this node map them.
 pub fn put<T: Serialize>(value: T) -> Result<ObjectRef<T>> {
-    let client = context::client_or_init();
+    let client = context::client_or_init()?;
     Ok(ObjectRef::from_handle(client.put_value(&value)?))
 }
 
@@ -87,11 +107,14 @@ pub type ReadySplit<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
 /// Waits until `num_returns` of `refs` are finished or `timeout` passes.
 /// Returns `(ready, pending)`, each in input order; `ready` has at most
 /// `num_returns` refs.
+/// `timeout` is a [`Duration`], or an `Option<Duration>` where `None`
+/// waits for ever.
 pub fn wait<T>(
     refs: &[ObjectRef<T>],
     num_returns: usize,
-    timeout: Option<Duration>,
+    timeout: impl Into<Option<Duration>>,
 ) -> Result<ReadySplit<T>> {
+    let timeout = timeout.into();
     let Some(first) = refs.first() else {
         return Ok((Vec::new(), Vec::new()));
     };

@@ -83,6 +83,11 @@ impl AsRef<[u8]> for MapSlice {
 /// `v` as a share of the mapped store file being decoded, if it lies in
 /// one: no copy.
 pub(crate) fn shared(v: &[u8]) -> Option<bytes::Bytes> {
+    if let Some(buf) = codec::pulled() {
+        let base = buf.as_ptr() as usize;
+        let at = v.as_ptr() as usize;
+        return (at >= base && at + v.len() <= base + buf.len()).then(|| buf.slice_ref(v));
+    }
     let map = codec::backing()?;
     let base = map.as_ptr() as usize;
     let at = v.as_ptr() as usize;

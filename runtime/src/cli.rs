@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+pub mod job;
+
 use crate::daemon::{self, HeadOptions, NodeOptions};
 use crate::error::{Error, Result};
 
@@ -33,6 +35,10 @@ pub struct StartArgs {
     pub dashboard_port: Option<u16>,
     /// Head: the dashboard's listen address.
     pub dashboard_bind: String,
+    /// Node: the port of its `/healthz` (`None`: not served).
+    pub health_port: Option<u16>,
+    /// Head: the autoscaler's settings (`None`: no autoscaler).
+    pub autoscale: Option<daemon::AutoscaleOptions>,
 }
 
 /// The start time of a process (field 22 of /proc/PID/stat): with the pid
@@ -48,7 +54,7 @@ fn pid_dir() -> PathBuf {
 }
 
 fn default_token_file() -> PathBuf {
-    daemon::runtime_dir().join("token")
+    crate::discovery::default_token_file()
 }
 
 fn cores() -> f64 {
@@ -97,6 +103,13 @@ fn record_pid() -> Result<PathBuf> {
 /// `fleet start`: in the foreground with `block`, else as a background
 /// process that this call waits for until it serves.
 pub fn start(args: StartArgs, argv: Vec<String>) -> Result<()> {
+    if args.head && args.health_port.is_some() {
+        return Err(Error::Startup(
+            "--health-port is for node agents (fleet start --address …); a head serves \
+             /healthz and /metrics on its dashboard port (--dashboard-port)"
+                .into(),
+        ));
+    }
     if !args.block {
         return start_background(argv);
     }
@@ -113,7 +126,7 @@ fn run_foreground(args: StartArgs) -> Result<()> {
     if args.head {
         let token_file = args.token_file.clone().unwrap_or_else(default_token_file);
         let shown = token_file.clone();
-        daemon::run_head(
+        let result = daemon::run_head(
             HeadOptions {
                 bind: args.bind.clone(),
                 port: args.port,
@@ -132,8 +145,12 @@ fn run_foreground(args: StartArgs) -> Result<()> {
                             .map_err(|e| Error::Startup(format!("--dashboard-bind: {e}")))
                     })
                     .transpose()?,
+                autoscale: args.autoscale.clone(),
             },
             |address, dashboard| {
+                if let Err(e) = crate::discovery::record_head(address, &shown) {
+                    eprintln!("fleet: cannot record the head for local discovery: {e}");
+                }
                 if let Some(d) = dashboard {
                     println!("fleet dashboard at http://{d}");
                 }
@@ -146,14 +163,16 @@ fn run_foreground(args: StartArgs) -> Result<()> {
                 );
             },
             stop_on_signal(),
-        )
+        );
+        crate::discovery::clear_head_record();
+        result
     } else {
         let Some(head) = args.address.clone() else {
             return Err(Error::Startup(
                 "fleet start needs --head or --address".into(),
             ));
         };
-        let token = token(args.token_file.clone())?;
+        let token = crate::discovery::resolve_token(args.token_file.as_deref(), &head)?;
         crate::logging::init();
         daemon::run_node(
             NodeOptions {
@@ -163,6 +182,7 @@ fn run_foreground(args: StartArgs) -> Result<()> {
                 node_ip: args.node_ip.clone().unwrap_or_else(|| "127.0.0.1".into()),
                 port: args.port,
                 store_capacity: capacity,
+                health_port: args.health_port,
             },
             stop_on_signal(),
         )
@@ -213,31 +233,34 @@ fn start_background(mut argv: Vec<String>) -> Result<()> {
     }
 }
 
-fn token(token_file: Option<PathBuf>) -> Result<String> {
-    match std::env::var(crate::ENV_TOKEN)
-        .ok()
-        .filter(|t| !t.is_empty())
-    {
-        Some(t) => Ok(t),
-        None => daemon::read_token(&token_file.unwrap_or_else(default_token_file)),
-    }
+/// The head to talk to and its token: from the flags and `FLEET_*`
+/// variables, else the head recorded on this machine (local discovery).
+pub fn target(
+    address: Option<&str>,
+    token_file: Option<&std::path::Path>,
+) -> Result<(String, String)> {
+    let address = crate::discovery::resolve_address(address)?;
+    let token = crate::discovery::resolve_token(token_file, &address)?;
+    Ok((address, token))
 }
 
 /// `fleet timeline`: writes recent tasks as a Chrome trace to `out`;
 /// returns how many tasks it holds.
 pub fn timeline(
-    address: &str,
+    address: Option<&str>,
     token_file: Option<PathBuf>,
     out: &std::path::Path,
 ) -> Result<usize> {
-    let json = daemon::timeline(address, &token(token_file)?)?;
+    let (address, token) = target(address, token_file.as_deref())?;
+    let json = daemon::timeline(&address, &token)?;
     std::fs::write(out, &json)?;
     Ok(json.matches("\"ph\":\"X\"").count())
 }
 
 /// `fleet status`: nodes, resources, tasks by state, objects.
-pub fn status(address: &str, token_file: Option<PathBuf>) -> Result<String> {
-    let s = daemon::status(address, &token(token_file)?)?;
+pub fn status(address: Option<&str>, token_file: Option<PathBuf>) -> Result<String> {
+    let (address, token) = target(address, token_file.as_deref())?;
+    let s = daemon::status(&address, &token)?;
     let mut out = format!("cluster at {address}\n");
     for n in &s.nodes {
         out += &format!(
@@ -258,8 +281,49 @@ pub fn status(address: &str, token_file: Option<PathBuf>) -> Result<String> {
     for w in &s.waiting {
         out += &format!("  note: {w}\n");
     }
+    if let Some(a) = &s.autoscale {
+        out += &autoscale_status(a);
+    }
     out += &format!("  logs and token: {}\n", daemon::runtime_dir().display());
     Ok(out)
+}
+
+/// The autoscaler's part of `fleet status`.
+fn autoscale_status(a: &crate::proto::AutoscaleStatus) -> String {
+    let mut out = format!(
+        "  autoscaler ({}, {}..{} nodes): {} node jobs requested, {} pending, {} running\n",
+        a.provider, a.min_nodes, a.max_nodes, a.requested, a.pending, a.running
+    );
+    for j in &a.jobs {
+        let external = if j.external_id.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} job {})", a.provider, j.external_id)
+        };
+        out += &format!(
+            "    node job {}{external}: {} {:.0}s{}\n",
+            j.id,
+            j.state,
+            j.age_secs,
+            if j.node.is_empty() {
+                String::new()
+            } else {
+                format!("  node {}", j.node)
+            }
+        );
+    }
+    for e in a
+        .events
+        .iter()
+        .rev()
+        .take(5)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+    {
+        out += &format!("    {e}\n");
+    }
+    out
 }
 
 /// `fleet stop`: stops what `fleet start` started on this machine.

@@ -2,6 +2,7 @@
 //! workers: submits tasks and puts, and keeps this process's table of
 //! object handles and finished values.
 
+mod remote;
 pub(crate) mod transport;
 mod waiter;
 
@@ -50,6 +51,9 @@ pub(crate) struct Client {
     out: UnboundedSender<proto::ClientOp>,
     slots: DashMap<u64, Slot>,
     store: ObjectStore,
+    /// Set when this process shares no node's store (a driver on another
+    /// machine): large values then travel as streams.
+    remote: Option<remote::Remote>,
     token: String,
     closed: AtomicBool,
     replies: DashMap<u64, std::sync::mpsc::Sender<proto::Reply>>,
@@ -76,24 +80,86 @@ impl Client {
         out: UnboundedSender<proto::ClientOp>,
         token: &str,
     ) -> Arc<Self> {
+        let (store, remote) = Self::choose_store(welcome, token);
         Arc::new(Client {
             id: welcome.client_id,
-            node: welcome.node.clone(),
+            node: store.node().to_string(),
             seq: AtomicU64::new(0),
             out,
             slots: DashMap::new(),
-            store: ObjectStore::open(
-                &welcome.store_dir,
-                &welcome.spill_dir,
-                &welcome.node,
-                welcome.store_capacity,
-            ),
+            store,
+            remote,
             token: token.to_string(),
             closed: AtomicBool::new(false),
             replies: DashMap::new(),
             held: parking_lot::Mutex::new(Held::default()),
             holding: AtomicBool::new(false),
         })
+    }
+
+    /// The store this process uses. A worker uses its node's. A driver uses
+    /// the store of a node on its own machine (the head's first): one whose
+    /// folder it can see, holding that store's random id. With none, its
+    /// large values travel as streams to and from the nodes.
+    fn choose_store(
+        welcome: &proto::Welcome,
+        token: &str,
+    ) -> (ObjectStore, Option<remote::Remote>) {
+        let open = |i: &proto::NodeInfo| {
+            ObjectStore::open(&i.store_dir, &i.spill_dir, &i.address, i.store_capacity)
+        };
+        let given = proto::NodeInfo {
+            address: welcome.node.clone(),
+            store_dir: welcome.store_dir.clone(),
+            spill_dir: welcome.spill_dir.clone(),
+            store_capacity: welcome.store_capacity,
+            ..Default::default()
+        };
+        if welcome.stores.is_empty() {
+            return (open(&given), None);
+        }
+        let head_first = welcome
+            .stores
+            .iter()
+            .filter(|i| i.address == welcome.node)
+            .chain(welcome.stores.iter().filter(|i| i.address != welcome.node));
+        for info in head_first {
+            if ObjectStore::reachable(info) {
+                tracing::debug!(node = %info.address, "this driver shares the node's store");
+                return (open(info), None);
+            }
+        }
+        tracing::info!(
+            head_node = %welcome.node,
+            "no node's store is on this machine: large values travel as streams"
+        );
+        (
+            open(&given),
+            Some(remote::Remote::new(&welcome.node, token)),
+        )
+    }
+
+    /// A client with no session: every op it sends is dropped. It holds
+    /// the refs that [`Client::failed`] makes when no cluster is reachable.
+    pub(crate) fn detached() -> Arc<Self> {
+        let (out, _) = tokio::sync::mpsc::unbounded_channel();
+        let client = Client::new(&proto::Welcome::default(), out, "");
+        client.closed.store(true, Ordering::Release);
+        client
+    }
+
+    /// A ref that is finished already, with `err` as its outcome.
+    pub(crate) fn failed(self: &Arc<Self>, err: &Error) -> Arc<Handle> {
+        let wire = match err {
+            // Kept as a `Connection` error with its own text (the wire form
+            // of other kinds would nest the prefix).
+            Error::Connection(m) => proto::TaskError {
+                message: m.clone(),
+                ..Default::default()
+            },
+            other => other.to_wire(),
+        };
+        self.new_handle(self.next_id(), State::Ready(Payload::Error(wire)))
     }
 
     pub(crate) fn node(&self) -> &str {
@@ -266,6 +332,8 @@ impl Client {
             num_cpus: opts.num_cpus,
             max_retries: opts.max_retries,
             node: opts.node.clone().unwrap_or_default(),
+            retry_on_error: opts.retry_on_error,
+            parent_task: crate::worker::cancel::current(),
             ..Default::default()
         };
         self.submit(spec, args)
@@ -330,6 +398,18 @@ impl Client {
         value: &T,
     ) -> Result<Arc<Handle>> {
         let id = self.next_id();
+        if let Some(remote) = &self.remote {
+            let mut writer = remote.writer(id);
+            let nested = match codec::encode_into(value, &mut writer) {
+                Ok(n) => n,
+                Err(e) => return Err(writer.error(std::io::Error::other(e))),
+            };
+            let payload = match writer.finish()? {
+                Written::Inline(b) => Payload::Inline(b.into()),
+                Written::Stored(loc) => Payload::Stored(loc),
+            };
+            return Ok(self.publish(id, payload, nested));
+        }
         let mut writer = self.store.writer(id);
         let nested = match codec::encode_into(value, &mut writer) {
             Ok(n) => n,
@@ -364,7 +444,10 @@ impl Client {
     ) -> Result<Arc<Handle>> {
         let id = self.next_id();
         let payload = if bytes.len() > INLINE_MAX {
-            Payload::Stored(self.store.write(id, &bytes)?)
+            match &self.remote {
+                Some(remote) => Payload::Stored(remote.write(id, bytes)?),
+                None => Payload::Stored(self.store.write(id, &bytes)?),
+            }
         } else {
             Payload::Inline(bytes.into())
         };
@@ -410,7 +493,7 @@ impl Client {
             None => return,
         };
         for w in waiters {
-            w.count_down();
+            w.count_down(value.object_id);
         }
     }
 
@@ -440,7 +523,7 @@ impl Client {
                 Some(mut s) => {
                     if matches!(s.state, State::Ready(_)) {
                         done += 1;
-                        waiter.count_down();
+                        waiter.count_down(id);
                     } else {
                         s.waiters.push(waiter.clone());
                         if !s.subscribed {
@@ -451,7 +534,7 @@ impl Client {
                 }
                 None => {
                     done += 1;
-                    waiter.count_down();
+                    waiter.count_down(id);
                 }
             }
         }
@@ -477,6 +560,14 @@ impl Client {
         // A task that waits lends its CPU to others meanwhile.
         let _lent = crate::worker::executor::lend_cpu();
         waiter.wait(timeout)
+    }
+
+    /// Subscribes to `ids` and returns a waiter that yields them as they
+    /// finish (`fleet::as_completed`).
+    pub(crate) fn completions(&self, ids: &[u64]) -> Arc<Waiter> {
+        let waiter = Waiter::ordered(ids.len());
+        self.register(ids, &waiter);
+        waiter
     }
 
     pub(crate) async fn ready_async(&self, id: u64) -> Result<()> {
@@ -505,6 +596,9 @@ impl Client {
 
     /// Maps a stored value, pulling it from its node if that is another.
     pub(crate) fn read_stored(&self, loc: &proto::StoreLocation) -> Result<Bytes> {
+        if let Some(remote) = &self.remote {
+            return remote.read(loc);
+        }
         crate::node::transfer::read(&self.store, loc, &self.token)
     }
 

@@ -24,11 +24,13 @@ pub const ENV_TOKEN: &str = "FLEET_TOKEN";
 #[derive(Clone, Debug, Default)]
 pub struct Config {
     /// Head to join (`host:port`); `None` reads `FLEET_ADDRESS`, and if that
-    /// is unset too, starts a local cluster in this process.
+    /// is unset too, starts a local cluster in this process. `auto` joins
+    /// the head `fleet start --head` started on this machine.
     pub address: Option<String>,
     /// CPUs of the local cluster; default: the cores of this machine.
     pub num_cpus: Option<usize>,
-    /// Token of the cluster to join; default: `FLEET_TOKEN`.
+    /// Token of the cluster to join; default: `FLEET_TOKEN`, else the
+    /// token file of the head recorded on this machine.
     pub token: Option<String>,
     /// Bytes of the local cluster's shared-memory object store before it
     /// spills to disk; default: 30% of memory.
@@ -187,6 +189,7 @@ fn start_local(config: &Config) -> Result<Inner> {
             .object_store_bytes
             .unwrap_or_else(crate::node::object_store::default_capacity),
         embedded_registry: Some(crate::registry::registry_hash()),
+        token_file: None,
     })?;
     let (stop_tx, stop_rx) = oneshot::channel();
     let server = head.clone();
@@ -273,7 +276,7 @@ pub(crate) fn local_supervisor(head: &Arc<Head>, address: &str, token: &str) -> 
 }
 
 /// Content hash of this executable: workers on other nodes run exactly it.
-fn executable_hash(path: &std::path::Path) -> Result<String> {
+pub(crate) fn executable_hash(path: &std::path::Path) -> Result<String> {
     let bytes = std::fs::read(path)?;
     // FNV-1a over 8-byte words: fast and stable; collisions are not a
     // security boundary here (the token is).
@@ -288,7 +291,7 @@ fn executable_hash(path: &std::path::Path) -> Result<String> {
     Ok(format!("{h:016x}-{}", bytes.len()))
 }
 
-async fn upload(
+pub(crate) async fn upload(
     address: String,
     token: String,
     path: std::path::PathBuf,
@@ -313,16 +316,70 @@ async fn upload(
     Ok(())
 }
 
+/// Names the settings of `config` that only shape a local cluster, and so
+/// do nothing when joining one.
+fn ignored_when_joining(config: &Config) -> Vec<&'static str> {
+    let mut ignored = Vec::new();
+    if config.num_cpus.is_some() {
+        ignored.push("num_cpus");
+    }
+    if config.object_store_bytes.is_some() {
+        ignored.push("object_store_bytes");
+    }
+    if config.dashboard_port.is_some() {
+        ignored.push("dashboard_port");
+    }
+    ignored
+}
+
+/// Warns (once per process) that settings of a local cluster are ignored
+/// because the program joins an existing cluster: a silent no-op is the
+/// worst answer to `num_cpus: Some(2)`.
+fn warn_ignored(config: &Config, address: &str) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    let ignored = ignored_when_joining(config);
+    if ignored.is_empty() {
+        return;
+    }
+    let from = if config.address.is_some() {
+        "Config::address"
+    } else {
+        "FLEET_ADDRESS"
+    };
+    WARNED.call_once(|| {
+        let list = ignored
+            .iter()
+            .map(|f| format!("Config::{f}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        tracing::warn!(
+            "{list} ignored: this program joins the cluster at {address} ({from}), whose \
+             nodes set their own CPUs and store; unset {from} to start a local cluster \
+             with these settings"
+        );
+    });
+}
+
 fn join(address: &str, config: &Config) -> Result<Inner> {
+    warn_ignored(config, address);
     let rt = runtime("fleet-driver", 1)?;
-    let token = config
-        .token
-        .clone()
-        .or_else(|| std::env::var(ENV_TOKEN).ok())
-        .unwrap_or_default();
+    let address = &crate::discovery::resolve_address(Some(address))?;
+    let token = match config.token.clone().filter(|t| !t.is_empty()) {
+        Some(t) => t,
+        None => crate::discovery::resolve_token(None, address)?,
+    };
     let exe = std::env::current_exe()
         .map_err(|e| Error::Startup(format!("finding this executable: {e}")))?;
-    let hash = executable_hash(&exe)?;
+    // Hashed once per process: a driver that retries joining (every
+    // `f::remote` while no cluster is reachable) does not re-read itself.
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let hash = match HASH.get() {
+        Some(h) => h.clone(),
+        None => {
+            let h = executable_hash(&exe)?;
+            HASH.get_or_init(|| h).clone()
+        }
+    };
     let addr = address.to_string();
     let client = block_on(&rt, async move {
         upload(addr.clone(), token.clone(), exe, hash.clone()).await?;

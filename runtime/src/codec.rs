@@ -20,6 +20,8 @@ thread_local! {
     static NESTED: RefCell<Option<Vec<u64>>> = const { RefCell::new(None) };
     /// The mapped store file being decoded, so a `Blob` can point into it.
     static BACKING: RefCell<Option<Arc<Mapping>>> = const { RefCell::new(None) };
+    /// The pulled buffer being decoded, so a `Blob` can share it.
+    static PULLED: RefCell<Option<bytes::Bytes>> = const { RefCell::new(None) };
     /// Bytes written so far by the encoder on this thread, so an
     /// [`Array`](crate::Array) can pad its data to its alignment.
     static POSITION: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
@@ -50,6 +52,11 @@ pub(crate) fn backing() -> Option<Arc<Mapping>> {
     BACKING.with(|b| b.borrow().clone())
 }
 
+/// The pulled buffer under the value being decoded on this thread, if any.
+pub(crate) fn pulled() -> Option<bytes::Bytes> {
+    PULLED.with(|b| b.borrow().clone())
+}
+
 /// Decodes a value from a message or a mapped store file; `Blob`s inside
 /// a mapped value share the mapping instead of copying.
 pub(crate) fn decode_from<T: DeserializeOwned>(bytes: &Bytes) -> Result<T> {
@@ -59,6 +66,12 @@ pub(crate) fn decode_from<T: DeserializeOwned>(bytes: &Bytes) -> Result<T> {
             let outer = BACKING.with(|b| b.borrow_mut().replace(m.clone()));
             let out = decode(m);
             BACKING.with(|b| *b.borrow_mut() = outer);
+            out
+        }
+        Bytes::Pulled(p) => {
+            let outer = PULLED.with(|b| b.borrow_mut().replace(p.clone()));
+            let out = decode(p);
+            PULLED.with(|b| *b.borrow_mut() = outer);
             out
         }
     }

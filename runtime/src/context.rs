@@ -28,20 +28,46 @@ pub(crate) fn client() -> Result<Arc<Client>> {
     CLIENT.read().clone().ok_or(Error::NotInitialized)
 }
 
-/// The current client, starting a local cluster if there is none.
-pub(crate) fn client_or_init() -> Arc<Client> {
+/// The current client, starting a local cluster if there is none (or
+/// joining the one `FLEET_ADDRESS` names). A failure is an
+/// [`Error::Connection`] naming what was tried, never a panic: library calls
+/// that return a ref hand it to the ref (see [`client_or_detached`]).
+pub(crate) fn client_or_init() -> Result<Arc<Client>> {
     if let Ok(c) = client() {
-        return c;
+        return Ok(c);
     }
     let mut implicit = IMPLICIT.lock();
     if let Ok(c) = client() {
-        return c;
+        return Ok(c);
     }
     match crate::cluster::init() {
         Ok(cluster) => {
             *implicit = Some(cluster);
-            client().expect("a cluster was just started")
+            client()
         }
-        Err(e) => panic!("fleet: no cluster and none could be started: {e}"),
+        Err(e) => Err(no_cluster(e)),
+    }
+}
+
+/// The current client, or else a detached one whose refs all fail with
+/// the reason no cluster could be reached: `f::remote(..)` returns a ref,
+/// not a `Result`, so its error arrives at `get`, as in Ray.
+pub(crate) fn client_or_detached() -> std::result::Result<Arc<Client>, (Arc<Client>, Error)> {
+    client_or_init().map_err(|e| (Client::detached(), e))
+}
+
+fn no_cluster(e: Error) -> Error {
+    let hint = match std::env::var(crate::cluster::ENV_ADDRESS) {
+        Ok(a) if !a.is_empty() => format!(
+            "is a head running at {a} (FLEET_ADDRESS)? Start one with `fleet start --head`, \
+             or unset FLEET_ADDRESS to start a local cluster"
+        ),
+        _ => "call fleet::init_with(..) to see the error when the cluster starts".to_string(),
+    };
+    match e {
+        Error::Connection(m) => {
+            Error::Connection(format!("no cluster could be reached: {m}; {hint}"))
+        }
+        other => Error::Connection(format!("no cluster could be reached: {other}; {hint}")),
     }
 }

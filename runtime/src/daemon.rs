@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::head::{Head, HeadConfig};
 use crate::proto;
 
+pub use crate::head::autoscale::{AutoscaleOptions, ProviderKind};
 pub use crate::node::agent::{run as run_node, NodeOptions};
 
 /// How `fleet start --head` runs.
@@ -30,6 +31,8 @@ pub struct HeadOptions {
     pub token_file: PathBuf,
     /// The dashboard's address (`None`: no dashboard).
     pub dashboard: Option<std::net::SocketAddr>,
+    /// Ask for nodes and give them back (`--autoscale`; `None`: never).
+    pub autoscale: Option<AutoscaleOptions>,
 }
 
 /// This user's folder for Fleet's files on this machine (token, pids, logs).
@@ -88,7 +91,19 @@ pub fn run_head(
         num_cpus: opts.num_cpus,
         store_capacity: opts.store_capacity,
         embedded_registry: None,
+        token_file: Some(opts.token_file.clone()),
     })?;
+    if let Some(autoscale) = opts.autoscale.clone() {
+        let launch = crate::head::autoscale::Launch {
+            address: address.clone(),
+            token: token.clone(),
+            fleet_bin: std::env::current_exe()?,
+        };
+        if let Err(e) = head.start_autoscaler(autoscale, launch) {
+            head.shutdown();
+            return Err(e);
+        }
+    }
     let (stop_server, server_stopped) = oneshot::channel();
     let server = head.clone();
     let serving =

@@ -37,6 +37,26 @@ pub enum Error {
         /// Why.
         message: String,
     },
+    /// The task was cancelled ([`crate::cancel`], [`crate::force_cancel`]),
+    /// or it depends on the result of one that was.
+    #[error("task `{function}` was cancelled: {message}")]
+    Cancelled {
+        /// Stable name of the remote function.
+        function: String,
+        /// Which task was cancelled and how.
+        message: String,
+    },
+    /// The memory monitor killed the worker running the task (the node was
+    /// above `FLEET_MEMORY_THRESHOLD`) and no retry was left.
+    #[error("task `{function}` ran out of memory on node {node}: {message}")]
+    OutOfMemory {
+        /// Stable name of the remote function.
+        function: String,
+        /// The node whose memory ran short.
+        node: String,
+        /// The worker's RSS, the node's usage and threshold, and what to do.
+        message: String,
+    },
     /// A `get` or `wait` with a timeout ran out of time.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
@@ -69,6 +89,10 @@ pub enum Error {
     /// The cluster could not be started.
     #[error("starting the cluster: {0}")]
     Startup(String),
+    /// No cluster address or token was given, and none was found on this
+    /// machine; the message names the variable, flag and file that fix it.
+    #[error("{0}")]
+    NoCluster(String),
 }
 
 /// `Result` with [`Error`] as the default error.
@@ -98,6 +122,15 @@ impl Error {
                 message: e.message.clone(),
             },
             K::Codec => Error::Codec(e.message.clone()),
+            K::Cancelled => Error::Cancelled {
+                function: e.function.clone(),
+                message: e.message.clone(),
+            },
+            K::OutOfMemory => Error::OutOfMemory {
+                function: e.function.clone(),
+                node: e.node.clone(),
+                message: e.message.clone(),
+            },
             K::Unspecified => Error::Connection(e.message.clone()),
         }
     }
@@ -140,6 +173,21 @@ impl Error {
             Error::Codec(m) => {
                 w.set_kind(K::Codec);
                 w.message = m.clone();
+            }
+            Error::Cancelled { function, message } => {
+                w.set_kind(K::Cancelled);
+                w.function = function.clone();
+                w.message = message.clone();
+            }
+            Error::OutOfMemory {
+                function,
+                node,
+                message,
+            } => {
+                w.set_kind(K::OutOfMemory);
+                w.function = function.clone();
+                w.node = node.clone();
+                w.message = message.clone();
             }
             other => {
                 w.set_kind(K::Unspecified);

@@ -3,8 +3,12 @@
 //! start --head` runs it in the `fleet` process.
 
 mod actors;
+pub(crate) mod autoscale;
 mod dashboard;
+mod detached;
 mod directory;
+mod jobs;
+mod metrics;
 mod nodes;
 pub(crate) mod observe;
 mod scheduler;
@@ -26,6 +30,7 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use crate::node::object_store::ObjectStore;
 use crate::node::supervisor::Supervisor;
 use crate::proto::{self, client_op::Op, head_op, Role};
+pub(crate) use scheduler::describe_exit;
 pub(crate) use service::{make_executable, serve};
 use state::{Outbox, State};
 
@@ -52,6 +57,8 @@ pub(crate) struct HeadConfig {
     /// For a local cluster: the driver's registry hash; its workers run
     /// this same executable and are kept at `num_cpus`.
     pub(crate) embedded_registry: Option<String>,
+    /// Where the token was written (named in the error for a wrong token).
+    pub(crate) token_file: Option<PathBuf>,
 }
 
 /// A worker the head's supervisor started: (node, job).
@@ -78,6 +85,13 @@ pub(crate) struct Head {
     binaries: PathBuf,
     supervisor: OnceLock<Supervisor>,
     spiller: Mutex<std::sync::mpsc::Sender<spilling::FileWork>>,
+    token_file: Option<PathBuf>,
+    /// Jobs submitted with `fleet job submit`.
+    jobs: jobs::Jobs,
+    /// Asks for nodes and gives them back (`--autoscale`).
+    autoscaler: OnceLock<Arc<autoscale::Autoscaler>>,
+    /// Itself, for work put off to later.
+    me: std::sync::Weak<Head>,
 }
 
 impl Head {
@@ -96,6 +110,8 @@ impl Head {
                 spill_dir: store.spill_dir().to_string_lossy().into_owned(),
                 store_capacity: config.store_capacity,
                 arch: std::env::consts::ARCH.into(),
+                store_key: store.key().to_string(),
+                ..Default::default()
             },
         );
         if let Some(registry) = &config.embedded_registry {
@@ -118,6 +134,10 @@ impl Head {
             store,
             binaries,
             supervisor: OnceLock::new(),
+            token_file: config.token_file,
+            jobs: jobs::Jobs::new(weak.clone()),
+            autoscaler: OnceLock::new(),
+            me: weak.clone(),
         });
         Ok(head)
     }
@@ -135,7 +155,25 @@ impl Head {
     }
 
     pub(crate) fn status(&self) -> proto::StatusReply {
-        self.state.lock().status()
+        let mut status = self.state.lock().status();
+        status.autoscale = self.autoscaler.get().map(|a| a.status());
+        status
+    }
+
+    /// Starts the autoscaler; node jobs join at `launch.address`.
+    pub(crate) fn start_autoscaler(
+        self: &Arc<Self>,
+        opts: autoscale::AutoscaleOptions,
+        launch: autoscale::Launch,
+    ) -> crate::Result<()> {
+        let scaler = autoscale::Autoscaler::start(self, opts, launch)?;
+        let _ = self.autoscaler.set(scaler);
+        Ok(())
+    }
+
+    /// The autoscaler's state, for the dashboard.
+    pub(crate) fn autoscale_status(&self) -> Option<proto::AutoscaleStatus> {
+        self.autoscaler.get().map(|a| a.status())
     }
 
     /// Recent tasks as Chrome trace JSON.
@@ -150,6 +188,11 @@ impl Head {
         addr: std::net::SocketAddr,
     ) -> std::io::Result<std::net::SocketAddr> {
         dashboard::serve(self.clone(), addr).await
+    }
+
+    /// Whether the head is shutting down (`/healthz` says 503).
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
     pub(crate) fn token(&self) -> &str {
@@ -195,7 +238,7 @@ impl Head {
             ));
         }
         if hello.token != self.token {
-            return Err("wrong or missing cluster token".into());
+            return Err(crate::discovery::wrong_token(self.token_file.as_deref()));
         }
         let mut st = self.state.lock();
         match hello.role() {
@@ -258,6 +301,16 @@ impl Head {
             _ => st.nodes.get(&self.node),
         };
         let info = node.map(|n| n.info.clone()).unwrap_or_default();
+        // A driver picks the store of its own machine among these.
+        let stores = match hello.role() {
+            Role::Driver => st
+                .nodes
+                .values()
+                .filter(|n| n.alive)
+                .map(|n| n.info.clone())
+                .collect(),
+            _ => Vec::new(),
+        };
         proto::HeadOp {
             op: Some(head_op::Op::Welcome(proto::Welcome {
                 client_id: client,
@@ -265,6 +318,7 @@ impl Head {
                 node: info.address,
                 spill_dir: info.spill_dir,
                 store_capacity: info.store_capacity,
+                stores,
             })),
         }
     }
@@ -329,6 +383,7 @@ impl Head {
                 Role::Node => {
                     if let Some(name) = hello.node_info.as_ref().map(|i| i.address.clone()) {
                         st.node_lost(&name);
+                        self.jobs.node_lost(&name);
                     }
                 }
                 _ => {}
@@ -342,6 +397,7 @@ impl Head {
     fn apply(&self, client: u32, ops: Vec<proto::ClientOp>) {
         let mut exits = Vec::new();
         let mut logs = Vec::new();
+        let mut job_updates = Vec::new();
         let out = {
             let mut st = self.state.lock();
             for op in ops.into_iter().filter_map(|o| o.op) {
@@ -358,6 +414,7 @@ impl Head {
                     Op::Lookup(l) => st.lookup(client, l),
                     Op::WorkerExit(e) => exits.push(e),
                     Op::Log(l) => logs.push(l),
+                    Op::JobUpdate(j) => job_updates.push(j),
                     Op::Spilled(s) => st.spill_done(
                         s.object_id,
                         if s.error.is_empty() {
@@ -366,6 +423,7 @@ impl Head {
                             Err(s.error)
                         },
                     ),
+                    Op::Cancel(c) => st.cancel(client, c),
                     Op::Hello(_) => {}
                 }
             }
@@ -378,6 +436,9 @@ impl Head {
         }
         for l in logs {
             self.forward_log(l.worker_id, l.stderr, l.lines);
+        }
+        for j in job_updates {
+            self.jobs.update(j);
         }
     }
 
@@ -429,6 +490,9 @@ impl Head {
                 });
             }
         }
+        for (delay, what) in out.later {
+            self.put_off(delay, what);
+        }
         if !out.delete.is_empty() {
             let _ = self
                 .spiller
@@ -447,7 +511,13 @@ impl Head {
                 job,
                 "workers of this job keep failing to start; not starting more"
             );
-            self.state.lock().worker_started(node, job, false);
+            let out = {
+                let mut st = self.state.lock();
+                st.worker_started(node, job, false);
+                st.detached_cannot_start(job);
+                st.take_outbox()
+            };
+            self.flush(out);
             return;
         }
         self.worker_jobs.insert(worker_id, job);
@@ -497,8 +567,16 @@ impl Head {
         }
         let started = self.started.lock().remove(&worker_id);
         if self.connected_workers.remove(&worker_id).is_some() {
-            // Its session's end does the bookkeeping.
+            // Its session's end does the bookkeeping; the status says how
+            // it died to the task it ran.
             tracing::debug!(worker_id, "worker exited: {status}");
+            let out = {
+                let mut st = self.state.lock();
+                st.worker_exit_status(worker_id, status);
+                st.dispatch();
+                st.take_outbox()
+            };
+            self.flush(out);
             return;
         }
         tracing::warn!(worker_id, "worker exited before connecting: {status}");
@@ -522,9 +600,36 @@ impl Head {
         self.flush(out);
     }
 
+    /// Applies `what` after `delay` (a dead worker's status that never
+    /// came, a retry's backoff).
+    fn put_off(&self, delay: std::time::Duration, what: scheduler::Later) {
+        let Some(me) = self.me.upgrade() else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            tokio::time::sleep(delay).await;
+            if me.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            let out = {
+                let mut st = me.state.lock();
+                st.later(what);
+                st.dispatch();
+                st.take_outbox()
+            };
+            me.flush(out);
+        });
+    }
+
     /// Stops every worker and removes the store folders.
     pub(crate) fn shutdown(&self) {
         self.stopping.store(true, Ordering::Release);
+        self.jobs.shutdown();
+        // Node jobs are given back first: they would outlive the head.
+        if let Some(a) = self.autoscaler.get() {
+            a.shutdown();
+        }
         if let Some(s) = self.supervisor.get() {
             s.shutdown();
         }

@@ -40,7 +40,9 @@ mod client;
 mod cluster;
 mod codec;
 mod context;
+mod control;
 pub mod daemon;
+pub mod discovery;
 mod error;
 mod head;
 mod logging;
@@ -63,9 +65,11 @@ pub use array::Array;
 pub use blob::Blob;
 pub use cluster::{init, init_with, Cluster, Config, ENV_ADDRESS, ENV_TOKEN};
 pub use codec::INLINE_MAX;
+pub use control::{as_completed, cancel, force_cancel, is_cancelled, AsCompleted};
 pub use error::{Error, Result};
 pub use fleet_macros::remote;
 pub use head::{Counts, PROTOCOL_VERSION};
+pub use node::jobs::ENV_JOB_ID;
 pub use object_ref::{IntoArg, ObjectId, ObjectRef};
 pub use task::TaskOptions;
 
@@ -85,6 +89,30 @@ pub mod __private {
     pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
         crate::worker::block_on(fut)
     }
+
+    /// Marks a `#[remote] fn` that is an item of a module (see
+    /// `macros/src/checks.rs`).
+    pub struct AtModuleLevel;
+
+    /// What the marker of a `#[remote] fn` inside a function body falls
+    /// back to.
+    pub struct InsideAFunctionBody;
+
+    /// Implemented only by [`AtModuleLevel`]: the bound's message is the
+    /// compile error of a remote function inside a function body.
+    #[diagnostic::on_unimplemented(
+        message = "remote functions must be items at module level",
+        label = "this `#[remote] fn` is inside a function body",
+        note = "move it out of the function body, next to `fn main`: workers find a remote \
+                function by its path in the module tree, and items inside a function body \
+                have none"
+    )]
+    pub trait ModuleLevel {}
+
+    impl ModuleLevel for AtModuleLevel {}
+
+    /// Compiles only for [`AtModuleLevel`].
+    pub const fn at_module_level<M: ModuleLevel>() {}
 
     /// Converts one argument for submission.
     pub fn arg<T, A: crate::IntoArg<T>>(a: A) -> crate::Result<ArgValue> {

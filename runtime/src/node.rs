@@ -2,6 +2,8 @@
 //! supervisor that starts and watches worker processes.
 
 pub(crate) mod agent;
+pub(crate) mod health;
+pub(crate) mod jobs;
 pub(crate) mod object_store;
 pub(crate) mod supervisor;
 pub(crate) mod transfer;

@@ -142,7 +142,28 @@ pub(crate) enum ArgKind {
 }
 
 /// Anything that can stand for an argument of type `T` in a remote call:
-/// a `T` itself, or an [`ObjectRef<T>`] (owned or borrowed).
+/// a `T` itself, a `&T` (encoded at once, so the call does not borrow it),
+/// `&str` for a `String` and `&[T]` for a `Vec<T>`, or an [`ObjectRef<T>`]
+/// (owned or borrowed), whose value the task receives once it is ready.
+///
+/// ```no_run
+/// #[fleet::remote]
+/// fn add(a: i64, b: i64) -> i64 { a + b }
+/// #[fleet::remote]
+/// fn greet(name: String) -> String { format!("hello {name}") }
+///
+/// let (a, b) = (vec![1i64, 2], vec![10i64, 20]);
+/// let sums: Vec<_> = a.iter().zip(b.iter()).map(|(x, y)| add::remote(x, y)).collect();
+/// let hi = greet::remote("Ada");                 // &str for String
+/// let again = add::remote(&sums[0], 5);          // a ref: runs once sums[0] is ready
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot stand for an argument of type `{T}` of a remote function",
+    label = "expected a `{T}`, a `&{T}`, an `ObjectRef<{T}>` or a `&ObjectRef<{T}>`",
+    note = "an argument of type `{T}` may be passed as a value (`{T}` or `&{T}`; `&str` for \
+            `String`, `&[T]` for `Vec<T>`), or as a ref (`ObjectRef<{T}>` or \
+            `&ObjectRef<{T}>`) of a value in the cluster"
+)]
 pub trait IntoArg<T> {
     /// Turns `self` into the wire form.
     #[doc(hidden)]
@@ -151,15 +172,40 @@ pub trait IntoArg<T> {
 
 impl<T: Serialize> IntoArg<T> for T {
     fn into_arg(self) -> Result<ArgValue> {
-        let enc = codec::encode(&self)?;
-        let keep = match enc.nested.is_empty() {
-            true => Vec::new(),
-            false => {
-                let client = crate::context::client()?;
-                enc.nested.iter().map(|id| client.adopt(*id)).collect()
-            }
-        };
-        Ok(ArgValue(ArgKind::Value(enc.bytes, enc.nested, keep)))
+        encode_arg(&self)
+    }
+}
+
+fn encode_arg<T: Serialize + ?Sized>(value: &T) -> Result<ArgValue> {
+    let enc = codec::encode(value)?;
+    let keep = match enc.nested.is_empty() {
+        true => Vec::new(),
+        false => {
+            let client = crate::context::client()?;
+            enc.nested.iter().map(|id| client.adopt(*id)).collect()
+        }
+    };
+    Ok(ArgValue(ArgKind::Value(enc.bytes, enc.nested, keep)))
+}
+
+/// A borrowed value is encoded at once; the call keeps no borrow.
+impl<T: Serialize> IntoArg<T> for &T {
+    fn into_arg(self) -> Result<ArgValue> {
+        encode_arg(self)
+    }
+}
+
+/// `&str` encodes exactly as `String` does.
+impl IntoArg<String> for &str {
+    fn into_arg(self) -> Result<ArgValue> {
+        encode_arg(self)
+    }
+}
+
+/// `&[T]` encodes exactly as `Vec<T>` does.
+impl<T: Serialize> IntoArg<Vec<T>> for &[T] {
+    fn into_arg(self) -> Result<ArgValue> {
+        encode_arg(self)
     }
 }
 

@@ -12,6 +12,7 @@ pub struct TaskOptions {
     pub(crate) num_cpus: f64,
     pub(crate) max_retries: u32,
     pub(crate) node: Option<String>,
+    pub(crate) retry_on_error: bool,
 }
 
 impl TaskOptions {
@@ -22,7 +23,15 @@ impl TaskOptions {
             num_cpus: 1.0,
             max_retries: 3,
             node: None,
+            retry_on_error: false,
         }
+    }
+
+    /// Also retries the task when it returns `Err` or panics (not only when
+    /// its worker dies), up to `max_retries`; `get` returns the last error.
+    pub const fn retry_on_error(mut self, yes: bool) -> Self {
+        self.retry_on_error = yes;
+        self
     }
 
     /// CPUs the task reserves while it runs (may be fractional or zero).
@@ -51,7 +60,9 @@ impl TaskOptions {
     /// Submits a call; used by the code `#[remote]` generates.
     #[doc(hidden)]
     pub fn submit<T>(&self, args: Vec<Result<ArgValue>>) -> ObjectRef<T> {
-        let client = context::client_or_init();
-        ObjectRef::from_handle(client.submit_task(self, args))
+        match context::client_or_detached() {
+            Ok(client) => ObjectRef::from_handle(client.submit_task(self, args)),
+            Err((detached, e)) => ObjectRef::from_handle(detached.failed(&e)),
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! the head and runs tasks until the head goes away.
 
 mod actors;
+pub(crate) mod cancel;
 pub(crate) mod executor;
 pub(crate) mod hook;
 
@@ -68,6 +69,10 @@ fn run(worker_id: u64) -> Result<()> {
         head_op::Op::Execute(t) if t.actor_id != 0 || t.create.is_some() => actors.execute(t),
         head_op::Op::Execute(t) => sink.push(t),
         head_op::Op::DestroyActor(id) => actors.destroy(id),
+        head_op::Op::Cancel(c) => {
+            sink.cancel(&c);
+            actors.cancel(c.task_id);
+        }
         _ => {}
     });
     runtime.spawn(async move {

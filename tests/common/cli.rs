@@ -118,6 +118,9 @@ pub(crate) fn fleet_bin() -> PathBuf {
 /// A head started with `fleet start --head`, and the nodes added to it.
 pub(crate) struct CliCluster {
     pub(crate) address: String,
+    /// The dashboard's `http://host:port` (also `/metrics`, `/healthz`),
+    /// unless `--no-dashboard` was given.
+    pub(crate) dashboard: Option<String>,
     pub(crate) token: String,
     pub(crate) nodes: Vec<(String, Child)>,
     pub(crate) head: Child,
@@ -146,10 +149,15 @@ impl CliCluster {
                 .args(extra)
                 .env("FLEET_TOKEN", &token),
         );
+        let dashboard = (!extra.contains(&"--no-dashboard")).then(|| {
+            let line = head.expect_line("fleet dashboard at ");
+            line.rsplit(' ').next().expect("dashboard URL").to_string()
+        });
         let line = head.expect_line("serving at");
         let address = line.rsplit(' ').next().expect("address").to_string();
         CliCluster {
             address,
+            dashboard,
             token,
             nodes: Vec::new(),
             head,

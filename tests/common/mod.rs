@@ -6,6 +6,9 @@
 #![allow(dead_code)]
 
 pub(crate) mod cli;
+pub(crate) mod hosts;
+pub(crate) mod http;
+pub(crate) mod slurm;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

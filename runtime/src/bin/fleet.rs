@@ -63,18 +63,130 @@ struct Start {
     /// Head: no dashboard.
     #[arg(long)]
     no_dashboard: bool,
+    /// Node: serve /healthz on this port of --node-ip (0: any free port);
+    /// the head's /healthz and /metrics are on its dashboard port.
+    #[arg(long)]
+    health_port: Option<u16>,
+    #[command(flatten)]
+    autoscale: Autoscale,
+}
+
+/// The head's autoscaler (dask-jobqueue style).
+#[derive(Args, Default)]
+struct Autoscale {
+    /// Head: ask for nodes when ready tasks wait for CPUs, give idle ones
+    /// back: `slurm` (sbatch/scancel) or `command` (--scale-up/--scale-down).
+    #[arg(long, value_parser = ["slurm", "command"], requires = "head")]
+    autoscale: Option<String>,
+    /// Autoscaler: node jobs kept even when idle.
+    #[arg(long, default_value_t = 0, requires = "autoscale")]
+    min_nodes: u32,
+    /// Autoscaler: node jobs never exceeded.
+    #[arg(long, default_value_t = 8, requires = "autoscale")]
+    max_nodes: u32,
+    /// Autoscaler: seconds ready tasks wait for CPUs before nodes are asked for.
+    #[arg(long, default_value_t = 5.0, requires = "autoscale")]
+    upscale_after: f64,
+    /// Autoscaler: seconds a node stays idle before it is given back.
+    #[arg(long, default_value_t = 60.0, requires = "autoscale")]
+    idle_timeout: f64,
+    /// Autoscaler: CPUs one node job brings, to size requests (default:
+    /// what joined node jobs brought, else 1).
+    #[arg(long, requires = "autoscale")]
+    node_cpus: Option<f64>,
+    /// Autoscaler `slurm`: more sbatch arguments for each node job, e.g.
+    /// "-p debug --cpus-per-task 2 -t 1:00:00".
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    slurm_args: String,
+    /// Autoscaler `command`: starts one node (`sh -c`; {job}, {address},
+    /// {count} replaced; FLEET_NODE_JOB, FLEET_ADDRESS, FLEET_TOKEN set).
+    #[arg(long, allow_hyphen_values = true)]
+    scale_up: Option<String>,
+    /// Autoscaler `command`: stops the node {node} ({job}, {count} too).
+    #[arg(long, allow_hyphen_values = true)]
+    scale_down: Option<String>,
+}
+
+impl Autoscale {
+    fn options(self) -> anyhow::Result<Option<fleet::daemon::AutoscaleOptions>> {
+        let Some(kind) = self.autoscale else {
+            anyhow::ensure!(
+                self.slurm_args.is_empty() && self.scale_up.is_none() && self.scale_down.is_none(),
+                "--slurm-args, --scale-up and --scale-down need --autoscale slurm|command"
+            );
+            return Ok(None);
+        };
+        let secs = |v: f64, flag: &str| {
+            anyhow::ensure!(
+                v.is_finite() && v >= 0.0,
+                "{flag} must be a number of seconds, 0 or more"
+            );
+            Ok(std::time::Duration::from_secs_f64(v))
+        };
+        anyhow::ensure!(
+            self.max_nodes >= self.min_nodes,
+            "--max-nodes {} is below --min-nodes {}: raise --max-nodes",
+            self.max_nodes,
+            self.min_nodes
+        );
+        if let Some(n) = self.node_cpus {
+            anyhow::ensure!(n.is_finite() && n > 0.0, "--node-cpus must be positive");
+        }
+        let provider = match kind.as_str() {
+            "slurm" => {
+                anyhow::ensure!(
+                    self.scale_up.is_none() && self.scale_down.is_none(),
+                    "--scale-up/--scale-down are for --autoscale command, not slurm"
+                );
+                let args = shlex::split(&self.slurm_args).ok_or_else(|| {
+                    anyhow::anyhow!("--slurm-args {:?}: unbalanced quotes", self.slurm_args)
+                })?;
+                fleet::daemon::ProviderKind::Slurm { args }
+            }
+            _ => {
+                anyhow::ensure!(
+                    self.slurm_args.is_empty(),
+                    "--slurm-args is for --autoscale slurm, not command"
+                );
+                let (Some(scale_up), Some(scale_down)) = (self.scale_up, self.scale_down) else {
+                    anyhow::bail!(
+                        "--autoscale command needs --scale-up 'CMD' and --scale-down 'CMD {{node}}'"
+                    );
+                };
+                fleet::daemon::ProviderKind::Command {
+                    scale_up,
+                    scale_down,
+                }
+            }
+        };
+        Ok(Some(fleet::daemon::AutoscaleOptions {
+            provider,
+            min_nodes: self.min_nodes,
+            max_nodes: self.max_nodes,
+            upscale_after: secs(self.upscale_after, "--upscale-after")?,
+            idle_timeout: secs(self.idle_timeout, "--idle-timeout")?,
+            node_cpus: self.node_cpus,
+            interval: std::time::Duration::from_millis(
+                std::env::var("FLEET_AUTOSCALE_INTERVAL_MS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1000),
+            ),
+        }))
+    }
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Starts a head (`--head`) or a node joining one (`--address`).
-    Start(Start),
+    Start(Box<Start>),
     /// Nodes, resources, tasks by state, objects of a running cluster.
     Status {
-        /// The head's address.
+        /// The head's address (default: the head started on this machine;
+        /// FLEET_ADDRESS=auto asks for it too).
         #[arg(long, env = "FLEET_ADDRESS")]
-        address: String,
-        /// Token file (default: the one `fleet start --head` wrote here).
+        address: Option<String>,
+        /// Token file (default: FLEET_TOKEN, else the one `fleet start --head` wrote here).
         #[arg(long)]
         token_file: Option<PathBuf>,
     },
@@ -82,16 +194,21 @@ enum Command {
     Stop,
     /// Writes recent tasks as a Chrome trace (chrome://tracing, Perfetto).
     Timeline {
-        /// The head's address.
+        /// The head's address (default: the head started on this machine;
+        /// FLEET_ADDRESS=auto asks for it too).
         #[arg(long, env = "FLEET_ADDRESS")]
-        address: String,
-        /// Token file (default: the one `fleet start --head` wrote here).
+        address: Option<String>,
+        /// Token file (default: FLEET_TOKEN, else the one `fleet start --head` wrote here).
         #[arg(long)]
         token_file: Option<PathBuf>,
         /// Output file.
         #[arg(short, long, default_value = "timeline.json")]
         output: PathBuf,
     },
+    /// Runs a program as a driver on the cluster, detached from this
+    /// terminal, and looks after it (like `ray job`).
+    #[command(subcommand)]
+    Job(JobCommand),
     /// Prints the build's version and protocol version.
     Version,
     /// Runs Ray's `ray microbenchmark` tests that Fleet supports on a local
@@ -141,6 +258,125 @@ enum Command {
     },
 }
 
+/// Where a `fleet job` command finds the cluster.
+#[derive(Args)]
+struct JobTarget {
+    /// The head's address (default: the head started on this machine;
+    /// FLEET_ADDRESS=auto asks for it too).
+    #[arg(long, env = "FLEET_ADDRESS")]
+    address: Option<String>,
+    /// Token file (default: FLEET_TOKEN, else the one `fleet start --head` wrote here).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+impl JobTarget {
+    fn into_target(self) -> fleet::cli::job::Target {
+        fleet::cli::job::Target {
+            address: self.address,
+            token_file: self.token_file,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum JobCommand {
+    /// Ships the executable and runs it as a driver on the cluster (the
+    /// head's machine, or --node); prints the job id alone on stdout.
+    Submit {
+        #[command(flatten)]
+        target: JobTarget,
+        /// Run on this node (its name as `fleet status` prints it).
+        #[arg(long)]
+        node: Option<String>,
+        /// Extra environment for the driver, KEY=VALUE (repeatable).
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// The program and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "PROGRAM ARGS")]
+        command: Vec<String>,
+    },
+    /// Every job of the cluster: state, exit code, times.
+    List {
+        #[command(flatten)]
+        target: JobTarget,
+    },
+    /// One job: state, exit code, start and end times, where its output is.
+    Status {
+        #[command(flatten)]
+        target: JobTarget,
+        /// The job's id (from `fleet job submit` or `fleet job list`).
+        id: String,
+    },
+    /// The driver's output (with its workers' lines).
+    Logs {
+        #[command(flatten)]
+        target: JobTarget,
+        /// The job's id.
+        id: String,
+        /// Keep printing new output until the job ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Stops a job: SIGTERM to its driver, SIGKILL after a grace period.
+    Stop {
+        #[command(flatten)]
+        target: JobTarget,
+        /// The job's id.
+        id: String,
+        /// Return at once instead of waiting until the driver has exited.
+        #[arg(long)]
+        no_wait: bool,
+    },
+}
+
+fn job(command: JobCommand) -> anyhow::Result<()> {
+    use fleet::cli::job;
+    match command {
+        JobCommand::Submit {
+            target,
+            node,
+            env,
+            command,
+        } => {
+            let mut command = command.into_iter();
+            let program = command.next().unwrap_or_default();
+            let id = job::submit(
+                &target.into_target(),
+                job::Submit {
+                    program: program.into(),
+                    args: command.collect(),
+                    node,
+                    env,
+                },
+            )?;
+            println!("{id}");
+        }
+        JobCommand::List { target } => print!("{}", job::table(&job::list(&target.into_target())?)),
+        JobCommand::Status { target, id } => {
+            print!(
+                "{}",
+                job::describe(&job::status(&target.into_target(), &id)?)
+            )
+        }
+        JobCommand::Logs { target, id, follow } => job::logs(
+            &target.into_target(),
+            &id,
+            follow,
+            &mut std::io::stdout().lock(),
+        )?,
+        JobCommand::Stop {
+            target,
+            id,
+            no_wait,
+        } => {
+            let info = job::stop(&target.into_target(), &id, !no_wait)?;
+            println!("job {} {}: {}", info.id, info.state, info.message);
+        }
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let argv: Vec<String> = std::env::args().collect();
     let cli = Cli::parse();
@@ -156,35 +392,41 @@ fn main() -> anyhow::Result<()> {
         }
     }
     match cli.command {
-        Command::Start(s) => fleet::cli::start(
-            fleet::cli::StartArgs {
-                head: s.head,
-                address: s.address,
-                port: s.port.unwrap_or(if s.head { 6380 } else { 0 }),
-                bind: s.bind,
-                node_ip: s.node_ip,
-                num_cpus: s.num_cpus,
-                object_store_bytes: s.object_store_bytes,
-                token_file: s.token_file,
-                block: s.block,
-                dashboard_port: (!s.no_dashboard).then_some(s.dashboard_port),
-                dashboard_bind: s.dashboard_bind,
-            },
-            argv,
-        )?,
+        Command::Start(mut s) => {
+            let autoscale = std::mem::take(&mut s.autoscale).options()?;
+            fleet::cli::start(
+                fleet::cli::StartArgs {
+                    head: s.head,
+                    address: s.address,
+                    port: s.port.unwrap_or(if s.head { 6380 } else { 0 }),
+                    bind: s.bind,
+                    node_ip: s.node_ip,
+                    num_cpus: s.num_cpus,
+                    object_store_bytes: s.object_store_bytes,
+                    token_file: s.token_file,
+                    block: s.block,
+                    dashboard_port: (!s.no_dashboard).then_some(s.dashboard_port),
+                    dashboard_bind: s.dashboard_bind,
+                    autoscale,
+                    health_port: s.health_port,
+                },
+                argv,
+            )?
+        }
         Command::Status {
             address,
             token_file,
-        } => print!("{}", fleet::cli::status(&address, token_file)?),
+        } => print!("{}", fleet::cli::status(address.as_deref(), token_file)?),
         Command::Stop => println!("stopped {} fleet processes", fleet::cli::stop()?),
         Command::Timeline {
             address,
             token_file,
             output,
         } => {
-            let n = fleet::cli::timeline(&address, token_file, &output)?;
+            let n = fleet::cli::timeline(address.as_deref(), token_file, &output)?;
             println!("wrote {n} tasks to {}", output.display());
         }
+        Command::Job(command) => job(command)?,
         Command::Version => println!(
             "fleet {} (protocol {})",
             env!("CARGO_PKG_VERSION"),

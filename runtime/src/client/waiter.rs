@@ -16,6 +16,8 @@ pub(crate) struct Waiter {
     fired: AtomicBool,
     inner: Mutex<Inner>,
     cv: Condvar,
+    /// `as_completed`: the ids that finished, in finishing order.
+    finished: Option<Mutex<std::collections::VecDeque<u64>>>,
 }
 
 struct Inner {
@@ -33,11 +35,50 @@ impl Waiter {
                 waker: None,
             }),
             cv: Condvar::new(),
+            finished: None,
         })
     }
 
-    /// One more object finished.
-    pub(crate) fn count_down(&self) {
+    /// A waiter that also records which objects finished, in order.
+    pub(crate) fn ordered(needed: usize) -> Arc<Self> {
+        let mut w = Waiter::new(needed);
+        if let Some(w) = Arc::get_mut(&mut w) {
+            w.finished = Some(Mutex::new(std::collections::VecDeque::new()));
+        }
+        w
+    }
+
+    /// Whether an object finished that was not taken yet.
+    pub(crate) fn has_finished(&self) -> bool {
+        self.finished.as_ref().is_some_and(|q| !q.lock().is_empty())
+    }
+
+    /// Blocks until an object has finished that was not taken yet, and
+    /// takes it; `None` once the session is gone and none is left.
+    pub(crate) fn next_finished(&self) -> Option<u64> {
+        let q = self.finished.as_ref()?;
+        loop {
+            if let Some(id) = q.lock().pop_front() {
+                return Some(id);
+            }
+            let mut inner = self.inner.lock();
+            if let Some(id) = q.lock().pop_front() {
+                return Some(id);
+            }
+            if inner.done {
+                return None;
+            }
+            self.cv.wait(&mut inner);
+        }
+    }
+
+    /// One more object finished: `id`.
+    pub(crate) fn count_down(&self, id: u64) {
+        if let Some(q) = &self.finished {
+            q.lock().push_back(id);
+            let _inner = self.inner.lock();
+            self.cv.notify_all();
+        }
         let prev = self
             .remaining
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1));

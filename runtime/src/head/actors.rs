@@ -270,6 +270,7 @@ impl State {
                         retries_left: 0,
                         worker: None,
                         job,
+                        ready_at: std::time::Instant::now(),
                     }),
                 );
                 if let Some(o) = self.objects.get_mut(&id) {
@@ -331,6 +332,7 @@ impl State {
             self.names.remove(&name);
             self.unpin(id);
         }
+        self.detached_dead(id);
     }
 
     pub(super) fn kill_actor(&mut self, id: u64) {

@@ -161,6 +161,7 @@ impl State {
             let Some(task) = self.tasks.remove(&id) else {
                 continue;
             };
+            self.forget_children(id);
             if let Some(n) = self.pending.get_mut(&task.job) {
                 *n = n.saturating_sub(1);
             }
@@ -193,6 +194,7 @@ impl State {
                 } else if let Some(t) = self.tasks.get_mut(&d) {
                     t.missing = t.missing.saturating_sub(1);
                     if t.missing == 0 {
+                        t.ready_at = std::time::Instant::now();
                         self.ready.push_back(d);
                     }
                 }

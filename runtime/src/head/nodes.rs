@@ -222,6 +222,7 @@ impl State {
                             retries_left,
                             worker: None,
                             job,
+                            ready_at: std::time::Instant::now(),
                         }),
                     );
                     self.ready.push_back(id);
@@ -333,6 +334,8 @@ impl State {
             actors: self.actors.len() as u32,
             drivers: self.jobs.len() as u32,
             waiting,
+            // Filled by the head, which owns the autoscaler.
+            autoscale: None,
         }
     }
 }

@@ -34,11 +34,23 @@ fn hex_id<S: serde::Serializer>(id: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format!("{id:016x}"))
 }
 
-/// Finished and failed counts of one function.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+/// Finished and failed counts of one function, and its run times.
+#[derive(Clone, Debug)]
 pub(crate) struct Finished {
     pub(crate) finished: u64,
     pub(crate) failed: u64,
+    /// For `/metrics` (`head/metrics.rs`).
+    pub(crate) run_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for Finished {
+    fn default() -> Self {
+        Finished {
+            finished: 0,
+            failed: 0,
+            run_seconds: super::metrics::run_time_histogram(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -118,6 +130,10 @@ pub(crate) struct Snapshot {
     objects: usize,
     actors: Vec<ActorView>,
     drivers: usize,
+    /// The autoscaler's node jobs (absent without `--autoscale`); set by
+    /// the head, which owns the autoscaler.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) autoscale: Option<serde_json::Value>,
 }
 
 pub(crate) fn now_us() -> u64 {
@@ -181,6 +197,10 @@ impl State {
             counts.finished += 1;
         } else {
             counts.failed += 1;
+        }
+        // A task whose worker died has no run time.
+        if ok || dur_us > 0 {
+            counts.run_seconds.observe(dur_us as f64 / 1e6);
         }
         self.event_seq += 1;
         if self.events.len() >= EVENTS_KEPT {
@@ -331,6 +351,7 @@ impl State {
             objects: self.objects.len(),
             actors,
             drivers: self.jobs.values().filter(|j| j.driver.is_some()).count(),
+            autoscale: None,
         }
     }
 

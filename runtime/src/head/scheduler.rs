@@ -3,12 +3,19 @@
 //! once so it never idles for a round trip, while long tasks go one per
 //! worker so a slow task never holds others behind it.
 
+mod cancel;
+mod control;
+mod deaths;
+
 use std::collections::{HashMap, VecDeque};
 
 use crate::proto::{self, head_op::Op, object_value::Payload};
 
 use super::directory::arg_ref;
 use super::state::{ObjState, State, Task, Worker};
+pub(super) use control::Control;
+pub(crate) use deaths::describe_exit;
+pub(super) use deaths::Later;
 
 /// How much queued work (in microseconds of run time) a worker may hold
 /// beyond the task it runs.
@@ -49,7 +56,7 @@ impl State {
         }
         let mut missing = 0;
         let mut failed = None;
-        let job = self.job_of(client);
+        let job = self.job_for(client, &spec);
         let pending = self.pending.entry(job).or_default();
         *pending += 1;
         if *pending > self.max_pending {
@@ -96,6 +103,7 @@ impl State {
         }
         let retries_left = spec.max_retries;
         let actor = spec.actor_id;
+        let parent = spec.parent_task;
         self.tasks.insert(
             id,
             Box::new(Task {
@@ -104,8 +112,12 @@ impl State {
                 retries_left,
                 worker: None,
                 job,
+                ready_at: std::time::Instant::now(),
             }),
         );
+        if parent != 0 {
+            self.note_parent(id, parent);
+        }
         if failed.is_none() && actor != 0 {
             failed = self.enqueue_call(id, actor);
         }
@@ -173,6 +185,10 @@ impl State {
                 lineage = Some(Box::new(t.spec.clone()));
             }
         }
+        let payload = match self.finish_attempt(id, payload) {
+            Some(p) => p,
+            None => return, // retried (retry_on_error)
+        };
         self.complete(id, payload, result.nested_refs);
         if let Some(o) = self.objects.get_mut(&id) {
             o.lineage = lineage;
@@ -216,27 +232,16 @@ impl State {
                 continue;
             };
             t.worker = None;
-            if i > 0 {
-                requeue.push(*id);
-            } else if t.retries_left > 0 {
-                t.retries_left -= 1;
+            t.ready_at = std::time::Instant::now();
+            if let Some(how) = self.control.cancelled.remove(id) {
+                // Cancelled while sent there: it ends here, whatever killed it.
+                let e = self.cancelled_error(*id, how);
+                self.complete(*id, Payload::Error(e), Vec::new());
+            } else if i > 0 {
                 requeue.push(*id);
             } else {
-                let mut e = proto::TaskError {
-                    function: t.spec.function.clone(),
-                    message: format!(
-                        "worker pid {} on {} exited while running it (retries used up)",
-                        w.pid, w.node
-                    ),
-                    pid: w.pid,
-                    node: w.node.clone(),
-                    ..Default::default()
-                };
-                e.set_kind(proto::ErrorKind::WorkerDied);
-                let function = t.spec.function.clone();
-                let now = super::observe::now_us();
-                self.record((w.node.clone(), w.pid), *id, &function, false, now, 0);
-                self.complete(*id, Payload::Error(e), Vec::new());
+                // Retried or failed once the node says how the worker died.
+                self.running_task_lost(&w, *id);
             }
         }
         for id in requeue.into_iter().rev() {
@@ -259,8 +264,14 @@ impl State {
         };
         w.queue.retain(|t| !b.returned.contains(t));
         for id in b.returned.iter().rev() {
+            if let Some(how) = self.control.cancelled.remove(id) {
+                let e = self.cancelled_error(*id, how);
+                self.complete(*id, Payload::Error(e), Vec::new());
+                continue;
+            }
             if let Some(t) = self.tasks.get_mut(id) {
                 t.worker = None;
+                t.ready_at = std::time::Instant::now();
                 self.ready.push_front(*id);
             }
         }
@@ -504,6 +515,8 @@ impl State {
             return;
         };
         task.worker = Some(client);
+        self.scheduling_delay
+            .observe(task.ready_at.elapsed().as_secs_f64());
         let Some(task) = self.tasks.get(&id) else {
             return;
         };

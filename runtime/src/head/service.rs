@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::Head;
 use crate::client::transport::{batches, MAX_MESSAGE};
+use crate::node::jobs::LogStream;
 use crate::node::transfer::{stream_file, ChunkStream, NodeService};
 use crate::proto::{self, head_server::HeadServer, node_server::NodeServer};
 
@@ -25,7 +26,9 @@ impl Service {
             Ok(())
         } else {
             tracing::warn!("refused a request with a wrong token");
-            Err(Status::unauthenticated("wrong or missing cluster token"))
+            Err(Status::unauthenticated(crate::discovery::wrong_token(
+                self.0.token_file.as_deref(),
+            )))
         }
     }
 }
@@ -34,6 +37,7 @@ impl Service {
 impl proto::head_server::Head for Service {
     type SessionStream = FrameStream;
     type FetchBinaryStream = ChunkStream;
+    type JobLogsStream = LogStream;
 
     async fn session(
         &self,
@@ -101,6 +105,52 @@ impl proto::head_server::Head for Service {
         Ok(Response::new(proto::TimelineReply {
             json: self.0.timeline(),
         }))
+    }
+
+    async fn submit_job(
+        &self,
+        request: Request<proto::SubmitJobRequest>,
+    ) -> Result<Response<proto::JobInfo>, Status> {
+        let r = request.into_inner();
+        self.check(&r.token)?;
+        self.0.jobs.submit(r).map(Response::new)
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::JobList>, Status> {
+        self.check(&request.into_inner().token)?;
+        Ok(Response::new(proto::JobList {
+            jobs: self.0.jobs.list(),
+        }))
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<proto::JobRequest>,
+    ) -> Result<Response<proto::JobInfo>, Status> {
+        let r = request.into_inner();
+        self.check(&r.token)?;
+        self.0.jobs.get(&r.id).map(Response::new)
+    }
+
+    async fn stop_job(
+        &self,
+        request: Request<proto::JobRequest>,
+    ) -> Result<Response<proto::JobInfo>, Status> {
+        let r = request.into_inner();
+        self.check(&r.token)?;
+        self.0.jobs.stop(&r.id).map(Response::new)
+    }
+
+    async fn job_logs(
+        &self,
+        request: Request<proto::JobLogsRequest>,
+    ) -> Result<Response<LogStream>, Status> {
+        let r = request.into_inner();
+        self.check(&r.token)?;
+        self.0.jobs.logs(r).await.map(Response::new)
     }
 
     async fn status(

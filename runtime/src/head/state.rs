@@ -49,6 +49,8 @@ pub(super) struct Task {
     pub(super) retries_left: u32,
     pub(super) worker: Option<u32>,
     pub(super) job: u32,
+    /// When it last became ready to run (for the scheduling delay).
+    pub(super) ready_at: std::time::Instant,
 }
 
 pub(super) struct Worker {
@@ -85,6 +87,8 @@ pub(super) struct Outbox {
     pub(super) reap: Vec<u32>,
     /// Store files to move to disk: (node, object, path).
     pub(super) spill: Vec<(String, u64, String)>,
+    /// Work to apply after a delay (control: deaths, backoffs).
+    pub(super) later: Vec<(std::time::Duration, super::scheduler::Later)>,
 }
 
 impl Outbox {
@@ -123,6 +127,13 @@ pub(crate) struct State {
     pub(super) pending: FastMap<u32, usize>,
     pub(super) max_pending: usize,
     pub(super) tick: u64,
+    /// Detached actors and the jobs of their own (`head/detached.rs`).
+    pub(super) detached: HashMap<u64, u32>,
+    pub(super) next_detached_job: u32,
+    /// Ready to sent to a worker, for `/metrics`.
+    pub(super) scheduling_delay: prometheus_client::metrics::histogram::Histogram,
+    /// control: cancels, dying workers, retries (head/scheduler/control.rs).
+    pub(super) control: super::scheduler::Control,
 }
 
 impl State {
@@ -151,6 +162,10 @@ impl State {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(10_000_000),
             tick: 0,
+            detached: HashMap::new(),
+            next_detached_job: 0,
+            scheduling_delay: super::metrics::delay_histogram(),
+            control: Default::default(),
         }
     }
 

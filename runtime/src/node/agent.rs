@@ -9,13 +9,16 @@ use std::sync::Arc;
 use futures::StreamExt;
 use tokio::sync::{mpsc::UnboundedSender, oneshot};
 
+use super::health::{Health, Phase};
+use super::jobs::{JobHostService, JobRunner, Launch};
 use super::object_store::ObjectStore;
 use super::supervisor::{Supervisor, WorkerEnv};
 use super::transfer::{save, NodeService};
 use crate::client::transport;
 use crate::error::{Error, Result};
 use crate::proto::{
-    self, client_op::Op, head_client::HeadClient, head_op, node_server::NodeServer,
+    self, client_op::Op, head_client::HeadClient, head_op, job_host_server::JobHostServer,
+    node_server::NodeServer,
 };
 
 /// How a node agent joins.
@@ -33,6 +36,9 @@ pub struct NodeOptions {
     pub port: u16,
     /// Bytes of shared memory for the object store.
     pub store_capacity: u64,
+    /// Port of the agent's `/healthz` on `node_ip` (`None`: not served;
+    /// 0: any free port).
+    pub health_port: Option<u16>,
 }
 
 /// The ELF machine number of an executable, if it is one.
@@ -72,6 +78,45 @@ struct Agent {
 }
 
 impl Agent {
+    /// The executable with content hash `hash`, fetched from the head once.
+    async fn executable(&self, hash: &str) -> std::result::Result<PathBuf, String> {
+        if !crate::node::transfer::safe_name(hash) {
+            return Err("cannot run: no executable named".into());
+        }
+        let path = self.binaries.join(hash);
+        let _one = self.fetching.lock().await;
+        if !path.is_file() {
+            fetch_binary(&self.opts.head, &self.opts.token, hash, &path)
+                .await
+                .map_err(|e| format!("failed to fetch the executable: {e}"))?;
+        }
+        Ok(path)
+    }
+
+    /// Runs a job's driver here (`fleet job submit --node`).
+    async fn run_job(&self, jobs: &JobRunner, r: proto::RunJob) {
+        let info = match self.executable(&r.binary_hash).await {
+            Ok(program) => jobs.start(Launch {
+                id: r.id,
+                program,
+                args: r.args,
+                env: r.env,
+                head: self.opts.head.clone(),
+                token: self.opts.token.clone(),
+            }),
+            Err(why) => proto::JobInfo {
+                id: r.id,
+                state: crate::node::jobs::FAILED.into(),
+                message: why,
+                end_millis: crate::node::jobs::now_millis(),
+                ..Default::default()
+            },
+        };
+        let _ = self.out.send(proto::ClientOp {
+            op: Some(Op::JobUpdate(info)),
+        });
+    }
+
     async fn spawn(&self, s: proto::SpawnWorker) {
         let exit = |status: String| {
             let _ = self.out.send(proto::ClientOp {
@@ -82,20 +127,10 @@ impl Agent {
                 })),
             });
         };
-        if !crate::node::transfer::safe_name(&s.binary_hash) {
-            return exit("cannot run: no executable named".into());
-        }
-        let path = self.binaries.join(&s.binary_hash);
-        {
-            let _one = self.fetching.lock().await;
-            if !path.is_file() {
-                if let Err(e) =
-                    fetch_binary(&self.opts.head, &self.opts.token, &s.binary_hash, &path).await
-                {
-                    return exit(format!("failed to fetch the executable: {e}"));
-                }
-            }
-        }
+        let path = match self.executable(&s.binary_hash).await {
+            Ok(p) => p,
+            Err(e) => return exit(e),
+        };
         let (theirs, ours) = (elf_machine(&path), own_machine());
         if theirs != ours {
             tracing::error!(job = s.job, "the job's executable is for another machine type ({theirs:?}, this node is {ours:?})");
@@ -129,6 +164,20 @@ async fn serve(
     listener: TcpListener,
     stop: oneshot::Receiver<()>,
 ) -> Result<()> {
+    let health = Health::new(&opts.head);
+    if let Some(port) = opts.health_port {
+        let at = format!("{}:{port}", opts.node_ip)
+            .parse()
+            .map_err(|e| Error::Startup(format!("--health-port on {}: {e}", opts.node_ip)))?;
+        let bound = super::health::serve(health.clone(), at)
+            .await
+            .map_err(|e| {
+                Error::Startup(format!(
+                    "cannot serve /healthz on {at}: {e}; choose another --health-port"
+                ))
+            })?;
+        println!("fleet node health at http://{bound}/healthz");
+    }
     listener.set_nonblocking(true)?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(
         tokio::net::TcpListener::from_std(listener)?,
@@ -137,12 +186,34 @@ async fn serve(
         store: store.clone(),
         token: opts.token.clone(),
     };
+    // Jobs run here report through the session, once it is open.
+    let (job_tx, mut job_rx) = tokio::sync::mpsc::unbounded_channel();
+    let jobs = Arc::new(JobRunner::new(
+        crate::daemon::runtime_dir().join("jobs"),
+        Arc::new(move |info| {
+            let _ = job_tx.send(info);
+        }),
+    ));
     tokio::spawn(
         crate::net::server()?
             .add_service(NodeServer::new(node))
+            .add_service(JobHostServer::new(JobHostService {
+                runner: jobs.clone(),
+                token: opts.token.clone(),
+            }))
             .serve_with_incoming(incoming),
     );
     let (out, mut inbound) = transport::connect(&opts.head).await?;
+    {
+        let out = out.clone();
+        tokio::spawn(async move {
+            while let Some(info) = job_rx.recv().await {
+                let _ = out.send(proto::ClientOp {
+                    op: Some(Op::JobUpdate(info)),
+                });
+            }
+        });
+    }
     let hello = proto::Hello {
         protocol_version: crate::head::PROTOCOL_VERSION,
         role: proto::Role::Node.into(),
@@ -155,10 +226,15 @@ async fn serve(
             spill_dir: store.spill_dir().to_string_lossy().into_owned(),
             store_capacity: opts.store_capacity,
             arch: std::env::consts::ARCH.into(),
+            store_key: store.key().to_string(),
+            // Set by the autoscaler's node jobs, so the head knows which
+            // job this node is.
+            node_job: std::env::var("FLEET_NODE_JOB").unwrap_or_default(),
         }),
         ..Default::default()
     };
     let (_welcome, leftover) = transport::handshake(&out, &mut inbound, hello).await?;
+    health.set(Phase::Joined);
     let exits = out.clone();
     let logs = out.clone();
     let supervisor = Supervisor::start(
@@ -226,6 +302,13 @@ async fn serve(
                 });
             });
         }
+        Some(head_op::Op::RunJob(r)) => {
+            let (agent, jobs) = (agent.clone(), jobs.clone());
+            tokio::spawn(async move { agent.run_job(&jobs, r).await });
+        }
+        Some(head_op::Op::StopJob(id)) => {
+            jobs.stop(&id);
+        }
         Some(head_op::Op::FreeFile(f)) if crate::node::transfer::safe_name(&f) => {
             store.discard(&store.dir().join(&f).to_string_lossy());
             ObjectStore::delete(&store.spill_dir().join(&f).to_string_lossy());
@@ -244,7 +327,9 @@ async fn serve(
             _ = &mut stop => break "stopped".to_string(),
         }
     };
+    health.set(Phase::Stopping);
     tracing::warn!(node = %name, "node agent leaving: {why}");
+    jobs.shutdown();
     agent.supervisor.shutdown();
     Ok(())
 }

@@ -29,6 +29,9 @@ use crate::proto::StoreLocation;
 pub(crate) enum Bytes {
     Inline(bytes::Bytes),
     Mapped(Arc<Mapping>),
+    /// A large value pulled over the network into one buffer (a driver on
+    /// a machine without a node): `Blob`s decoded from it share the buffer.
+    Pulled(bytes::Bytes),
 }
 
 /// A store file mapped read-only, with the shared lock that keeps it out
@@ -49,7 +52,7 @@ impl Deref for Bytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         match self {
-            Bytes::Inline(b) => b,
+            Bytes::Inline(b) | Bytes::Pulled(b) => b,
             Bytes::Mapped(m) => m,
         }
     }
@@ -62,9 +65,15 @@ pub(crate) struct ObjectStore {
     spill_dir: PathBuf,
     node: String,
     capacity: u64,
+    /// Random id written into the store folder (empty when opened).
+    key: String,
 }
 
 const PREFIX: &str = "fleet-";
+
+/// The file in a store folder that holds the store's random id: a process
+/// that can read it there shares the store (same machine, same `/dev/shm`).
+pub(crate) const KEY_FILE: &str = ".fleet-store-id";
 
 /// Default capacity: 30% of physical memory, as Ray's default.
 pub(crate) fn default_capacity() -> u64 {
@@ -112,11 +121,18 @@ impl ObjectStore {
                 return Err(Error::Store(format!("creating {}: {e}", d.display())));
             }
         }
+        let key = format!("{:032x}", rand::random::<u128>());
+        if let Err(e) = fs::write(dir.join(KEY_FILE), &key) {
+            let _ = fs::remove_dir_all(&dir);
+            let _ = fs::remove_dir_all(&spill_dir);
+            return Err(Error::Store(format!("writing {}: {e}", dir.display())));
+        }
         Ok(ObjectStore {
             dir,
             spill_dir,
             node: node.to_string(),
             capacity,
+            key,
         })
     }
 
@@ -127,7 +143,33 @@ impl ObjectStore {
             spill_dir: PathBuf::from(spill_dir),
             node: node.to_string(),
             capacity,
+            key: String::new(),
         }
+    }
+
+    /// Whether this process shares the store described by `info`: it can
+    /// read the store's id in the store folder (so it sees the same
+    /// `/dev/shm`, which IP addresses cannot tell) and may write there.
+    pub(crate) fn reachable(info: &crate::proto::NodeInfo) -> bool {
+        let dir = Path::new(&info.store_dir);
+        if info.store_key.is_empty() {
+            return false;
+        }
+        let Ok(found) = fs::read_to_string(dir.join(KEY_FILE)) else {
+            return false;
+        };
+        let Ok(c) = std::ffi::CString::new(info.store_dir.as_bytes()) else {
+            return false;
+        };
+        // SAFETY: access(2) only reads the NUL-terminated path.
+        let writable = unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0;
+        found.trim() == info.store_key && writable
+    }
+
+    /// The store's random id (see [`KEY_FILE`]); empty for a store opened
+    /// rather than created by this process.
+    pub(crate) fn key(&self) -> &str {
+        &self.key
     }
 
     pub(crate) fn dir(&self) -> &Path {

@@ -146,7 +146,7 @@ fn spawner(
                     let status = child.wait();
                     live.lock().remove(&worker_id);
                     let what = match status {
-                        Ok(s) => s.to_string(),
+                        Ok(s) => crate::head::describe_exit(s),
                         Err(e) => e.to_string(),
                     };
                     on_exit(worker_id, what);

@@ -69,9 +69,112 @@ pub(crate) struct NodeService {
     pub(crate) token: String,
 }
 
+impl NodeService {
+    /// Writes an uploaded value into this node's store on a blocking
+    /// thread, chunk by chunk as they arrive. Nothing is kept unless the
+    /// chunk marked `last` arrives.
+    async fn store_upload(
+        &self,
+        first: proto::ObjectChunk,
+        mut chunks: tonic::Streaming<proto::ObjectChunk>,
+    ) -> Result<StoreLocation> {
+        let id = first.object_id;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<bytes::Bytes>>(4);
+        let store = self.store.clone();
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut w = store.writer(id);
+            let mut complete = false;
+            while let Some(chunk) = rx.blocking_recv() {
+                match chunk {
+                    Some(data) => {
+                        if let Err(e) = w.write_all(&data) {
+                            return Err(w.error(e));
+                        }
+                    }
+                    None => {
+                        complete = true;
+                        break;
+                    }
+                }
+            }
+            if !complete {
+                return Err(w.error(std::io::Error::other(
+                    "the upload ended before its last chunk",
+                )));
+            }
+            match w.finish()? {
+                super::object_store::Written::Stored(loc) => Ok(loc),
+                super::object_store::Written::Inline(_) => Err(Error::Store(
+                    "a value this small travels inline; nothing was stored".into(),
+                )),
+            }
+        });
+        let mut next = Some(first);
+        let mut failed = None;
+        while let Some(chunk) = next.take() {
+            let last = chunk.last;
+            if tx.send(Some(chunk.data)).await.is_err() {
+                break; // the writer failed; its error says why
+            }
+            if last {
+                let _ = tx.send(None).await;
+                break;
+            }
+            match chunks.next().await {
+                Some(Ok(c)) => next = Some(c),
+                Some(Err(s)) => failed = Some(s.message().to_string()),
+                None => {}
+            }
+        }
+        drop(tx);
+        let stored = writer
+            .await
+            .unwrap_or_else(|e| Err(Error::Store(format!("the store writer failed: {e}"))));
+        match (stored, failed) {
+            (Err(e), Some(why)) => Err(Error::Connection(format!("{why} ({e})"))),
+            (stored, _) => stored,
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl proto::node_server::Node for NodeService {
     type FetchObjectStream = ChunkStream;
+
+    async fn put_object(
+        &self,
+        request: Request<tonic::Streaming<proto::ObjectChunk>>,
+    ) -> Result<Response<StoreLocation>, Status> {
+        let mut chunks = request.into_inner();
+        let first = match chunks.next().await {
+            Some(Ok(c)) => c,
+            Some(Err(s)) => return Err(s),
+            None => return Err(Status::invalid_argument("an empty upload")),
+        };
+        if first.token != self.token {
+            tracing::warn!("refused an object upload with a wrong token");
+            return Err(Status::unauthenticated("wrong or missing cluster token"));
+        }
+        if first.object_id == 0 {
+            return Err(Status::invalid_argument("an upload must name its object"));
+        }
+        if self
+            .store
+            .dir()
+            .join(format!("{:016x}", first.object_id))
+            .exists()
+        {
+            return Err(Status::already_exists(format!(
+                "object {:016x} is already stored on this node",
+                first.object_id
+            )));
+        }
+        match self.store_upload(first, chunks).await {
+            Ok(loc) => Ok(Response::new(loc)),
+            Err(Error::Store(why)) => Err(Status::resource_exhausted(why)),
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
+    }
 
     async fn fetch_object(
         &self,

@@ -157,6 +157,7 @@ impl ActorHost {
 
     fn call(&self, instance: &Instance, call: &proto::TaskSpec, started: Instant) {
         let client = &self.client;
+        let _running = super::cancel::running(call.task_id);
         super::executor::announce(&call.function, true);
         let outcome = match registry::actor_method(&call.function) {
             None => Err(task_error(
@@ -170,6 +171,32 @@ impl ActorHost {
             }),
         };
         send_result(client, call, outcome, started);
+    }
+
+    /// A call was cancelled: dropped unrun if it waits in a mailbox, else
+    /// (running) `fleet::is_cancelled()` turns true inside it.
+    pub(crate) fn cancel(&self, id: u64) {
+        if super::cancel::mark(id) {
+            return;
+        }
+        let instances: Vec<Arc<Instance>> = self.actors.lock().values().cloned().collect();
+        for instance in instances {
+            let call = {
+                let mut m = instance.mailbox.lock();
+                let at = m.calls.iter().position(|c| c.task_id == id);
+                at.and_then(|i| m.calls.remove(i))
+            };
+            if let Some(call) = call {
+                let e = task_error(
+                    &self.client,
+                    &call,
+                    ErrorKind::Cancelled,
+                    "cancelled".into(),
+                );
+                send_result(&self.client, &call, Err(e), Instant::now());
+                return;
+            }
+        }
     }
 
     /// Drops the instance; calls already running finish.

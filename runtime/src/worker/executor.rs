@@ -219,7 +219,32 @@ impl Executor {
         }
     }
 
+    /// A task sent here was cancelled: dropped unrun if it waits in the
+    /// queue; if it runs, `fleet::is_cancelled()` turns true inside it, or
+    /// (force) the process exits.
+    pub(crate) fn cancel(&self, c: &proto::Cancel) {
+        let queued = {
+            let mut q = self.queue.lock();
+            let at = q.tasks.iter().position(|t| t.task_id == c.task_id);
+            at.and_then(|i| q.tasks.remove(i))
+        };
+        if let Some(spec) = queued {
+            let e = task_error(
+                &self.client,
+                &spec,
+                ErrorKind::Cancelled,
+                "cancelled".into(),
+            );
+            send_result(&self.client, &spec, Err(e), Instant::now());
+            return;
+        }
+        if super::cancel::mark(c.task_id) && c.force {
+            super::cancel::die_for(c.task_id);
+        }
+    }
+
     fn execute(&self, spec: proto::TaskSpec) {
+        let _running = super::cancel::running(spec.task_id);
         CURRENT.set(Some(spec.task_id));
         announce(&spec.function, false);
         let started = Instant::now();

@@ -134,9 +134,10 @@ mod tests {
 
     #[test]
     fn saturation_is_near_task_time_over_head_time() {
-        // The bound is task_us / head_us cores; the model saturates a
-        // little before it.
+        // The head is busy all the time at task_us / head_us = 100 cores;
+        // past that, cores idle in proportion, so efficiency crosses 90%
+        // near 100 / 0.9 = 111 cores.
         let c = saturation_cores(10.0, 1_000.0);
-        assert!((60.0..=110.0).contains(&c), "{c}");
+        assert!((95.0..=120.0).contains(&c), "{c}");
     }
 }

@@ -1,0 +1,83 @@
+//! The scheduler's part in controlling running work: which tasks were
+//! cancelled while a worker had them, which task submitted which (for a
+//! recursive cancel), workers the memory monitor killed, and whether a
+//! failed attempt is retried (`retry_on_error`).
+
+use std::collections::HashMap;
+
+use crate::proto::{self, object_value::Payload};
+
+use super::super::state::State;
+use super::deaths::Deaths;
+
+/// Control state of the scheduler (one field of the head's `State`).
+#[derive(Default)]
+pub(in crate::head) struct Control {
+    pub(in crate::head) deaths: Deaths,
+    /// Tasks cancelled while sent to a worker: whatever they return, they
+    /// finish as `Cancelled`. The value says how (for the message).
+    pub(in crate::head) cancelled: HashMap<u64, &'static str>,
+    /// Unfinished tasks that submitted tasks, and what they submitted.
+    pub(in crate::head) children: HashMap<u64, Vec<u64>>,
+    /// By worker id: why the memory monitor killed it.
+    pub(in crate::head) oom_kills: HashMap<u64, String>,
+    /// Tasks and actor calls cancelled, for the dashboard.
+    pub(in crate::head) cancelled_total: u64,
+}
+
+impl State {
+    /// The error a cancelled task finishes with.
+    pub(in crate::head) fn cancelled_error(&mut self, id: u64, how: &str) -> proto::TaskError {
+        self.control.cancelled_total += 1;
+        let function = self
+            .tasks
+            .get(&id)
+            .map(|t| t.spec.function.clone())
+            .unwrap_or_default();
+        let mut e = proto::TaskError {
+            function,
+            message: format!("task {id:016x} {how}"),
+            ..Default::default()
+        };
+        e.set_kind(proto::ErrorKind::Cancelled);
+        e
+    }
+
+    /// What a finished attempt's outcome becomes: `Cancelled` if the task
+    /// was cancelled meanwhile; `None` if it is retried (an `Err` or panic
+    /// of a `retry_on_error` task with retries left).
+    pub(in crate::head) fn finish_attempt(&mut self, id: u64, payload: Payload) -> Option<Payload> {
+        if !self.control.cancelled.is_empty() {
+            if let Some(how) = self.control.cancelled.remove(&id) {
+                return Some(Payload::Error(self.cancelled_error(id, how)));
+            }
+        }
+        let Payload::Error(e) = &payload else {
+            return Some(payload);
+        };
+        let t = self.tasks.get_mut(&id)?;
+        if e.kind() == proto::ErrorKind::Task && t.spec.retry_on_error && t.retries_left > 0 {
+            t.retries_left -= 1;
+            t.worker = None;
+            t.ready_at = std::time::Instant::now();
+            tracing::debug!(task = id, "retrying after an error: {}", e.message);
+            self.ready.push_back(id);
+            return None;
+        }
+        Some(payload)
+    }
+
+    /// Remembers which task submitted `id`, for a recursive cancel.
+    pub(in crate::head) fn note_parent(&mut self, id: u64, parent: u64) {
+        if parent != 0 && self.tasks.contains_key(&parent) {
+            self.control.children.entry(parent).or_default().push(id);
+        }
+    }
+
+    /// A task finished: it has no children to cancel any more.
+    pub(in crate::head) fn forget_children(&mut self, id: u64) {
+        if !self.control.children.is_empty() {
+            self.control.children.remove(&id);
+        }
+    }
+}
