@@ -17,7 +17,7 @@ pub mod sim;
 
 use std::time::{Duration, Instant};
 
-use crate::ObjectRef;
+use crate::{Blob, ObjectRef};
 use nodes::{cpu_micros, Cluster as ProcCluster};
 
 /// One workload: `count` tasks of about `micros` of compute each.
@@ -94,6 +94,9 @@ pub struct EfficiencyOptions {
     pub node_cpus: usize,
     /// Runs of each head measurement; the median is reported.
     pub repeat: usize,
+    /// MiB of the large values put, passed and returned as `Blob`,
+    /// `Vec<u8>` and `Vec<f64>` (0: skip that part).
+    pub value_mib: usize,
 }
 
 impl Default for EfficiencyOptions {
@@ -114,6 +117,7 @@ impl Default for EfficiencyOptions {
             ],
             node_cpus: 1,
             repeat: 3,
+            value_mib: 200,
         }
     }
 }
@@ -207,9 +211,11 @@ pub struct HeadRow {
 pub fn run_efficiency(o: &EfficiencyOptions, parallel: Parallel) -> anyhow::Result<()> {
     let per_us = calibrate();
     println!("calibration: {per_us:.1} LCG steps per µs on one core");
-    let mut rows = Vec::new();
     if !o.sizes.is_empty() {
-        rows = local(o, parallel, per_us)?;
+        local(o, parallel, per_us)?;
+    }
+    if o.value_mib > 0 {
+        values(o.value_mib << 20, o.num_cpus)?;
     }
     let mut head_rows = Vec::new();
     for &n in &o.nodes {
@@ -218,7 +224,6 @@ pub fn run_efficiency(o: &EfficiencyOptions, parallel: Parallel) -> anyhow::Resu
     if !head_rows.is_empty() {
         print_saturation(&head_rows, o.node_cpus);
     }
-    let _ = rows;
     Ok(())
 }
 
@@ -388,4 +393,112 @@ fn print_saturation(rows: &[HeadRow], node_cpus: usize) {
             (cores / node_cpus as f64).floor()
         );
     }
+}
+
+/// Length of a `Blob` argument.
+#[crate::remote]
+fn blob_len(v: Blob) -> usize {
+    v.len()
+}
+
+/// Length of a `Vec<u8>` argument.
+#[crate::remote]
+fn bytes_len(v: Vec<u8>) -> usize {
+    v.len()
+}
+
+/// Length of a `Vec<f64>` argument.
+#[crate::remote]
+fn floats_len(v: Vec<f64>) -> usize {
+    v.len()
+}
+
+/// A `Blob` of `n` bytes.
+#[crate::remote]
+fn make_blob(n: usize) -> Blob {
+    Blob::from(vec![1u8; n])
+}
+
+/// A `Vec<u8>` of `n` bytes.
+#[crate::remote]
+fn make_bytes(n: usize) -> Vec<u8> {
+    vec![1u8; n]
+}
+
+/// A `Vec<f64>` of `n` bytes.
+#[crate::remote]
+fn make_floats(n: usize) -> Vec<f64> {
+    vec![1.0; n / 8]
+}
+
+/// Seconds `f` took.
+fn secs<T>(f: impl FnOnce() -> crate::Result<T>) -> anyhow::Result<(f64, T)> {
+    let t = Instant::now();
+    let v = f()?;
+    Ok((t.elapsed().as_secs_f64(), v))
+}
+
+/// Part four: a large value as `put` + `get`, as an argument and as a
+/// result, for `Blob`, `Vec<u8>` and `Vec<f64>` of `bytes` bytes.
+fn values(bytes: usize, num_cpus: Option<usize>) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let _cluster = crate::init_with(crate::Config {
+        num_cpus: Some(num_cpus.unwrap_or(cores).max(1)),
+        ..Default::default()
+    })?;
+    println!(
+        "{:<10} {:>8} {:>8} {:>10} {:>10}   ({} MiB values)",
+        "value",
+        "put s",
+        "get s",
+        "as arg s",
+        "as result s",
+        bytes >> 20
+    );
+    let line = |name: &str, t: [f64; 4]| {
+        println!(
+            "{name:<10} {:>8.3} {:>8.3} {:>10.3} {:>10.3}",
+            t[0], t[1], t[2], t[3]
+        )
+    };
+    // Each value is made before its clock starts; the task that returns
+    // one makes it (a memset, the same for all three) inside its time.
+    let blob = Blob::from(vec![1u8; bytes]);
+    let (put, r) = secs(|| crate::put(blob.clone()))?;
+    let (get, back) = secs(|| crate::get(&r))?;
+    anyhow::ensure!(back.len() == bytes);
+    drop((back, r));
+    let (arg, n) = secs(|| crate::get(&blob_len::remote(blob.clone())))?;
+    anyhow::ensure!(n == bytes);
+    drop(blob);
+    let (res, v) = secs(|| crate::get(&make_blob::remote(bytes)))?;
+    anyhow::ensure!(v.len() == bytes);
+    drop(v);
+    line("Blob", [put, get, arg, res]);
+
+    let vec = vec![1u8; bytes];
+    let (put, r) = secs(|| crate::put(vec.clone()))?;
+    let (get, back) = secs(|| crate::get(&r))?;
+    anyhow::ensure!(back.len() == bytes && back[bytes / 2] == 1);
+    drop((back, r));
+    let (arg, n) = secs(|| crate::get(&bytes_len::remote(vec.clone())))?;
+    anyhow::ensure!(n == bytes);
+    drop(vec);
+    let (res, v) = secs(|| crate::get(&make_bytes::remote(bytes)))?;
+    anyhow::ensure!(v.len() == bytes);
+    drop(v);
+    line("Vec<u8>", [put, get, arg, res]);
+
+    let floats = vec![1.0f64; bytes / 8];
+    let (put, r) = secs(|| crate::put(floats.clone()))?;
+    let (get, back) = secs(|| crate::get(&r))?;
+    anyhow::ensure!(back.len() == bytes / 8 && back[bytes / 16] == 1.0);
+    drop((back, r));
+    let (arg, n) = secs(|| crate::get(&floats_len::remote(floats.clone())))?;
+    anyhow::ensure!(n == bytes / 8);
+    drop(floats);
+    let (res, v) = secs(|| crate::get(&make_floats::remote(bytes)))?;
+    anyhow::ensure!(v.len() == bytes / 8);
+    line("Vec<f64>", [put, get, arg, res]);
+    Ok(())
 }

@@ -255,6 +255,10 @@ enum Command {
         /// With --efficiency: runs of each head measurement (the median is shown).
         #[arg(long, default_value_t = 3)]
         repeat: usize,
+        /// With --efficiency: MiB of the large values (Blob, Vec<u8>,
+        /// Vec<f64>) put, passed and returned; 0 skips them.
+        #[arg(long, default_value_t = 200)]
+        value_mib: usize,
     },
 }
 
@@ -450,6 +454,7 @@ fn main() -> anyhow::Result<()> {
             head_sizes,
             node_cpus,
             repeat,
+            value_mib,
             num_cpus,
             ..
         } => {
@@ -465,6 +470,7 @@ fn main() -> anyhow::Result<()> {
                 head_sizes: parse(&head_sizes)?,
                 node_cpus: node_cpus.max(1),
                 repeat: repeat.max(1),
+                value_mib,
                 ..Default::default()
             };
             if !sizes.is_empty() {
