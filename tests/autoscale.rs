@@ -139,6 +139,20 @@ fn command_autoscaler_starts_node_agents_and_stops_idle_ones() {
             assert_eq!(auto["max_nodes"], 3, "{auto}");
             assert!(auto["requested"].as_u64() >= Some(3), "{auto}");
             assert_eq!(auto["jobs"].as_array().map(Vec::len), Some(3), "{auto}");
+            // And /metrics: three requested, of which three running
+            // (joined) and none pending.
+            let metrics = common::http::get_ok(&dashboard, "/metrics");
+            for (name, want) in [
+                ("fleet_autoscaler_node_jobs_requested", 3.0),
+                ("fleet_autoscaler_node_jobs{state=\"running\"}", 3.0),
+                ("fleet_autoscaler_node_jobs{state=\"pending\"}", 0.0),
+            ] {
+                let value = metrics
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                    .and_then(|v| v.parse::<f64>().ok());
+                assert_eq!(value, Some(want), "{name} in\n{metrics}");
+            }
             seen_on_dashboard = true;
         }
         pending = fleet::wait(&pending, pending.len(), Some(Duration::from_millis(200)))
@@ -198,19 +212,8 @@ fn command_autoscaler_starts_node_agents_and_stops_idle_ones() {
 
 /// `GET /api/snapshot` from the dashboard at `host`, as JSON.
 fn snapshot(host: &str) -> serde_json::Value {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(host).expect("connecting to the dashboard");
-    s.set_read_timeout(Some(GENEROUS)).expect("read timeout");
-    write!(
-        s,
-        "GET /api/snapshot HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("sending the request");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("reading the response");
-    assert!(text.starts_with("HTTP/1.1 200"), "{text:.300}");
-    let body = text.split_once("\r\n\r\n").expect("a body").1;
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("invalid JSON ({e}): {body:.500}"))
+    let body = common::http::get_ok(host, "/api/snapshot");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("invalid JSON ({e}): {body:.500}"))
 }
 
 /// `fleet start` with these arguments fails at once, naming the fix.
@@ -266,4 +269,154 @@ fn bad_autoscaler_settings_are_refused_with_the_fix() {
         "--autoscale slurm needs `sbatch` on PATH",
     );
     refused(&["--autoscale", "kubernetes"], "invalid value 'kubernetes'");
+}
+
+#[test]
+fn min_nodes_are_kept_while_idle_and_a_stopping_head_gives_them_back() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path().display().to_string();
+    let started = Started {
+        dir: dir.path().to_path_buf(),
+    };
+    let token = format!("autoscale-min-{}", std::process::id());
+    let scale_up = format!(
+        "ip=127.0.0.$((50 + {{job}})); \
+         setsid \"$FLEET_BIN\" start --address {{address}} --node-ip $ip --num-cpus 1 --block \
+         >{d}/node-{{job}}.log 2>&1 </dev/null & echo $! >{d}/$ip.pid"
+    );
+    let scale_down =
+        format!("node={{node}}; echo $node >>{d}/stopped; kill $(cat {d}/${{node%:*}}.pid)");
+    let mut head = Child::spawn(
+        Command::new(fleet_bin())
+            .args(["start", "--head", "--port", "0", "--dashboard-port", "0"])
+            .args(["--block", "--num-cpus", "0", "--token-file"])
+            .arg(dir.path().join("token"))
+            .args([
+                "--autoscale",
+                "command",
+                "--min-nodes",
+                "2",
+                "--max-nodes",
+                "2",
+            ])
+            .args(["--idle-timeout", "1"])
+            .args(["--scale-up", &scale_up, "--scale-down", &scale_down])
+            .env("FLEET_TOKEN", &token)
+            .env("FLEET_AUTOSCALE_INTERVAL_MS", "200"),
+    );
+    let dashboard = head
+        .expect_line("fleet dashboard at")
+        .rsplit(' ')
+        .next()
+        .expect("dashboard address")
+        .to_string();
+    let address = head
+        .expect_line("serving at")
+        .rsplit(' ')
+        .next()
+        .expect("address")
+        .to_string();
+    let status = || {
+        fleet::daemon::status(&address, &token)
+            .expect("status")
+            .autoscale
+            .expect("the head has an autoscaler")
+    };
+    // Without any work: two nodes, kept though idle far past --idle-timeout.
+    let deadline = Instant::now() + GENEROUS;
+    loop {
+        let a = status();
+        assert!(a.requested <= 2, "{:?}", a.jobs);
+        if a.jobs.len() == 2 && a.jobs.iter().all(|j| j.state == "idle" && j.age_secs > 4.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", a.jobs);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The dashboard's page, rendered by a real browser, shows them.
+    match render(&format!("{dashboard}/?once=1")) {
+        None => eprintln!("SKIPPED the page check: chromium is not installed"),
+        Some(dom) => {
+            let card = &dom[dom.find("id=\"autoscaler-card\"").expect("the card")..];
+            let card = &card[..card.find("</section>").expect("its end")];
+            assert!(!card.starts_with("id=\"autoscaler-card\" hidden"), "{card}");
+            assert!(
+                card.contains("<span data-jobs=\"requested\">2</span>"),
+                "{card}"
+            );
+            assert!(
+                card.contains("<span data-jobs=\"running\">2</span>"),
+                "{card}"
+            );
+            assert_eq!(card.matches("data-state=\"idle\"").count(), 2, "{card}");
+        }
+    }
+    let pids = started.pids();
+    assert_eq!(pids.len(), 2);
+    assert!(pids.iter().all(|p| alive(*p)));
+    // A stopping head cancels its node jobs: the nodes are stopped.
+    // SAFETY: plain kill(2) of our own child.
+    unsafe { libc::kill(head.child.id() as i32, libc::SIGTERM) };
+    let _ = head.child.wait();
+    let deadline = Instant::now() + GENEROUS;
+    while pids.iter().any(|p| alive(*p)) {
+        assert!(Instant::now() < deadline, "node agents outlived their head");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stopped = std::fs::read_to_string(dir.path().join("stopped")).unwrap_or_default();
+    assert_eq!(
+        stopped.lines().count(),
+        2,
+        "the head ran --scale-down for each node: {stopped:?}"
+    );
+    head.kill();
+}
+
+/// The page at `url` as headless Chromium renders it (`--dump-dom`), or
+/// `None` without Chromium (CI installs it).
+fn render(url: &str) -> Option<String> {
+    let chromium = std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|p| {
+                std::env::split_paths(&p)
+                    .map(|d| d.join("chromium"))
+                    .find(|c| c.is_file())
+            })
+        })?;
+    let profile = tempfile::tempdir().expect("a browser profile dir");
+    let mut child = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+        ])
+        .args([
+            "--disable-background-networking",
+            "--disable-component-update",
+        ])
+        .args([
+            "--disable-dev-shm-usage",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start chromium");
+    let mut out = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut dom = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut dom);
+        let _ = tx.send(dom);
+    });
+    let dom = rx.recv_timeout(GENEROUS);
+    let _ = child.kill();
+    let _ = child.wait();
+    Some(dom.expect("chromium rendered the page in time"))
 }

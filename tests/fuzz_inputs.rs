@@ -240,6 +240,7 @@ fn task_spec(id: u64) -> TaskSpec {
         node: "127.0.0.2:1234".into(),
         retry_on_error: true,
         parent_task: id + 4,
+        num_returns: 2,
     }
 }
 
@@ -292,6 +293,10 @@ fn client_ops() -> Vec<ClientOp> {
             nested_refs: vec![3],
             exec_micros: 10,
             start_micros: 1_700_000_000_000_000,
+            more_returns: vec![fleet::proto::Return {
+                value: Some(inline(1 << 40 | 2, b"\x06")),
+                nested_refs: vec![],
+            }],
         })),
         op(client_op::Op::Result(TaskResult {
             value: Some(ObjectValue {
@@ -367,6 +372,13 @@ fn head_frames() -> Vec<HeadFrame> {
             "wrong or missing cluster token".into(),
         )),
         hop(head_op::Op::Execute(task_spec(42))),
+        hop(head_op::Op::RunJob(fleet::proto::RunJob {
+            id: "job-0000002a".into(),
+            binary_hash: "0123456789abcdef-42".into(),
+            args: vec!["--flag".into(), String::new()],
+            env: vec!["K=V".into()],
+        })),
+        hop(head_op::Op::StopJob("job-0000002a".into())),
         hop(head_op::Op::Ready(inline(42, b"\x01\x02"))),
         hop(head_op::Op::Ready(ObjectValue {
             object_id: 43,
@@ -1119,6 +1131,7 @@ fn random_op(rng: &mut Rng, ids: &[u64]) -> ClientOp {
                 node: String::new(),
                 retry_on_error: rng.below(2) == 0,
                 parent_task: if rng.below(3) == 0 { id(rng) } else { 0 },
+                num_returns: [0, 1, 3, u32::MAX][rng.below(4)],
             };
             let me = spec.task_id;
             spec.args
@@ -1148,6 +1161,12 @@ fn random_op(rng: &mut Rng, ids: &[u64]) -> ClientOp {
             nested_refs: (0..rng.below(3)).map(|_| id(rng)).collect(),
             exec_micros: rng.next_u64(),
             start_micros: rng.next_u64(),
+            more_returns: (0..rng.below(2))
+                .map(|_| fleet::proto::Return {
+                    value: Some(inline(id(rng), &rng.bytes(4))),
+                    nested_refs: vec![],
+                })
+                .collect(),
         })),
         9 => op(client_op::Op::KillActor(id(rng))),
         10 => op(client_op::Op::Lookup(Lookup {

@@ -47,8 +47,13 @@ fn job_driver() {
             .contains("hello from a worker")
             .then_some(())
     });
+    if mode == "stubborn" {
+        // SAFETY: plain signal(2): this driver ignores SIGTERM, so only
+        // the SIGKILL after the grace period ends it.
+        unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    }
     match mode.as_str() {
-        "gate" => {
+        "gate" | "stubborn" => {
             println!("waiting at the gate");
             let gate = PathBuf::from(std::env::var(GATE).expect("gate path"));
             wait_for_path(&gate);
@@ -135,6 +140,11 @@ struct Head {
 
 impl Head {
     fn start() -> Head {
+        Head::start_with(&[])
+    }
+
+    /// A head whose process also gets `env`.
+    fn start_with(env: &[(&str, &str)]) -> Head {
         let tmp = tempfile::tempdir().expect("temp dir");
         let token = format!("jobs-test-{}", std::process::id());
         let token_file = tmp.path().join("token");
@@ -144,7 +154,8 @@ impl Head {
                 .args(["--num-cpus", "1", "--block", "--token-file"])
                 .arg(&token_file)
                 .env("TMPDIR", tmp.path())
-                .env("FLEET_TOKEN", &token),
+                .env("FLEET_TOKEN", &token)
+                .envs(env.iter().copied()),
         );
         let dashboard = process
             .expect_line("dashboard at")
@@ -378,6 +389,30 @@ fn logs_follow_a_running_job_and_stop_kills_one() {
 }
 
 #[test]
+fn a_driver_that_ignores_sigterm_is_killed_after_the_grace_period() {
+    let head = Head::start_with(&[("FLEET_JOB_STOP_GRACE_SECS", "1")]);
+    let never = head.tmp.path().join("never");
+    let never_env = format!("{GATE}={}", never.display());
+    let id = head.submit("stubborn", &["--env", &never_env]);
+    wait_until("the stubborn job to wait at its gate", GENEROUS, || {
+        head.ok(&["job", "logs", &id])
+            .contains("waiting at the gate")
+            .then_some(())
+    });
+    let said = head.ok(&["job", "stop", &id]);
+    assert!(
+        said.contains("STOPPED") && said.contains("killed by signal 9"),
+        "{said}"
+    );
+    let status = head.ok(&["job", "status", &id]);
+    assert_eq!(
+        field(&status, "exit code:"),
+        "-",
+        "killed, no exit code: {status}"
+    );
+}
+
+#[test]
 fn a_job_runs_on_the_node_it_names_and_its_output_comes_through_the_head() {
     let mut head = Head::start();
     let node_tmp = tempfile::tempdir().expect("temp dir");
@@ -530,4 +565,115 @@ fn the_cli_and_drivers_find_a_head_on_their_machine() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("none is running"), "{err}");
+}
+
+/// Separate machines (network namespaces with their own `/tmp` and
+/// `/dev/shm`): a job submitted from host 2 runs on the head's host 0, and
+/// one on the node of host 1; the submitter's host then loses its link,
+/// and both jobs go on and finish. Output of the node's job comes from
+/// host 1 through the head.
+#[test]
+fn a_job_outlives_the_machine_it_was_submitted_from() {
+    use common::hosts::Hosts;
+    let Some(hosts) = Hosts::new(3) else {
+        return;
+    };
+    let token = format!("jobs-hosts-{}", std::process::id());
+    let ip0 = hosts.ip(0);
+    let head = Child::spawn(
+        clean(&mut hosts.command(0, &fleet_bin()))
+            .args(["start", "--head", "--bind", &ip0, "--node-ip", &ip0])
+            .args([
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--block",
+                "--num-cpus",
+                "1",
+            ])
+            .env("FLEET_TOKEN", &token),
+    );
+    let address = head
+        .expect_line("serving at")
+        .rsplit(' ')
+        .next()
+        .expect("address")
+        .to_string();
+    let ip1 = hosts.ip(1);
+    let node = Child::spawn(
+        clean(&mut hosts.command(1, &fleet_bin()))
+            .args(["start", "--address", &address, "--node-ip", &ip1])
+            .args(["--num-cpus", "1", "--block"])
+            .env("FLEET_TOKEN", &token),
+    );
+    let node_name = node.joined_node_name();
+    let exe = std::env::current_exe().expect("test executable");
+    let exe = exe.to_string_lossy().into_owned();
+    // From host 2, which runs nothing of the cluster.
+    let submit = |extra: &[&str]| {
+        let out = clean(&mut hosts.command(2, &fleet_bin()))
+            .args(["job", "submit", "--address", &address])
+            .args(extra)
+            .args(["--", &exe, "--exact", "job_driver", "--nocapture"])
+            .env("FLEET_TOKEN", &token)
+            .output()
+            .expect("run fleet job submit");
+        assert!(
+            out.status.success(),
+            "submit failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let gate_env = format!("{GATE}=/tmp/job-gate");
+    let mode_gate = format!("{MODE}=gate");
+    let on_head = submit(&["--env", &mode_gate, "--env", &gate_env]);
+    let on_node = submit(&[
+        "--node", &node_name, "--env", &mode_gate, "--env", &gate_env,
+    ]);
+    // Asked from host 0's network (the CLI needs nothing of the host's files).
+    let fleet = |args: &[&str]| {
+        let out = clean(&mut hosts.net_command(0, &fleet_bin()))
+            .args(args)
+            .env("FLEET_ADDRESS", &address)
+            .env("FLEET_TOKEN", &token)
+            .output()
+            .expect("run fleet");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for id in [&on_head, &on_node] {
+        wait_until(&format!("job {id} to wait at its gate"), GENEROUS, || {
+            fleet(&["job", "logs", id])
+                .contains("waiting at the gate")
+                .then_some(())
+        });
+    }
+    // The submitter's machine goes away.
+    hosts.cut(2);
+    for id in [&on_head, &on_node] {
+        assert!(fleet(&["job", "status", id]).contains("state:      RUNNING"));
+    }
+    // Open each gate in its machine's own /tmp.
+    for pid in [head.child.id(), node.child.id()] {
+        let status = Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-m", "--", "touch", "/tmp/job-gate"])
+            .status()
+            .expect("run nsenter");
+        assert!(status.success(), "opening a gate");
+    }
+    for (id, machine) in [(&on_head, &address), (&on_node, &node_name)] {
+        let status = wait_until(&format!("job {id} to succeed"), GENEROUS, || {
+            let s = fleet(&["job", "status", id]);
+            s.contains("state:      SUCCEEDED").then_some(s)
+        });
+        assert_eq!(field(&status, "node:"), machine.as_str(), "{status}");
+        assert_eq!(field(&status, "exit code:"), "0", "{status}");
+        let logs = fleet(&["job", "logs", id]);
+        assert!(
+            logs.contains("through the gate") && logs.contains("hello from a worker"),
+            "{logs}"
+        );
+    }
+    drop(node);
+    drop(head);
 }

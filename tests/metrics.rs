@@ -304,6 +304,24 @@ fn healthz_answers_on_the_head_and_on_a_node_agent() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(&c.address), "{body}");
 
+    // A job of `fleet job submit` is counted by state.
+    let submit = Command::new(fleet_bin())
+        .args(["job", "submit", "--address", &c.address, "--", "/bin/true"])
+        .env("FLEET_TOKEN", &c.token)
+        .output()
+        .expect("run fleet job submit");
+    assert!(
+        submit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&submit.stderr)
+    );
+    wait_until("the submitted job counted as succeeded", GENEROUS, || {
+        let text = get_ok(&dashboard, "/metrics");
+        text.contains("fleet_submitted_jobs{state=\"succeeded\"} 1")
+            .then_some(())
+    });
+    promtool_check(&get_ok(&dashboard, "/metrics"));
+
     // A node may only serve /healthz: the flag is refused on a head.
     let tmp = tempfile::tempdir().expect("temp dir");
     let mut refused = Reaped(

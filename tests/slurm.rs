@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::cli::{fleet_bin, Child};
 use common::slurm::{Slurm, NODES, NODE_CPUS, NODE_IP_CMD};
-use common::{bounded, GENEROUS};
+use common::GENEROUS;
 
 use fleet::{remote, Config};
 
@@ -55,7 +55,11 @@ fn driver_role() {
         .into_iter()
         .collect();
     nodes.sort();
-    println!("RESULT sum={sum} nodes={}", nodes.join(","));
+    let address = std::env::var("FLEET_ADDRESS").expect("FLEET_ADDRESS");
+    let token = std::env::var("FLEET_TOKEN").expect("FLEET_TOKEN");
+    let status = fleet::daemon::status(&address, &token).expect("status");
+    let cpus: f64 = status.nodes.iter().map(|n| n.num_cpus).sum();
+    println!("RESULT sum={sum} nodes={} cpus={cpus}", nodes.join(","));
     drop(_c);
     std::process::exit(code.parse().expect("an exit code"));
 }
@@ -70,7 +74,10 @@ fn sbatch_recipe_runs_a_driver_on_three_slurm_nodes() {
         .port();
     let mut sbatch = slurm.command("sbatch");
     sbatch
-        .args(["--wait", &format!("--nodes={NODES}"), "--output"])
+        .args(["--parsable", &format!("--nodes={NODES}")])
+        // Each node's agent offers the CPUs Slurm gave the job there.
+        .arg(format!("--cpus-per-task={NODE_CPUS}"))
+        .arg("--output")
         .arg(&out)
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -87,21 +94,25 @@ fn sbatch_recipe_runs_a_driver_on_three_slurm_nodes() {
         .env(DRIVER_ENV, "7")
         .env_remove("FLEET_ADDRESS")
         .env_remove("FLEET_TOKEN");
-    let status = bounded("sbatch --wait of the recipe", GENEROUS * 2, move || {
-        sbatch.status().expect("run sbatch")
-    });
+    let submitted = sbatch.output().expect("run sbatch");
+    assert!(submitted.status.success(), "sbatch: {submitted:?}");
+    let job = String::from_utf8_lossy(&submitted.stdout)
+        .trim()
+        .to_string();
+    let (state, code) = slurm.wait_job(&job);
     let text = std::fs::read_to_string(&out).unwrap_or_default();
     println!("--- job output\n{text}");
     assert_eq!(
-        status.code(),
-        Some(7),
+        (state.as_str(), code),
+        ("FAILED", 7),
         "the job ends with the driver's exit code\n{text}\n{}",
         slurm.logs()
     );
     let want: u64 = (0..DRIVER_TASKS).map(|x| x * x).sum();
     assert!(
         text.contains(&format!(
-            "RESULT sum={want} nodes=127.0.0.1,127.0.0.2,127.0.0.3"
+            "RESULT sum={want} nodes=127.0.0.1,127.0.0.2,127.0.0.3 cpus={}",
+            NODES * NODE_CPUS
         )),
         "the driver's tasks ran on all three Slurm nodes:\n{text}"
     );

@@ -37,6 +37,17 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
             let lit: syn::LitInt = meta.value()?.parse()?;
             options.max_retries = Some(lit.base10_parse::<u32>()?);
             Ok(())
+        } else if meta.path.is_ident("num_returns") {
+            let lit: syn::LitInt = meta.value()?.parse()?;
+            let n = lit.base10_parse::<u32>()?;
+            if n == 0 {
+                return Err(syn::Error::new(
+                    lit.span(),
+                    "num_returns must be at least 1",
+                ));
+            }
+            options.num_returns = Some((n, lit.span()));
+            Ok(())
         } else if meta.path.is_ident("retry_on_error") {
             let lit: syn::LitBool = meta.value()?.parse()?;
             options.retry_on_error = Some(lit.value);
@@ -65,6 +76,7 @@ struct Options {
     num_cpus: Option<f64>,
     max_retries: Option<u32>,
     retry_on_error: Option<bool>,
+    num_returns: Option<(u32, Span)>,
 }
 
 /// `T` of a return type spelled `Result<T, ..>`; the function's `Err`
@@ -170,7 +182,14 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
     let num_cpus = options.num_cpus.map(|n| quote!(.num_cpus(#n)));
     let max_retries = options.max_retries.map(|n| quote!(.max_retries(#n)));
     let retry_on_error = options.retry_on_error.map(|b| quote!(.retry_on_error(#b)));
-    let finish = finish_result(returns_result);
+    let returns = match options.num_returns {
+        Some((n, span)) if n > 1 => Some(tuple_returns(&ret, n, span)?),
+        _ => None,
+    };
+    let finish = match &returns {
+        Some(r) => r.finish(returns_result),
+        None => finish_result(returns_result),
+    };
     // The call resolves `name` through `super::*` next to a stand-in, so a
     // function inside a function body gets one error, the module-level one.
     let stand_in = checks::stand_in(sig, &arg_types);
@@ -184,6 +203,24 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
     } else {
         quote!(#callee(#(#arg_names),*))
     };
+    let (refs, submit) = match &returns {
+        Some(r) => {
+            let n = r.types.len() as u32;
+            let types = &r.types;
+            let takes = r.types.iter().map(|_| quote!(r.next()));
+            (
+                quote!((#(::fleet::ObjectRef<#types>),*)),
+                quote! {
+                    let mut r = self.0.submit_returns(#n, args);
+                    (#(#takes),*)
+                },
+            )
+        }
+        None => (
+            quote!(::fleet::ObjectRef<#ret>),
+            quote!(self.0.submit(args)),
+        ),
+    };
     let call = quote! {{
         #stand_in
         {
@@ -194,7 +231,7 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
     }};
     let marker = checks::module_level_marker(name);
     let module_check = checks::module_level_check(name);
-    let map = map_fns(&inner, &arg_names, &arg_types, &ret);
+    let map = map_fns(&inner, &arg_names, &arg_types, &refs);
     let doc = format!("Remote form of [`{name}`]: `{name}::remote(..)` runs it on the cluster.");
     Ok(quote! {
         #f
@@ -221,7 +258,7 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
             }
 
             /// Submits a call; each argument may be a value or an `ObjectRef` of it.
-            #inner fn remote(#(#arg_names: impl ::fleet::IntoArg<#arg_types>),*) -> ::fleet::ObjectRef<#ret> {
+            #inner fn remote(#(#arg_names: impl ::fleet::IntoArg<#arg_types>),*) -> #refs {
                 options().remote(#(#arg_names),*)
             }
 
@@ -247,8 +284,9 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
                 }
 
                 /// Submits a call with these options.
-                #inner fn remote(&self, #(#arg_names: impl ::fleet::IntoArg<#arg_types>),*) -> ::fleet::ObjectRef<#ret> {
-                    self.0.submit(::std::vec![#(::fleet::__private::arg::<#arg_types, _>(#arg_names)),*])
+                #inner fn remote(&self, #(#arg_names: impl ::fleet::IntoArg<#arg_types>),*) -> #refs {
+                    let args = ::std::vec![#(::fleet::__private::arg::<#arg_types, _>(#arg_names)),*];
+                    #submit
                 }
             }
 
@@ -273,6 +311,59 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
     })
 }
 
+/// A function's tuple result split into one ref per element
+/// (`num_returns = n`).
+struct TupleReturns {
+    types: Vec<Type>,
+}
+
+fn tuple_returns(ret: &Type, n: u32, span: Span) -> syn::Result<TupleReturns> {
+    match ret {
+        Type::Tuple(t) if t.elems.len() == n as usize => Ok(TupleReturns {
+            types: t.elems.iter().cloned().collect(),
+        }),
+        Type::Tuple(t) => Err(syn::Error::new(
+            ret.span(),
+            format!(
+                "num_returns = {n} needs a tuple of {n} elements; this one has {}",
+                t.elems.len()
+            ),
+        )),
+        _ => Err(syn::Error::new(
+            span,
+            format!("num_returns = {n} needs the function to return a tuple of {n} elements"),
+        )),
+    }
+}
+
+impl TupleReturns {
+    /// Encodes each element of `result` (a tuple, or `Ok` of one) on its own.
+    fn finish(&self, returns_result: bool) -> TokenStream2 {
+        let names: Vec<_> = (0..self.types.len())
+            .map(|i| format_ident!("ret{}", i, span = Span::call_site()))
+            .collect();
+        let encode = quote! {
+            let (#(#names),*) = v;
+            ::fleet::__private::outputs(::std::vec![#(::fleet::__private::output(&#names)?),*])
+        };
+        if returns_result {
+            quote! {
+                match result {
+                    ::std::result::Result::Ok(v) => { #encode }
+                    ::std::result::Result::Err(e) => ::std::result::Result::Err(
+                        ::fleet::__private::Failure::User(::std::string::ToString::to_string(&e)),
+                    ),
+                }
+            }
+        } else {
+            quote! {
+                let v = result;
+                #encode
+            }
+        }
+    }
+}
+
 /// `f::map(inputs)` and `f::options().map(inputs)`: one call per input, in
 /// input order, as `Pool.map` and `executor.map` do. An input is the
 /// argument itself (one parameter) or a tuple of the arguments.
@@ -280,7 +371,7 @@ fn map_fns(
     inner: &TokenStream2,
     arg_names: &[syn::Ident],
     arg_types: &[Type],
-    ret: &Type,
+    refs: &TokenStream2,
 ) -> TokenStream2 {
     if arg_names.is_empty() {
         return TokenStream2::new();
@@ -305,7 +396,7 @@ fn map_fns(
     };
     quote! {
         #[doc = #doc]
-        #inner fn map<__I, #(#xs),*>(inputs: __I) -> ::std::vec::Vec<::fleet::ObjectRef<#ret>>
+        #inner fn map<__I, #(#xs),*>(inputs: __I) -> ::std::vec::Vec<#refs>
         where
             __I: ::std::iter::IntoIterator<Item = #item>,
             #bounds
@@ -315,7 +406,7 @@ fn map_fns(
 
         impl Options {
             #[doc = #doc]
-            #inner fn map<__I, #(#xs),*>(&self, inputs: __I) -> ::std::vec::Vec<::fleet::ObjectRef<#ret>>
+            #inner fn map<__I, #(#xs),*>(&self, inputs: __I) -> ::std::vec::Vec<#refs>
             where
                 __I: ::std::iter::IntoIterator<Item = #item>,
                 #bounds

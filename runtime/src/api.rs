@@ -121,6 +121,10 @@ pub fn wait<T>(
     let client = &first.handle.client;
     let ids: Vec<u64> = refs.iter().map(|r| r.handle.id).collect();
     client.wait(&ids, num_returns, timeout);
+    // Without its head a driver cannot tell what is finished: say so.
+    if let Some(why) = client.gone() {
+        return Err(Error::Connection(why));
+    }
     let mut ready = Vec::new();
     let mut pending = Vec::new();
     for r in refs {

@@ -35,6 +35,12 @@ pub struct StartArgs {
     pub dashboard_port: Option<u16>,
     /// Head: the dashboard's listen address.
     pub dashboard_bind: String,
+    /// Node: seconds to wait for a head that is not up yet, or to rejoin
+    /// one that went away, before exiting with an error.
+    pub wait_for_head: f64,
+    /// Head: seconds a dead node stays in `fleet status` (`None`:
+    /// `FLEET_DEAD_NODE_TTL_SECS`, else 300).
+    pub dead_node_ttl: Option<f64>,
     /// Node: the port of its `/healthz` (`None`: not served).
     pub health_port: Option<u16>,
     /// Head: the autoscaler's settings (`None`: no autoscaler).
@@ -145,6 +151,10 @@ fn run_foreground(args: StartArgs) -> Result<()> {
                             .map_err(|e| Error::Startup(format!("--dashboard-bind: {e}")))
                     })
                     .transpose()?,
+                dead_node_ttl: args
+                    .dead_node_ttl
+                    .map(|s| seconds(s, "--dead-node-ttl"))
+                    .transpose()?,
                 autoscale: args.autoscale.clone(),
             },
             |address, dashboard| {
@@ -172,12 +182,28 @@ fn run_foreground(args: StartArgs) -> Result<()> {
                 "fleet start needs --head or --address".into(),
             ));
         };
-        let token = crate::discovery::resolve_token(args.token_file.as_deref(), &head)?;
+        // --token-file, else FLEET_TOKEN, else what this machine knows of
+        // the head; a file is read again on every attempt to join (the
+        // head may not have written it yet, or a restarted head a new one).
+        let env_token = std::env::var(crate::ENV_TOKEN)
+            .ok()
+            .filter(|t| !t.is_empty());
+        let (token, token_file) = match (&args.token_file, env_token) {
+            (Some(file), _) => (String::new(), Some(file.clone())),
+            (None, Some(t)) => (t, None),
+            (None, None) => match crate::discovery::resolve_token(None, &head) {
+                Ok(t) => (t, None),
+                Err(_) => (String::new(), Some(default_token_file())),
+            },
+        };
+        let wait_for_head = seconds(args.wait_for_head, "--wait-for-head")?;
         crate::logging::init();
         daemon::run_node(
             NodeOptions {
                 head,
                 token,
+                token_file,
+                wait_for_head,
                 num_cpus: args.num_cpus.unwrap_or_else(cores),
                 node_ip: args.node_ip.clone().unwrap_or_else(|| "127.0.0.1".into()),
                 port: args.port,
@@ -187,6 +213,16 @@ fn run_foreground(args: StartArgs) -> Result<()> {
             stop_on_signal(),
         )
     }
+}
+
+/// A duration in seconds from a flag, refused with the flag's name when it
+/// is negative or not a number.
+fn seconds(secs: f64, flag: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(secs).map_err(|_| {
+        Error::Startup(format!(
+            "{flag} {secs}: give a number of seconds, 0 or more"
+        ))
+    })
 }
 
 fn start_background(mut argv: Vec<String>) -> Result<()> {
@@ -213,7 +249,12 @@ fn start_background(mut argv: Vec<String>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("serving at") || text.contains("joined the cluster") {
+        // A node agent waiting for its head is up too: it joins when the
+        // head comes (or exits after --wait-for-head, saying so in its log).
+        if text.contains("serving at")
+            || text.contains("joined the cluster")
+            || text.contains("waiting for the head")
+        {
             print!("{text}");
             println!("  logs: {}", log.display());
             return Ok(());

@@ -7,7 +7,7 @@ pub(crate) mod transport;
 mod waiter;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -56,6 +56,8 @@ pub(crate) struct Client {
     remote: Option<remote::Remote>,
     token: String,
     closed: AtomicBool,
+    /// Why the session ended, once it has: every later call fails with it.
+    gone: OnceLock<String>,
     replies: DashMap<u64, std::sync::mpsc::Sender<proto::Reply>>,
     /// Results a worker holds back to send several in one frame.
     held: parking_lot::Mutex<Held>,
@@ -91,6 +93,7 @@ impl Client {
             remote,
             token: token.to_string(),
             closed: AtomicBool::new(false),
+            gone: OnceLock::new(),
             replies: DashMap::new(),
             held: parking_lot::Mutex::new(Held::default()),
             holding: AtomicBool::new(false),
@@ -239,6 +242,14 @@ impl Client {
     }
 
     fn new_handle(self: &Arc<Self>, id: u64, state: State) -> Arc<Handle> {
+        // Work submitted after the head went away fails at once, as the
+        // work pending then did.
+        let state = match (state, self.gone.get()) {
+            (State::Pending, Some(why)) => {
+                State::Ready(Payload::Error(Error::Connection(why.clone()).to_wire()))
+            }
+            (state, _) => state,
+        };
         self.slots.insert(
             id,
             Slot {
@@ -322,6 +333,43 @@ impl Client {
         });
     }
 
+    /// Submits a task with `n` results: one handle per result.
+    pub(crate) fn submit_task_returns(
+        self: &Arc<Self>,
+        opts: &TaskOptions,
+        n: u32,
+        args: Vec<Result<ArgValue>>,
+    ) -> Vec<Arc<Handle>> {
+        let n = n.max(1);
+        let base =
+            (u64::from(self.id) << 40) | (self.seq.fetch_add(u64::from(n), Ordering::Relaxed) + 1);
+        let more: Vec<Arc<Handle>> = (1..u64::from(n))
+            .map(|k| self.new_handle(base + k, State::Pending))
+            .collect();
+        let spec = proto::TaskSpec {
+            task_id: base,
+            function: opts.function.to_string(),
+            num_cpus: opts.num_cpus,
+            max_retries: opts.max_retries,
+            node: opts.node.clone().unwrap_or_default(),
+            retry_on_error: opts.retry_on_error,
+            parent_task: crate::worker::cancel::current(),
+            num_returns: n,
+            ..Default::default()
+        };
+        let first = self.submit(spec, args);
+        if let Some(Ok(err)) = self.slots.get(&first.id).map(|s| match &s.state {
+            State::Ready(Payload::Error(e)) => Ok(e.clone()),
+            _ => Err(()),
+        }) {
+            // Failed before it was sent: so do the others.
+            for h in &more {
+                self.fail_local(h.id, &Error::from_wire(&err));
+            }
+        }
+        std::iter::once(first).chain(more).collect()
+    }
+
     pub(crate) fn submit_task(
         self: &Arc<Self>,
         opts: &TaskOptions,
@@ -346,7 +394,12 @@ impl Client {
         mut spec: proto::TaskSpec,
         args: Vec<Result<ArgValue>>,
     ) -> Arc<Handle> {
-        let id = self.next_id();
+        // A task with several results comes with its ids reserved.
+        let id = if spec.task_id != 0 {
+            spec.task_id
+        } else {
+            self.next_id()
+        };
         let handle = self.new_handle(id, State::Pending);
         spec.task_id = id;
         spec.args = Vec::with_capacity(args.len());
@@ -459,6 +512,10 @@ impl Client {
         let request_id = self.seq.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = std::sync::mpsc::channel();
         self.replies.insert(request_id, tx);
+        if let Some(why) = self.gone.get() {
+            self.replies.remove(&request_id);
+            return Err(Error::Connection(why.clone()));
+        }
         self.send(Op::Lookup(proto::Lookup {
             request_id,
             name: name.to_string(),
@@ -497,11 +554,25 @@ impl Client {
         }
     }
 
+    /// Why the session with the head ended, once it has.
+    pub(crate) fn gone(&self) -> Option<String> {
+        self.gone.get().cloned()
+    }
+
     /// The session ended: everything still pending fails.
     pub(crate) fn on_disconnect(&self, why: &str) {
+        let why = self
+            .gone
+            .get_or_init(|| {
+                format!(
+                    "the head went away ({why}); what this driver had in the \
+                     cluster is gone with it: start it again once the head is back"
+                )
+            })
+            .clone();
         self.closed.store(true, Ordering::Release);
         self.replies.clear();
-        let err = Error::Connection(why.to_string()).to_wire();
+        let err = Error::Connection(why).to_wire();
         let mut waiters = Vec::new();
         for mut s in self.slots.iter_mut() {
             if matches!(s.state, State::Pending) {
@@ -583,7 +654,12 @@ impl Client {
         let payload = match self.slots.get(&id) {
             Some(s) => match &s.state {
                 State::Ready(p) => p.clone(),
-                State::Pending => return Err(lost(id, "not finished")),
+                State::Pending => {
+                    return Err(match self.gone.get() {
+                        Some(why) => Error::Connection(why.clone()),
+                        None => lost(id, "not finished"),
+                    })
+                }
             },
             None => return Err(lost(id, "no handle to it in this process")),
         };

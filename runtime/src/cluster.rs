@@ -122,11 +122,14 @@ impl Cluster {
 impl Drop for Inner {
     fn drop(&mut self) {
         crate::context::clear_client(&self.client);
-        if let Some(stop) = self.stop_server.lock().take() {
-            let _ = stop.send(());
-        }
+        // The head stops its workers first, a worker still starting among
+        // them, and only then its server: a worker must not find the door
+        // closed and report it (an intentional shutdown prints nothing).
         if let Some(head) = &self.head {
             head.shutdown();
+        }
+        if let Some(stop) = self.stop_server.lock().take() {
+            let _ = stop.send(());
         }
         if let Some(rt) = self.runtime.lock().take() {
             rt.shutdown_background();
@@ -189,6 +192,7 @@ fn start_local(config: &Config) -> Result<Inner> {
             .object_store_bytes
             .unwrap_or_else(crate::node::object_store::default_capacity),
         embedded_registry: Some(crate::registry::registry_hash()),
+        dead_node_ttl: None,
         token_file: None,
     })?;
     let (stop_tx, stop_rx) = oneshot::channel();

@@ -31,6 +31,9 @@ pub struct HeadOptions {
     pub token_file: PathBuf,
     /// The dashboard's address (`None`: no dashboard).
     pub dashboard: Option<std::net::SocketAddr>,
+    /// How long a dead node stays in `fleet status` (`None`:
+    /// `FLEET_DEAD_NODE_TTL_SECS`, else 5 minutes).
+    pub dead_node_ttl: Option<std::time::Duration>,
     /// Ask for nodes and give them back (`--autoscale`; `None`: never).
     pub autoscale: Option<AutoscaleOptions>,
 }
@@ -91,6 +94,7 @@ pub fn run_head(
         num_cpus: opts.num_cpus,
         store_capacity: opts.store_capacity,
         embedded_registry: None,
+        dead_node_ttl: opts.dead_node_ttl,
         token_file: Some(opts.token_file.clone()),
     })?;
     if let Some(autoscale) = opts.autoscale.clone() {

@@ -11,6 +11,7 @@ mod jobs;
 mod metrics;
 mod nodes;
 pub(crate) mod observe;
+pub(crate) mod rejoin;
 mod scheduler;
 mod service;
 mod spilling;
@@ -57,6 +58,9 @@ pub(crate) struct HeadConfig {
     /// For a local cluster: the driver's registry hash; its workers run
     /// this same executable and are kept at `num_cpus`.
     pub(crate) embedded_registry: Option<String>,
+    /// How long a dead node stays listed (`None`: `FLEET_DEAD_NODE_TTL_SECS`
+    /// or 5 minutes).
+    pub(crate) dead_node_ttl: Option<std::time::Duration>,
     /// Where the token was written (named in the error for a wrong token).
     pub(crate) token_file: Option<PathBuf>,
 }
@@ -85,6 +89,7 @@ pub(crate) struct Head {
     binaries: PathBuf,
     supervisor: OnceLock<Supervisor>,
     spiller: Mutex<std::sync::mpsc::Sender<spilling::FileWork>>,
+    dead_node_ttl: std::time::Duration,
     token_file: Option<PathBuf>,
     /// Jobs submitted with `fleet job submit`.
     jobs: jobs::Jobs,
@@ -134,6 +139,9 @@ impl Head {
             store,
             binaries,
             supervisor: OnceLock::new(),
+            dead_node_ttl: config
+                .dead_node_ttl
+                .unwrap_or_else(rejoin::dead_node_ttl_from_env),
             token_file: config.token_file,
             jobs: jobs::Jobs::new(weak.clone()),
             autoscaler: OnceLock::new(),
@@ -279,13 +287,7 @@ impl Head {
             },
             Role::Node => match &hello.node_info {
                 Some(info) if !info.address.is_empty() => {
-                    if st.nodes.get(&info.address).is_some_and(|n| n.alive) {
-                        return Err(format!(
-                            "a node named {} is already in the cluster",
-                            info.address
-                        ));
-                    }
-                    st.add_node(info.address.clone(), Some(client), info.clone());
+                    st.admit_node(client, info)?;
                     Ok(EMBEDDED_JOB)
                 }
                 _ => Err("a node must say what it brings".into()),
@@ -345,7 +347,12 @@ impl Head {
         let job = match self.admit(&hello, client, local) {
             Ok(job) => job,
             Err(why) => {
-                tracing::warn!(pid = hello.pid, "refused a session: {why}");
+                if hello.role() == Role::Worker && !st_has_job(&self.state, hello.job) {
+                    // A worker that started as its job ended: nothing wrong.
+                    tracing::debug!(pid = hello.pid, "refused a session: {why}");
+                } else {
+                    tracing::warn!(pid = hello.pid, "refused a session: {why}");
+                }
                 let _ = out.send(refused(&why));
                 return;
             }
@@ -382,8 +389,9 @@ impl Head {
                 }
                 Role::Node => {
                     if let Some(name) = hello.node_info.as_ref().map(|i| i.address.clone()) {
-                        st.node_lost(&name);
-                        self.jobs.node_lost(&name);
+                        if st.node_session_ended(&name, client) {
+                            self.jobs.node_lost(&name);
+                        }
                     }
                 }
                 _ => {}
@@ -456,6 +464,12 @@ impl Head {
                     lines,
                 })),
             });
+        } else if driver.is_none() {
+            // A detached actor's worker has no driver: its lines go to the
+            // head's log.
+            for line in lines {
+                tracing::info!(job, "{line}");
+            }
         }
     }
 
@@ -579,7 +593,15 @@ impl Head {
             self.flush(out);
             return;
         }
-        tracing::warn!(worker_id, "worker exited before connecting: {status}");
+        let job_ended = started
+            .as_ref()
+            .is_some_and(|(_, job)| !st_has_job(&self.state, *job));
+        if job_ended {
+            // It started as its job ended and was refused: nothing wrong.
+            tracing::debug!(worker_id, "worker exited before connecting: {status}");
+        } else {
+            tracing::warn!(worker_id, "worker exited before connecting: {status}");
+        }
         if let Some((_, job)) = &started {
             *self.start_failures.entry(*job).or_default() += 1;
         }
@@ -636,6 +658,11 @@ impl Head {
         self.senders.clear();
         self.store.remove_all();
     }
+}
+
+/// Whether `job` is still running (its driver has not left).
+fn st_has_job(state: &parking_lot::Mutex<State>, job: u32) -> bool {
+    state.lock().jobs.contains_key(&job)
 }
 
 fn refused(why: &str) -> proto::HeadOp {

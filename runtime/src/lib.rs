@@ -78,9 +78,10 @@ pub use task::TaskOptions;
 pub mod __private {
     pub use crate::object_ref::ArgValue;
     pub use crate::registry::{
-        output, ActorClass, ActorMethod, ActorState, Args, Failure, Output, RemoteFunction,
-        ACTOR_CLASSES, ACTOR_METHODS, REMOTE_FUNCTIONS,
+        output, outputs, ActorClass, ActorMethod, ActorState, Args, Failure, Output,
+        RemoteFunction, ACTOR_CLASSES, ACTOR_METHODS, REMOTE_FUNCTIONS,
     };
+    pub use crate::task::Returns;
     pub use linkme;
     pub use serde;
 

@@ -131,16 +131,26 @@ impl Args {
     }
 }
 
-/// An encoded result.
+/// An encoded result (and, with `num_returns`, the ones after it).
 #[doc(hidden)]
-pub struct Output(pub(crate) Encoded);
+pub struct Output(pub(crate) Encoded, pub(crate) Vec<Encoded>);
 
 /// Encodes a function's result.
 #[doc(hidden)]
 pub fn output<T: Serialize>(value: &T) -> Result<Output, Failure> {
     codec::encode(value)
-        .map(Output)
+        .map(|e| Output(e, Vec::new()))
         .map_err(|e| Failure::Codec(format!("result: {e}")))
+}
+
+/// The results of a function with `num_returns`, one per tuple element.
+#[doc(hidden)]
+pub fn outputs(parts: Vec<Output>) -> Result<Output, Failure> {
+    let mut parts = parts.into_iter().map(|o| o.0);
+    let first = parts
+        .next()
+        .ok_or_else(|| Failure::Codec("no results".into()))?;
+    Ok(Output(first, parts.collect()))
 }
 
 fn table() -> &'static HashMap<&'static str, &'static RemoteFunction> {

@@ -1,7 +1,9 @@
 //! Per-call options of a remote function, and submission.
 
+use std::sync::Arc;
+
 use crate::context;
-use crate::object_ref::{ArgValue, ObjectRef};
+use crate::object_ref::{ArgValue, Handle, ObjectRef};
 use crate::Result;
 
 /// How one remote call is scheduled. `#[remote(num_cpus = .., max_retries = ..)]`
@@ -57,6 +59,21 @@ impl TaskOptions {
         self.function
     }
 
+    /// Submits a call of a function with `num_returns = n`; used by the
+    /// code `#[remote]` generates.
+    #[doc(hidden)]
+    pub fn submit_returns(&self, n: u32, args: Vec<Result<ArgValue>>) -> Returns {
+        match context::client_or_detached() {
+            Ok(client) => Returns(client.submit_task_returns(self, n, args).into_iter()),
+            Err((detached, e)) => Returns(
+                (0..n.max(1))
+                    .map(|_| detached.failed(&e))
+                    .collect::<Vec<_>>()
+                    .into_iter(),
+            ),
+        }
+    }
+
     /// Submits a call; used by the code `#[remote]` generates.
     #[doc(hidden)]
     pub fn submit<T>(&self, args: Vec<Result<ArgValue>>) -> ObjectRef<T> {
@@ -64,5 +81,17 @@ impl TaskOptions {
             Ok(client) => ObjectRef::from_handle(client.submit_task(self, args)),
             Err((detached, e)) => ObjectRef::from_handle(detached.failed(&e)),
         }
+    }
+}
+
+/// The refs of a call with `num_returns`, taken one by one in order.
+#[doc(hidden)]
+pub struct Returns(std::vec::IntoIter<Arc<Handle>>);
+
+impl Returns {
+    /// The next result's ref, typed.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next<T>(&mut self) -> ObjectRef<T> {
+        ObjectRef::from_handle(self.0.next().expect("one ref per declared result"))
     }
 }

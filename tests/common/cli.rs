@@ -130,31 +130,16 @@ pub(crate) struct CliCluster {
 impl CliCluster {
     /// A head whose own node offers `head_cpus`; `extra` goes to `fleet start`.
     pub(crate) fn start(head_cpus: u32, extra: &[&str]) -> CliCluster {
+        Self::start_on(0, &fresh_token(), head_cpus, extra)
+    }
+
+    /// [`start`](Self::start) on a given port (0: any free one) with a
+    /// given token.
+    pub(crate) fn start_on(port: u16, token: &str, head_cpus: u32, extra: &[&str]) -> CliCluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let token = format!("test-token-{}-{}", std::process::id(), rand_suffix());
-        let head = Child::spawn(
-            Command::new(fleet_bin())
-                .args([
-                    "start",
-                    "--head",
-                    "--port",
-                    "0",
-                    "--dashboard-port",
-                    "0",
-                    "--block",
-                ])
-                .args(["--num-cpus", &head_cpus.to_string()])
-                .arg("--token-file")
-                .arg(dir.path().join("token"))
-                .args(extra)
-                .env("FLEET_TOKEN", &token),
-        );
-        let dashboard = (!extra.contains(&"--no-dashboard")).then(|| {
-            let line = head.expect_line("fleet dashboard at ");
-            line.rsplit(' ').next().expect("dashboard URL").to_string()
-        });
-        let line = head.expect_line("serving at");
-        let address = line.rsplit(' ').next().expect("address").to_string();
+        let token = token.to_string();
+        let (head, address, dashboard) =
+            spawn_head(port, &token, &dir.path().join("token"), head_cpus, extra);
         CliCluster {
             address,
             dashboard,
@@ -163,6 +148,27 @@ impl CliCluster {
             head,
             _dir: dir,
         }
+    }
+
+    /// Kills the head (SIGKILL) and starts a new head process on the same
+    /// port with the same token; the node agents are left running.
+    pub(crate) fn restart_head(&mut self, head_cpus: u32, extra: &[&str]) {
+        self.head.kill();
+        let port: u16 = self
+            .address
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the head's port");
+        let token_file = self._dir.path().join("token");
+        let (head, address, dashboard) =
+            spawn_head(port, &self.token, &token_file, head_cpus, extra);
+        assert_eq!(
+            address, self.address,
+            "the new head serves at the old address"
+        );
+        self.head = head;
+        self.dashboard = dashboard;
     }
 
     /// Starts a node agent on `ip`; returns its name.
@@ -200,6 +206,61 @@ impl CliCluster {
         })
         .expect("join the cluster")
     }
+}
+
+/// Starts `fleet start --head` on `port` (0: any free one); returns it,
+/// the address it serves at and its dashboard's URL (unless
+/// `--no-dashboard` is in `extra`).
+pub(crate) fn spawn_head(
+    port: u16,
+    token: &str,
+    token_file: &std::path::Path,
+    head_cpus: u32,
+    extra: &[&str],
+) -> (Child, String, Option<String>) {
+    let head = Child::spawn(
+        Command::new(fleet_bin())
+            .args(["start", "--head", "--dashboard-port", "0", "--block"])
+            .args(["--port", &port.to_string()])
+            .args(["--num-cpus", &head_cpus.to_string()])
+            .arg("--token-file")
+            .arg(token_file)
+            .args(extra)
+            .env("FLEET_TOKEN", token),
+    );
+    let dashboard = (!extra.contains(&"--no-dashboard")).then(|| {
+        let line = head.expect_line("fleet dashboard at ");
+        line.rsplit(' ').next().expect("dashboard URL").to_string()
+    });
+    let line = head.expect_line("serving at");
+    let address = line.rsplit(' ').next().expect("address").to_string();
+    (head, address, dashboard)
+}
+
+/// Starts a node agent for the head at `address` without waiting for it
+/// to join (the head may not be up yet).
+pub(crate) fn spawn_node(address: &str, token: &str, ip: &str, cpus: u32, extra: &[&str]) -> Child {
+    Child::spawn(
+        Command::new(fleet_bin())
+            .args(["start", "--address", address, "--node-ip", ip, "--block"])
+            .args(["--num-cpus", &cpus.to_string()])
+            .args(extra)
+            .env("FLEET_TOKEN", token),
+    )
+}
+
+/// A port free on 127.0.0.1 now (the kernel's pick; released at once, for
+/// a process that must know its port before it starts).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A token no other test cluster uses.
+pub(crate) fn fresh_token() -> String {
+    format!("test-token-{}-{}", std::process::id(), rand_suffix())
 }
 
 fn rand_suffix() -> u64 {

@@ -147,6 +147,7 @@ impl Slurm {
                     .env("SLURM_CONF", &conf_path),
             ));
         }
+        let t0 = Instant::now();
         let slurm = Slurm {
             conf: conf_path,
             daemons,
@@ -162,6 +163,7 @@ impl Slurm {
                 .unwrap_or_default();
             out == format!("idle {NODES}")
         });
+        eprintln!("test Slurm cluster up in {:?}", t0.elapsed());
         Some(slurm)
     }
 
@@ -191,6 +193,46 @@ impl Slurm {
             .unwrap_or_default()
     }
 
+    /// Waits for job `id` to end; returns its state and exit code, as
+    /// Slurm records them (`sbatch --wait` would return the same code, but
+    /// notices the end only after up to half a minute of backoff).
+    pub(crate) fn wait_job(&self, id: &str) -> (String, i32) {
+        let deadline = Instant::now() + GENEROUS * 2;
+        loop {
+            let out = self
+                .command("scontrol")
+                .args(["show", "job", "--oneliner", id])
+                .output()
+                .expect("scontrol");
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let field = |name: &str| {
+                text.split_whitespace()
+                    .find_map(|f| f.strip_prefix(name))
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let state = field("JobState=");
+            if !matches!(
+                state.as_str(),
+                "" | "PENDING" | "CONFIGURING" | "RUNNING" | "COMPLETING"
+            ) {
+                // "7:0": exit code, then the signal that ended it.
+                let code = field("ExitCode=")
+                    .split(':')
+                    .next()
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(-1);
+                return (state, code);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} did not end: {text}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The daemons' logs, for a failing test's message.
     pub(crate) fn logs(&self) -> String {
         let mut out = String::new();
@@ -211,6 +253,7 @@ impl Slurm {
 
 impl Drop for Slurm {
     fn drop(&mut self) {
+        let t0 = Instant::now();
         // Jobs first, so no job step outlives its slurmd.
         let _ = self.command("scancel").args(["--user=root"]).status();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -230,6 +273,7 @@ impl Drop for Slurm {
             }
             d.kill();
         }
+        eprintln!("test Slurm cluster stopped in {:?}", t0.elapsed());
     }
 }
 

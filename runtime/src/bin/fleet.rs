@@ -63,6 +63,15 @@ struct Start {
     /// Head: no dashboard.
     #[arg(long)]
     no_dashboard: bool,
+    /// Node: seconds to wait for a head that is not up yet, and to rejoin
+    /// one that went away (its workers stopped, its store emptied); past
+    /// that the node exits with an error. 0: try once.
+    #[arg(long, value_name = "SECS", default_value_t = 120.0)]
+    wait_for_head: f64,
+    /// Head: seconds a dead node stays listed in `fleet status` and the
+    /// dashboard (default 300).
+    #[arg(long, value_name = "SECS", env = "FLEET_DEAD_NODE_TTL_SECS")]
+    dead_node_ttl: Option<f64>,
     /// Node: serve /healthz on this port of --node-ip (0: any free port);
     /// the head's /healthz and /metrics are on its dashboard port.
     #[arg(long)]
@@ -412,6 +421,8 @@ fn main() -> anyhow::Result<()> {
                     dashboard_port: (!s.no_dashboard).then_some(s.dashboard_port),
                     dashboard_bind: s.dashboard_bind,
                     autoscale,
+                    wait_for_head: s.wait_for_head,
+                    dead_node_ttl: s.dead_node_ttl,
                     health_port: s.health_port,
                 },
                 argv,

@@ -9,6 +9,8 @@
 //! long Slurm queue never makes the head ask again and again.
 
 mod command;
+mod demand;
+mod process;
 mod slurm;
 
 use std::collections::VecDeque;
@@ -19,6 +21,7 @@ use parking_lot::Mutex;
 
 use super::Head;
 use crate::proto;
+use demand::{demand, Demand};
 
 /// Decisions remembered for `fleet status` and the dashboard.
 const EVENTS_KEPT: usize = 200;
@@ -116,24 +119,6 @@ pub(crate) struct NodeJob {
     pub(crate) idle_since: Option<Instant>,
 }
 
-/// One node as the head sees it, for a decision.
-struct NodeView {
-    name: String,
-    /// The head's own node.
-    local: bool,
-    node_job: String,
-    alive: bool,
-    idle: bool,
-    cpus: f64,
-}
-
-/// What a decision needs from the head's state, taken under its lock.
-struct Demand {
-    /// CPUs of ready tasks beyond the free CPUs of all nodes.
-    unmet_cpus: f64,
-    nodes: Vec<NodeView>,
-}
-
 struct Inner {
     jobs: Vec<NodeJob>,
     events: VecDeque<String>,
@@ -153,6 +138,9 @@ pub(crate) struct Autoscaler {
     provider: Mutex<Box<dyn Provider>>,
     inner: Mutex<Inner>,
     started: Instant,
+    /// What `fleet status` and the dashboard see, as of the last decision:
+    /// they never wait for a provider's program.
+    published: Mutex<proto::AutoscaleStatus>,
 }
 
 /// What providers need to start a node that joins this head.
@@ -199,7 +187,9 @@ impl Autoscaler {
                 seen: std::collections::HashSet::new(),
             }),
             started: Instant::now(),
+            published: Mutex::new(proto::AutoscaleStatus::default()),
         });
+        scaler.publish(&scaler.inner.lock());
         let weak: Weak<Head> = Arc::downgrade(head);
         let me = scaler.clone();
         std::thread::Builder::new()
@@ -230,11 +220,22 @@ impl Autoscaler {
     /// One decision: learn what became of the jobs, then ask for nodes or
     /// give idle ones back.
     fn decide(&self, demand: Demand) {
-        let now = Instant::now();
         let mut provider = self.provider.lock();
         let queue = provider.poll();
         let mut inner = self.inner.lock();
-        self.follow_jobs(&mut inner, &demand, queue, now);
+        self.decide_locked(&mut **provider, &mut inner, demand, queue);
+        self.publish(&inner);
+    }
+
+    fn decide_locked(
+        &self,
+        provider: &mut dyn Provider,
+        inner: &mut Inner,
+        demand: Demand,
+        queue: Option<std::collections::HashMap<String, Phase>>,
+    ) {
+        let now = Instant::now();
+        self.follow_jobs(inner, &demand, queue, now);
 
         // Asking for nodes.
         if demand.unmet_cpus > 1e-9 {
@@ -242,7 +243,7 @@ impl Autoscaler {
         } else {
             inner.demand_since = None;
         }
-        let node_cpus = self.node_cpus(&inner, &demand);
+        let node_cpus = self.node_cpus(inner, &demand);
         let waited = inner
             .demand_since
             .is_some_and(|t| now.duration_since(t) >= self.opts.upscale_after);
@@ -269,7 +270,7 @@ impl Autoscaler {
                     .map_or(0.0, |t| now.duration_since(t).as_secs_f64()),
                 wanted.min(room)
             );
-            self.event(&mut inner, why);
+            self.event(inner, why);
         }
         for _ in 0..ask {
             let id = inner.next_id.to_string();
@@ -285,7 +286,7 @@ impl Autoscaler {
                             provider.name()
                         )
                     };
-                    self.event(&mut inner, what);
+                    self.event(inner, what);
                     inner.jobs.push(NodeJob {
                         id,
                         external,
@@ -296,7 +297,7 @@ impl Autoscaler {
                     });
                 }
                 Err(e) => {
-                    self.event(&mut inner, format!("asking for node job {id} failed: {e}"));
+                    self.event(inner, format!("asking for node job {id} failed: {e}"));
                     break;
                 }
             }
@@ -358,10 +359,10 @@ impl Autoscaler {
                 )
             };
             match provider.cancel(&job, count) {
-                Ok(()) => self.event(&mut inner, format!("{why}: cancelled node job {id}")),
+                Ok(()) => self.event(inner, format!("{why}: cancelled node job {id}")),
                 Err(e) => {
                     self.event(
-                        &mut inner,
+                        inner,
                         format!("cancelling node job {id} (node {node}) failed: {e}"),
                     );
                     inner.jobs.push(job);
@@ -492,21 +493,26 @@ impl Autoscaler {
                 ),
             }
         }
+        self.publish(&inner);
     }
 
-    /// For `fleet status`.
+    /// For `fleet status` and the dashboard, as of the last decision.
     pub(crate) fn status(&self) -> proto::AutoscaleStatus {
-        let inner = self.inner.lock();
+        self.published.lock().clone()
+    }
+
+    fn publish(&self, inner: &Inner) {
+        *self.published.lock() = self.report(inner);
+    }
+
+    fn report(&self, inner: &Inner) -> proto::AutoscaleStatus {
         let now = Instant::now();
         let started = |j: &&NodeJob| matches!(j.state, JobState::Running | JobState::Joined);
         proto::AutoscaleStatus {
-            provider: self.provider.try_lock().map_or_else(
-                || match self.opts.provider {
-                    ProviderKind::Slurm { .. } => "slurm".into(),
-                    ProviderKind::Command { .. } => "command".into(),
-                },
-                |p| p.name().to_string(),
-            ),
+            provider: match self.opts.provider {
+                ProviderKind::Slurm { .. } => "slurm".into(),
+                ProviderKind::Command { .. } => "command".into(),
+            },
             requested: inner.jobs.len() as u32,
             pending: inner.jobs.iter().filter(|j| !started(j)).count() as u32,
             running: inner.jobs.iter().filter(started).count() as u32,
@@ -535,79 +541,26 @@ impl Autoscaler {
     }
 }
 
-/// Reads demand and nodes from the head's state, under its lock.
-fn demand(head: &Head, opts: &AutoscaleOptions) -> Demand {
-    let st = head.state.lock();
-    let busy: std::collections::HashSet<&str> = st
-        .workers
-        .values()
-        .filter(|w| !w.queue.is_empty() || w.actors > 0)
-        .map(|w| w.node.as_str())
-        .collect();
-    let nodes: Vec<NodeView> = st
-        .nodes
-        .iter()
-        .map(|(name, n)| NodeView {
-            name: name.clone(),
-            local: *name == st.local_node,
-            node_job: n.info.node_job.clone(),
-            alive: n.alive,
-            idle: n.available_cpus + 1e-9 >= n.total_cpus
-                && n.store_used == 0
-                && !busy.contains(name.as_str()),
-            cpus: n.total_cpus,
-        })
-        .collect();
-    let free: f64 = st
-        .nodes
-        .values()
-        .filter(|n| n.alive)
-        .map(|n| n.available_cpus.max(0.0))
-        .sum();
-    // Enough to size any request: past this, more nodes than allowed.
-    let enough = free + f64::from(opts.max_nodes) * opts.node_cpus.unwrap_or(64.0).max(64.0);
-    let mut waiting = 0.0;
-    for id in st.ready.iter().chain(st.infeasible.iter()) {
-        let Some(t) = st.tasks.get(id) else { continue };
-        if t.missing > 0 || t.worker.is_some() || t.spec.actor_id != 0 {
-            continue;
-        }
-        // Tasks pinned to one node wait for that node, not for a new one.
-        if !t.spec.node.is_empty() {
-            continue;
-        }
-        waiting += t.spec.num_cpus.max(0.0);
-        if waiting > enough {
-            break;
-        }
-    }
-    Demand {
-        unmet_cpus: (waiting - free).max(0.0),
-        nodes,
-    }
-}
-
-/// Replaces `{key}` placeholders in a command.
-pub(crate) fn fill(template: &str, values: &[(&str, &str)]) -> String {
-    let mut out = template.to_string();
-    for (k, v) in values {
-        out = out.replace(&format!("{{{k}}}"), v);
-    }
-    out
-}
-
-/// Runs a program to its end, giving its stderr back on failure.
-pub(crate) fn run(cmd: &mut std::process::Command, what: &str) -> Result<String, String> {
-    let out = cmd
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {what}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{what} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+/// The autoscaler's part of `/metrics`: node jobs requested, and of those
+/// pending and running. Zeros without an autoscaler, so dashboards built on
+/// them work on every head.
+pub(crate) fn metric_families(
+    status: Option<&proto::AutoscaleStatus>,
+) -> Vec<super::metrics::Family> {
+    use super::metrics::Family;
+    let (requested, pending, running) =
+        status.map_or((0, 0, 0), |a| (a.requested, a.pending, a.running));
+    vec![
+        Family::gauge(
+            "autoscaler_node_jobs_requested",
+            "Node jobs the autoscaler asked for and has not given back",
+        )
+        .with(Vec::new(), f64::from(requested)),
+        Family::gauge(
+            "autoscaler_node_jobs",
+            "The autoscaler's node jobs: pending (queued, or not joined yet) or running",
+        )
+        .with(vec![("state", "pending".into())], f64::from(pending))
+        .with(vec![("state", "running".into())], f64::from(running)),
+    ]
 }

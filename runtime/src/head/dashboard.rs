@@ -55,7 +55,11 @@ async fn timeline(State(head): State<Arc<Head>>) -> impl IntoResponse {
 /// when the client asks for it (Prometheus does), else the classic text.
 async fn metrics(State(head): State<Arc<Head>>, headers: HeaderMap) -> impl IntoResponse {
     use super::metrics::{classic, render, CLASSIC, OPENMETRICS};
-    let sample = head.state.lock().metrics_sample();
+    let mut sample = head.state.lock().metrics_sample();
+    for family in super::autoscale::metric_families(head.autoscale_status().as_ref()) {
+        sample.push(family);
+    }
+    sample.push(super::metrics::submitted_jobs(&head.jobs.list()));
     let text = render(sample);
     let open = headers.get_all(axum::http::header::ACCEPT).iter().any(|v| {
         v.to_str()

@@ -162,6 +162,10 @@ impl State {
                 continue;
             };
             self.forget_children(id);
+            if task.spec.num_returns > 1 {
+                let failed = self.close_returns(&task.spec, &payload);
+                work.extend(failed.into_iter().map(|(d, p)| (d, p, Vec::new())));
+            }
             if let Some(n) = self.pending.get_mut(&task.job) {
                 *n = n.saturating_sub(1);
             }

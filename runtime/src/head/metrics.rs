@@ -100,6 +100,13 @@ pub(crate) struct Sample {
     delay: Option<Histogram>,
 }
 
+impl Sample {
+    /// Adds a family the head's state does not hold (the autoscaler's).
+    pub(crate) fn push(&mut self, family: Family) {
+        self.families.push(family);
+    }
+}
+
 impl Collector for Sample {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         for f in &self.families {
@@ -160,6 +167,22 @@ pub(crate) fn render(sample: Sample) -> String {
         let _ = writeln!(text, "# EOF");
     }
     text
+}
+
+/// Jobs of `fleet job submit` by state (the head keeps them outside its
+/// state, in `head/jobs.rs`).
+pub(crate) fn submitted_jobs(jobs: &[crate::proto::JobInfo]) -> Family {
+    use crate::node::jobs::{FAILED, PENDING, RUNNING, STOPPED, SUCCEEDED};
+    let mut f = Family::gauge(
+        "submitted_jobs",
+        "Jobs submitted with `fleet job submit`, by state",
+    );
+    for state in [PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED] {
+        let n = jobs.iter().filter(|j| j.state == state).count();
+        f.samples
+            .push(one(vec![("state", state.to_lowercase())], n as f64));
+    }
+    f
 }
 
 /// The classic Prometheus text format (0.0.4) of OpenMetrics text, for

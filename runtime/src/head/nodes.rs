@@ -24,6 +24,8 @@ pub(crate) struct Node {
     pub(super) excluded: HashSet<u32>,
     /// Bytes of stored objects in its shared memory (not spilled).
     pub(super) store_used: u64,
+    /// When it was lost; it leaves the node list a TTL later.
+    pub(super) dead_since: Option<std::time::Instant>,
 }
 
 pub(crate) struct Job {
@@ -59,6 +61,7 @@ impl State {
                 starting: HashMap::new(),
                 excluded: HashSet::new(),
                 store_used: 0,
+                dead_since: None,
             },
         );
     }
@@ -179,6 +182,7 @@ impl State {
             return;
         };
         n.alive = false;
+        n.dead_since = Some(std::time::Instant::now());
         n.available_cpus = 0.0;
         n.starting.clear();
         tracing::warn!(node = %name, "node lost");

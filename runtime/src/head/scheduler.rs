@@ -6,6 +6,7 @@
 mod cancel;
 mod control;
 mod deaths;
+mod returns;
 
 use std::collections::{HashMap, VecDeque};
 
@@ -54,8 +55,11 @@ impl State {
         if !self.new_object(id, ObjState::Pending, client) {
             return;
         }
-        let mut missing = 0;
         let mut failed = None;
+        if spec.num_returns > 1 {
+            failed = self.open_returns(client, &spec).err();
+        }
+        let mut missing = 0;
         let job = self.job_for(client, &spec);
         let pending = self.pending.entry(job).or_default();
         *pending += 1;
@@ -180,7 +184,7 @@ impl State {
                 .entry(t.spec.function.clone())
                 .or_insert(result.exec_micros as f64);
             *m = 0.8 * *m + 0.2 * result.exec_micros as f64;
-            let plain = t.spec.actor_id == 0 && t.spec.create.is_none();
+            let plain = t.spec.actor_id == 0 && t.spec.create.is_none() && t.spec.num_returns <= 1;
             if plain && matches!(payload, Payload::Stored(_)) {
                 lineage = Some(Box::new(t.spec.clone()));
             }
@@ -189,6 +193,7 @@ impl State {
             Some(p) => p,
             None => return, // retried (retry_on_error)
         };
+        self.stash_returns(id, result.more_returns);
         self.complete(id, payload, result.nested_refs);
         if let Some(o) = self.objects.get_mut(&id) {
             o.lineage = lineage;
@@ -225,7 +230,7 @@ impl State {
             n.workers = n.workers.saturating_sub(1);
         }
         self.actors_lost_with(client);
-        tracing::warn!(pid = w.pid, worker = w.worker_id, "worker died");
+        self.log_worker_end(&w);
         let mut requeue = Vec::new();
         for (i, id) in w.queue.iter().enumerate() {
             let Some(t) = self.tasks.get_mut(id) else {

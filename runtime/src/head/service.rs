@@ -193,12 +193,13 @@ pub(crate) async fn serve(
     });
     let node = NodeService {
         store: head.store().clone(),
-        token: head.token().to_string(),
+        token: std::sync::Arc::new(parking_lot::RwLock::new(head.token().to_string())),
     };
+    let sweeper = tokio::spawn(super::rejoin::sweep_dead_nodes(Arc::downgrade(&head)));
     let service = HeadServer::new(Service(head))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    crate::net::server()
+    let served = crate::net::server()
         .map_err(std::io::Error::other)?
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(keepalive()))
@@ -208,5 +209,7 @@ pub(crate) async fn serve(
             let _ = shutdown.await;
         })
         .await
-        .map_err(std::io::Error::other)
+        .map_err(std::io::Error::other);
+    sweeper.abort();
+    served
 }

@@ -13,8 +13,10 @@ use super::health::{Health, Phase};
 use super::jobs::{JobHostService, JobRunner, Launch};
 use super::object_store::ObjectStore;
 use super::supervisor::{Supervisor, WorkerEnv};
-use super::transfer::{save, NodeService};
+use super::transfer::{save, NodeService, SharedToken};
 use crate::client::transport;
+
+mod join;
 use crate::error::{Error, Result};
 use crate::proto::{
     self, client_op::Op, head_client::HeadClient, head_op, job_host_server::JobHostServer,
@@ -26,8 +28,11 @@ use crate::proto::{
 pub struct NodeOptions {
     /// The head's address.
     pub head: String,
-    /// The cluster token.
+    /// The cluster token (`FLEET_TOKEN`); empty: read `token_file`.
     pub token: String,
+    /// Where the head wrote the token; read again on every attempt to join,
+    /// since a restarted head may write a new one.
+    pub token_file: Option<PathBuf>,
     /// CPUs this node offers.
     pub num_cpus: f64,
     /// Address other nodes reach this one on (also the bind address).
@@ -36,6 +41,9 @@ pub struct NodeOptions {
     pub port: u16,
     /// Bytes of shared memory for the object store.
     pub store_capacity: u64,
+    /// How long to wait for a head that is not up yet, or to rejoin one
+    /// that went away, before giving up (`--wait-for-head`).
+    pub wait_for_head: std::time::Duration,
     /// Port of the agent's `/healthz` on `node_ip` (`None`: not served;
     /// 0: any free port).
     pub health_port: Option<u16>,
@@ -71,6 +79,8 @@ async fn fetch_binary(head: &str, token: &str, hash: &str, dest: &Path) -> Resul
 
 struct Agent {
     opts: NodeOptions,
+    /// The token of the current session (used to fetch executables).
+    token: String,
     binaries: PathBuf,
     supervisor: Supervisor,
     out: UnboundedSender<proto::ClientOp>,
@@ -86,7 +96,7 @@ impl Agent {
         let path = self.binaries.join(hash);
         let _one = self.fetching.lock().await;
         if !path.is_file() {
-            fetch_binary(&self.opts.head, &self.opts.token, hash, &path)
+            fetch_binary(&self.opts.head, &self.token, hash, &path)
                 .await
                 .map_err(|e| format!("failed to fetch the executable: {e}"))?;
         }
@@ -102,7 +112,7 @@ impl Agent {
                 args: r.args,
                 env: r.env,
                 head: self.opts.head.clone(),
-                token: self.opts.token.clone(),
+                token: self.token.clone(),
             }),
             Err(why) => proto::JobInfo {
                 id: r.id,
@@ -143,7 +153,8 @@ impl Agent {
     }
 }
 
-/// Runs a node agent until the head goes away or `stop` fires.
+/// Runs a node agent until `stop` fires, or until no head answers for
+/// `opts.wait_for_head` (at the start, or after the head went away).
 pub fn run(opts: NodeOptions, stop: oneshot::Receiver<()>) -> Result<()> {
     let rt = crate::cluster::runtime("fleet-node", 2)?;
     let (listener, name) = crate::cluster::bind(&opts.node_ip, opts.port)?;
@@ -156,13 +167,22 @@ pub fn run(opts: NodeOptions, stop: oneshot::Receiver<()>) -> Result<()> {
     result
 }
 
+/// The open session's outbound side, for reports made outside it.
+type Current = Arc<parking_lot::Mutex<Option<UnboundedSender<proto::ClientOp>>>>;
+
+/// How a session with a head ended.
+enum Ended {
+    Stopped,
+    HeadGone(String),
+}
+
 async fn serve(
     opts: NodeOptions,
     name: String,
     store: ObjectStore,
     binaries: PathBuf,
     listener: TcpListener,
-    stop: oneshot::Receiver<()>,
+    mut stop: oneshot::Receiver<()>,
 ) -> Result<()> {
     let health = Health::new(&opts.head);
     if let Some(port) = opts.health_port {
@@ -182,12 +202,26 @@ async fn serve(
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(
         tokio::net::TcpListener::from_std(listener)?,
     );
+    let token: SharedToken = Arc::new(parking_lot::RwLock::new(opts.token.clone()));
     let node = NodeService {
         store: store.clone(),
-        token: opts.token.clone(),
+        token: token.clone(),
     };
-    // Jobs run here report through the session, once it is open.
+    // Jobs run here report through the session open at the time, if any.
     let (job_tx, mut job_rx) = tokio::sync::mpsc::unbounded_channel();
+    let current: Current = Arc::default();
+    {
+        let current = current.clone();
+        tokio::spawn(async move {
+            while let Some(info) = job_rx.recv().await {
+                if let Some(out) = current.lock().as_ref() {
+                    let _ = out.send(proto::ClientOp {
+                        op: Some(Op::JobUpdate(info)),
+                    });
+                }
+            }
+        });
+    }
     let jobs = Arc::new(JobRunner::new(
         crate::daemon::runtime_dir().join("jobs"),
         Arc::new(move |info| {
@@ -199,26 +233,18 @@ async fn serve(
             .add_service(NodeServer::new(node))
             .add_service(JobHostServer::new(JobHostService {
                 runner: jobs.clone(),
-                token: opts.token.clone(),
+                token: token.clone(),
             }))
             .serve_with_incoming(incoming),
     );
-    let (out, mut inbound) = transport::connect(&opts.head).await?;
-    {
-        let out = out.clone();
-        tokio::spawn(async move {
-            while let Some(info) = job_rx.recv().await {
-                let _ = out.send(proto::ClientOp {
-                    op: Some(Op::JobUpdate(info)),
-                });
-            }
-        });
-    }
-    let hello = proto::Hello {
+    // Same name (its transfer address) on every join; a new instance per
+    // process, so the head can tell this agent rejoining from another one.
+    let instance = rand::random::<u64>() | 1;
+    let hello = |token: String| proto::Hello {
         protocol_version: crate::head::PROTOCOL_VERSION,
         role: proto::Role::Node.into(),
         pid: std::process::id(),
-        token: opts.token.clone(),
+        token,
         node_info: Some(proto::NodeInfo {
             address: name.clone(),
             num_cpus: opts.num_cpus,
@@ -226,6 +252,7 @@ async fn serve(
             spill_dir: store.spill_dir().to_string_lossy().into_owned(),
             store_capacity: opts.store_capacity,
             arch: std::env::consts::ARCH.into(),
+            instance,
             store_key: store.key().to_string(),
             // Set by the autoscaler's node jobs, so the head knows which
             // job this node is.
@@ -233,15 +260,71 @@ async fn serve(
         }),
         ..Default::default()
     };
-    let (_welcome, leftover) = transport::handshake(&out, &mut inbound, hello).await?;
-    health.set(Phase::Joined);
+    loop {
+        let joined = join::join(&opts, &hello, &mut stop).await;
+        let Some(joined) = joined.inspect_err(|_| {
+            health.set(Phase::Stopping);
+            jobs.shutdown();
+        })?
+        else {
+            health.set(Phase::Stopping);
+            jobs.shutdown();
+            return Ok(());
+        };
+        *token.write() = joined.token.clone();
+        health.set(Phase::Joined);
+        *current.lock() = Some(joined.out.clone());
+        let ended = session(&opts, &name, &store, &binaries, &jobs, joined, &mut stop).await;
+        *current.lock() = None;
+        // The jobs driven from here belonged to that head's session.
+        jobs.shutdown();
+        match ended {
+            Ended::Stopped => {
+                health.set(Phase::Stopping);
+                return Ok(());
+            }
+            Ended::HeadGone(why) => {
+                health.set(Phase::Waiting);
+                // A clean slate for the next head: the workers were stopped
+                // with the session; the old session's objects go too.
+                store.clear();
+                println!(
+                    "fleet node {name}: lost the head at {} ({why}); stopped its workers and \
+                     emptied its store; rejoining when a head is there again (for up to {} s, \
+                     --wait-for-head)",
+                    opts.head,
+                    opts.wait_for_head.as_secs_f64()
+                );
+            }
+        }
+    }
+}
+
+/// Serves one session with the head: starts workers it asks for, spills
+/// and frees store files, until the head goes away or `stop` fires. Its
+/// workers are stopped when it ends.
+async fn session(
+    opts: &NodeOptions,
+    name: &str,
+    store: &ObjectStore,
+    binaries: &Path,
+    jobs: &Arc<JobRunner>,
+    joined: join::Joined,
+    stop: &mut oneshot::Receiver<()>,
+) -> Ended {
+    let join::Joined {
+        out,
+        mut inbound,
+        leftover,
+        token,
+    } = joined;
     let exits = out.clone();
     let logs = out.clone();
     let supervisor = Supervisor::start(
         WorkerEnv {
             head: opts.head.clone(),
-            token: opts.token.clone(),
-            node: name.clone(),
+            token: token.clone(),
+            node: name.to_string(),
             on_log: Arc::new(move |worker_id, stderr, lines| {
                 let _ = logs.send(proto::ClientOp {
                     op: Some(Op::Log(proto::LogLines {
@@ -266,8 +349,9 @@ async fn serve(
     tracing::info!(node = %name, head = %opts.head, "node agent joined");
     println!("fleet node {name} joined the cluster at {}", opts.head);
     let agent = Arc::new(Agent {
-        opts,
-        binaries,
+        opts: opts.clone(),
+        token,
+        binaries: binaries.to_path_buf(),
         supervisor,
         out,
         fetching: tokio::sync::Mutex::new(()),
@@ -316,20 +400,21 @@ async fn serve(
         _ => {}
     };
     leftover.into_iter().for_each(handle);
-    let mut stop = stop;
-    let why = loop {
+    let ended = loop {
         tokio::select! {
             ops = inbound.next() => match ops {
                 Some(Ok(ops)) => ops.into_iter().for_each(handle),
-                Some(Err(e)) => break e.to_string(),
-                None => break "the head closed the session".to_string(),
+                Some(Err(e)) => break Ended::HeadGone(e.to_string()),
+                None => break Ended::HeadGone("the head closed the session".to_string()),
             },
-            _ = &mut stop => break "stopped".to_string(),
+            _ = &mut *stop => break Ended::Stopped,
         }
     };
-    health.set(Phase::Stopping);
-    tracing::warn!(node = %name, "node agent leaving: {why}");
-    jobs.shutdown();
-    agent.supervisor.shutdown();
-    Ok(())
+    if let Ended::HeadGone(why) = &ended {
+        tracing::warn!(node = %name, "lost the head: {why}");
+    }
+    // Blocking (it waits for the workers to exit): off the runtime threads.
+    let supervisor_owner = agent.clone();
+    let _ = tokio::task::spawn_blocking(move || supervisor_owner.supervisor.shutdown()).await;
+    ended
 }

@@ -362,7 +362,9 @@ fn read_at(path: &std::path::Path, offset: u64) -> std::io::Result<Vec<u8>> {
 /// The `JobHost` service of a node agent: the output of jobs run there.
 pub(crate) struct JobHostService {
     pub(crate) runner: Arc<JobRunner>,
-    pub(crate) token: String,
+    /// The cluster token (it changes when the agent rejoins a head
+    /// restarted with a new one; empty before the first join).
+    pub(crate) token: crate::node::transfer::SharedToken,
 }
 
 #[tonic::async_trait]
@@ -374,7 +376,8 @@ impl proto::job_host_server::JobHost for JobHostService {
         request: Request<proto::JobLogsRequest>,
     ) -> Result<Response<LogStream>, Status> {
         let r = request.into_inner();
-        if r.token != self.token {
+        let token = self.token.read().clone();
+        if token.is_empty() || r.token != token {
             return Err(Status::unauthenticated("wrong or missing cluster token"));
         }
         Ok(Response::new(self.runner.tail(&r.id, r.offset, r.follow)))

@@ -290,6 +290,29 @@ impl ObjectStore {
         pool::give_back(&self.dir, Path::new(path), self.capacity / 4);
     }
 
+    /// Empties the store and its spill folder of objects (and the pool of
+    /// freed files), keeping the folders and the executables cached under
+    /// `binaries/` (named by content hash, so never stale). A node agent
+    /// does this when it rejoins a head: the old session's objects mean
+    /// nothing to the new one.
+    pub(crate) fn clear(&self) {
+        for dir in [&self.dir, &self.spill_dir] {
+            let Ok(entries) = fs::read_dir(dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let path = e.path();
+                if path.is_dir() {
+                    if e.file_name() != "binaries" {
+                        let _ = fs::remove_dir_all(&path);
+                    }
+                } else {
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
+    }
+
     pub(crate) fn remove_all(&self) {
         let _ = fs::remove_dir_all(&self.dir);
         let _ = fs::remove_dir_all(&self.spill_dir);

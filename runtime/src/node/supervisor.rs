@@ -111,7 +111,9 @@ fn spawner(
             Command_::Shutdown => break,
         };
         let mut cmd = Command::new(&program);
-        cmd.env(ENV_WORKER_ID, worker_id.to_string())
+        // `ps` shows what the process is: `my_app [fleet worker 3, job 1]`.
+        cmd.arg0(process_title(&program, worker_id, job))
+            .env(ENV_WORKER_ID, worker_id.to_string())
             .env(ENV_HEAD, &env.head)
             .env(ENV_TOKEN, &env.token)
             .env(ENV_JOB, job.to_string())
@@ -165,6 +167,17 @@ fn spawner(
     for w in waiters {
         let _ = w.join();
     }
+}
+
+/// The command line a worker shows in `ps` and `/proc/PID/cmdline`: the
+/// program's name and what the process is, since workers run the user's
+/// program without its arguments.
+pub(crate) fn process_title(program: &std::path::Path, worker_id: u64, job: u32) -> String {
+    let name = program
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "fleet".into());
+    format!("{name} [fleet worker {worker_id}, job {job}]")
 }
 
 /// Reads one output stream of a worker to its end, labelling each line

@@ -66,8 +66,13 @@ pub(crate) fn stream_file(path: PathBuf) -> ChunkStream {
 /// The `Node` service of one node's store.
 pub(crate) struct NodeService {
     pub(crate) store: ObjectStore,
-    pub(crate) token: String,
+    /// The cluster token; a node agent updates it when it rejoins a head
+    /// restarted with a new one.
+    pub(crate) token: SharedToken,
 }
+
+/// A token that can change while a service runs.
+pub(crate) type SharedToken = std::sync::Arc<parking_lot::RwLock<String>>;
 
 impl NodeService {
     /// Writes an uploaded value into this node's store on a blocking
@@ -151,7 +156,8 @@ impl proto::node_server::Node for NodeService {
             Some(Err(s)) => return Err(s),
             None => return Err(Status::invalid_argument("an empty upload")),
         };
-        if first.token != self.token {
+        let token = self.token.read().clone();
+        if token.is_empty() || first.token != token {
             tracing::warn!("refused an object upload with a wrong token");
             return Err(Status::unauthenticated("wrong or missing cluster token"));
         }
@@ -181,7 +187,8 @@ impl proto::node_server::Node for NodeService {
         request: Request<proto::FetchObjectRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
         let r = request.into_inner();
-        if r.token != self.token {
+        let token = self.token.read().clone();
+        if token.is_empty() || r.token != token {
             tracing::warn!("refused an object fetch with a wrong token");
             return Err(Status::unauthenticated("wrong or missing cluster token"));
         }

@@ -142,22 +142,37 @@ pub(crate) fn send_result(
         .map(|d| d.as_micros() as u64)
         .unwrap_or_default()
         .saturating_sub(exec_micros);
+    let store = |id: u64, enc: crate::codec::Encoded| {
+        let payload = if enc.bytes.len() > INLINE_MAX {
+            match client.store().write(id, &enc.bytes) {
+                Ok(loc) => Payload::Stored(loc),
+                Err(e) => Payload::Error(task_error(
+                    client,
+                    spec,
+                    ErrorKind::Task,
+                    format!("storing the result: {e}"),
+                )),
+            }
+        } else {
+            Payload::Inline(enc.bytes.into())
+        };
+        (payload, enc.nested)
+    };
+    let mut more_returns = Vec::new();
     let (payload, nested_refs) = match outcome {
-        Ok(Output(enc)) => {
-            let payload = if enc.bytes.len() > INLINE_MAX {
-                match client.store().write(id, &enc.bytes) {
-                    Ok(loc) => Payload::Stored(loc),
-                    Err(e) => Payload::Error(task_error(
-                        client,
-                        spec,
-                        ErrorKind::Task,
-                        format!("storing the result: {e}"),
-                    )),
-                }
-            } else {
-                Payload::Inline(enc.bytes.into())
-            };
-            (payload, enc.nested)
+        Ok(Output(enc, more)) => {
+            for (k, enc) in more.into_iter().enumerate() {
+                let rid = id + 1 + k as u64;
+                let (payload, nested_refs) = store(rid, enc);
+                more_returns.push(proto::Return {
+                    value: Some(proto::ObjectValue {
+                        object_id: rid,
+                        payload: Some(payload),
+                    }),
+                    nested_refs,
+                });
+            }
+            store(id, enc)
         }
         Err(e) => (Payload::Error(e), Vec::new()),
     };
@@ -169,6 +184,7 @@ pub(crate) fn send_result(
         nested_refs,
         exec_micros,
         start_micros,
+        more_returns,
     }));
 }
 

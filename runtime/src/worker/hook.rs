@@ -30,6 +30,8 @@ extern "C" fn worker_hook() {
     };
     let code = match std::panic::catch_unwind(|| super::run(id)) {
         Ok(Ok(())) => 0,
+        // Refused because its job ended while it started: nothing to say.
+        Ok(Err(crate::Error::Mismatch(why))) if why.ends_with("has ended") => 0,
         Ok(Err(e)) => {
             eprintln!("fleet worker {id} (pid {}): {e}", std::process::id());
             1

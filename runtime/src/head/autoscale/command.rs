@@ -7,7 +7,8 @@
 use std::collections::HashMap;
 use std::process::Command as Process;
 
-use super::{fill, run, Launch, NodeJob, Phase, Provider};
+use super::process::{fill, run, Output};
+use super::{Launch, NodeJob, Phase, Provider};
 
 /// The command provider.
 pub(super) struct Command {
@@ -60,15 +61,8 @@ impl Provider for Command {
     fn submit(&mut self, id: &str, count: usize) -> Result<String, String> {
         let mut p = self.shell(&self.scale_up, id, "", count);
         // Output goes to the head's log; a node started in the background
-        // may keep these open, so nothing here waits for them to close.
-        p.stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit());
-        let status = p
-            .status()
-            .map_err(|e| format!("cannot run the --scale-up command: {e}"))?;
-        if !status.success() {
-            return Err(format!("the --scale-up command failed ({status})"));
-        }
+        // may keep it open, so nothing here waits for it to close.
+        run(&mut p, None, Output::Log, "the --scale-up command")?;
         Ok(String::new())
     }
 
@@ -83,6 +77,6 @@ impl Provider for Command {
             return Ok(());
         };
         let mut p = self.shell(&self.scale_down, &job.id, node, count);
-        run(&mut p, "the --scale-down command").map(|_| ())
+        run(&mut p, None, Output::Log, "the --scale-down command").map(|_| ())
     }
 }

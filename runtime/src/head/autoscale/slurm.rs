@@ -2,10 +2,10 @@
 //! --address <head>`, follow it with `squeue`, give it back with `scancel`.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use super::{run, Launch, NodeJob, Phase, Provider};
+use super::process::{run, Output};
+use super::{Launch, NodeJob, Phase, Provider};
 
 /// The Slurm provider.
 pub(super) struct Slurm {
@@ -57,32 +57,17 @@ impl Provider for Slurm {
     }
 
     fn submit(&mut self, id: &str, _count: usize) -> Result<String, String> {
-        let mut child = Command::new("sbatch")
-            .args(["--parsable", "--nodes=1", "--job-name=fleet-node"])
-            .args(&self.args)
-            .env(crate::ENV_TOKEN, &self.launch.token)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run sbatch: {e}"))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(self.script(id).as_bytes())
-                .map_err(|e| format!("writing the batch script to sbatch: {e}"))?;
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| format!("waiting for sbatch: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "sbatch failed ({}): {} (check --slurm-args)",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
+        let text = run(
+            Command::new("sbatch")
+                .args(["--parsable", "--nodes=1", "--job-name=fleet-node"])
+                .args(&self.args)
+                .env(crate::ENV_TOKEN, &self.launch.token),
+            Some(self.script(id)),
+            Output::Capture,
+            "sbatch",
+        )
+        .map_err(|e| format!("{e} (check --slurm-args)"))?;
         // `--parsable` prints "jobid" or "jobid;cluster".
-        let text = String::from_utf8_lossy(&out.stdout);
         let job = text
             .trim()
             .split(';')
@@ -98,6 +83,8 @@ impl Provider for Slurm {
     fn poll(&mut self) -> Option<HashMap<String, Phase>> {
         let out = match run(
             Command::new("squeue").args(["--noheader", "--me", "--format=%i %T"]),
+            None,
+            Output::Capture,
             "squeue",
         ) {
             Ok(out) => out,
@@ -125,6 +112,12 @@ impl Provider for Slurm {
     }
 
     fn cancel(&mut self, job: &NodeJob, _count: usize) -> Result<(), String> {
-        run(Command::new("scancel").arg(&job.external), "scancel").map(|_| ())
+        run(
+            Command::new("scancel").arg(&job.external),
+            None,
+            Output::Capture,
+            "scancel",
+        )
+        .map(|_| ())
     }
 }

@@ -9,6 +9,7 @@ use crate::proto::{self, object_value::Payload};
 
 use super::super::state::State;
 use super::deaths::Deaths;
+use super::returns::MoreReturns;
 
 /// Control state of the scheduler (one field of the head's `State`).
 #[derive(Default)]
@@ -21,6 +22,8 @@ pub(in crate::head) struct Control {
     pub(in crate::head) children: HashMap<u64, Vec<u64>>,
     /// By worker id: why the memory monitor killed it.
     pub(in crate::head) oom_kills: HashMap<u64, String>,
+    /// Later results of tasks with `num_returns`, until they complete.
+    pub(in crate::head) returns: MoreReturns,
     /// Tasks and actor calls cancelled, for the dashboard.
     pub(in crate::head) cancelled_total: u64,
 }

@@ -76,6 +76,30 @@ impl State {
         }
     }
 
+    /// Says why a worker's session ended, at WARN only when something went
+    /// wrong: the workers of a job that ended leave on purpose (debug). A
+    /// worker that dies while running a task is named once its exit status
+    /// is known, with what became of the task (see `settle`).
+    pub(in crate::head) fn log_worker_end(&self, w: &Worker) {
+        if !self.jobs.contains_key(&w.job) {
+            tracing::debug!(
+                pid = w.pid,
+                worker = w.worker_id,
+                "worker left: job {} ended",
+                w.job
+            );
+        } else if w.queue.is_empty() {
+            tracing::warn!(
+                "worker {} (pid {}) on {} of job {} ended while idle; no task was lost, \
+                 another starts when one is needed",
+                w.worker_id,
+                w.pid,
+                w.node,
+                w.job
+            );
+        }
+    }
+
     /// A node's supervisor saw a worker process exit.
     pub(in crate::head) fn worker_exit_status(&mut self, worker_id: u64, status: String) {
         let info = ExitInfo {
@@ -120,8 +144,28 @@ impl State {
         }
         let info = info.unwrap_or_default();
         let oom = !info.oom.is_empty();
+        let how = if info.status.is_empty() {
+            "ended (its exit status is unknown: its node may be gone)".to_string()
+        } else {
+            info.status.clone()
+        };
         if t.retries_left > 0 {
             t.retries_left -= 1;
+            let attempt = t.spec.max_retries - t.retries_left + 1;
+            tracing::warn!(
+                "worker pid {} on {} {how} while running task {:016x} (`{}`){}; task retried, \
+                 attempt {attempt} of {}",
+                d.pid,
+                d.node,
+                d.task,
+                t.spec.function,
+                if oom {
+                    " (killed by the memory monitor)"
+                } else {
+                    ""
+                },
+                t.spec.max_retries + 1,
+            );
             t.ready_at = std::time::Instant::now();
             if oom {
                 // Memory is short now: give it a moment to come back.
@@ -148,11 +192,6 @@ impl State {
             );
         } else {
             e.set_kind(proto::ErrorKind::WorkerDied);
-            let how = if info.status.is_empty() {
-                "ended (its exit status is unknown: its node may be gone)".to_string()
-            } else {
-                info.status.clone()
-            };
             e.message = format!(
                 "worker pid {} on {} {how} while running it (retries used up)",
                 d.pid, d.node
@@ -161,6 +200,14 @@ impl State {
                 e.message = format!("{}. {SIGKILL_HINT}", e.message);
             }
         }
+        tracing::warn!(
+            "worker pid {} on {} {how} while running task {:016x} (`{function}`); no retries \
+             left (max_retries = {}): the task fails",
+            d.pid,
+            d.node,
+            d.task,
+            t.spec.max_retries,
+        );
         let now = super::super::observe::now_us();
         self.record((d.node, d.pid), d.task, &function, false, now, 0);
         self.complete(d.task, Payload::Error(e), Vec::new());
