@@ -1,8 +1,9 @@
 //! The container image, run by a real Docker: the test starts its own
 //! `dockerd` (no bridge, no iptables, its own data root, exec root and
 //! socket under a temp dir), builds `fleet:latest` with
-//! `deploy/docker/build.sh`, runs a head and two node containers with host
-//! networking on distinct loopback addresses, and is itself the driver:
+//! `deploy/docker/build.sh`, runs two node containers and then a head
+//! (the nodes wait for it) with host networking on distinct loopback
+//! addresses, and is itself the driver:
 //! the nodes fetch this test's executable into their containers and run
 //! its tasks there. Everything (containers, image, dockerd and its
 //! containerd, their mounts) is removed at the end, also on failure.
@@ -201,27 +202,9 @@ fn a_head_and_two_nodes_in_containers_run_a_host_drivers_tasks() {
         d.ok(&all)
     };
     let (port_s, dash_s) = (port.to_string(), dashboard.to_string());
-    run(
-        "fleet-head",
-        &[
-            "start",
-            "--head",
-            "--block",
-            "--port",
-            &port_s,
-            "--dashboard-port",
-            &dash_s,
-            "--num-cpus",
-            "0",
-            "--object-store-bytes",
-            "134217728",
-        ],
-    );
     let head = format!("127.0.0.1:{port}");
     let dash = format!("127.0.0.1:{dashboard}");
-    wait_until("the head container's /healthz", GENEROUS, || {
-        matches!(get(&dash, "/healthz"), Ok((200, _))).then_some(())
-    });
+    // The nodes first: they wait for their head (503 until they join).
     let mut health = Vec::new();
     for (name, ip) in [("fleet-node-2", "127.0.0.2"), ("fleet-node-3", "127.0.0.3")] {
         let h = free_port().to_string();
@@ -239,11 +222,38 @@ fn a_head_and_two_nodes_in_containers_run_a_host_drivers_tasks() {
                 "134217728",
                 "--health-port",
                 &h,
+                "--wait-for-head",
+                "120",
                 "--block",
             ],
         );
-        health.push(format!("{ip}:{h}"));
+        let at = format!("{ip}:{h}");
+        wait_until(
+            "a waiting node container's /healthz (503)",
+            GENEROUS,
+            || matches!(get(&at, "/healthz"), Ok((503, _))).then_some(()),
+        );
+        health.push(at);
     }
+    run(
+        "fleet-head",
+        &[
+            "start",
+            "--head",
+            "--block",
+            "--port",
+            &port_s,
+            "--dashboard-port",
+            &dash_s,
+            "--num-cpus",
+            "0",
+            "--object-store-bytes",
+            "134217728",
+        ],
+    );
+    wait_until("the head container's /healthz", GENEROUS, || {
+        matches!(get(&dash, "/healthz"), Ok((200, _))).then_some(())
+    });
     for h in &health {
         wait_until("a node container's /healthz", GENEROUS, || {
             matches!(get(h, "/healthz"), Ok((200, _))).then_some(())

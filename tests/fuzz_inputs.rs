@@ -318,6 +318,17 @@ fn client_ops() -> Vec<ClientOp> {
         })),
         op(client_op::Op::Unblocked(3)),
         op(client_op::Op::KillActor(77)),
+        op(client_op::Op::MemoryPressure(
+            fleet::proto::MemoryPressure {
+                used: u64::MAX,
+                total: 0,
+                threshold: 1,
+                workers: vec![fleet::proto::WorkerRss {
+                    worker_id: 1,
+                    rss: u64::MAX,
+                }],
+            },
+        )),
         op(client_op::Op::Cancel(fleet::proto::Cancel {
             task_id: 1 << 40 | 1,
             force: true,

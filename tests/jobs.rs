@@ -122,6 +122,17 @@ fn detached_role() {
             });
             println!("USED {four} {five} same={same_id} after-kill={gone}");
         }
+        "race" => {
+            // Several drivers at once: one creates it, all get that one.
+            let t = Tally::options()
+                .name("race")
+                .detached()
+                .get_if_exists(true)
+                .remote(0)
+                .expect("get or create");
+            let n = fleet::get(&t.add(1)).expect("call");
+            println!("RACED id={} n={n}", t.as_ref().id());
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -145,12 +156,17 @@ impl Head {
 
     /// A head whose process also gets `env`.
     fn start_with(env: &[(&str, &str)]) -> Head {
-        let tmp = tempfile::tempdir().expect("temp dir");
+        Head::start_in(tempfile::tempdir().expect("temp dir"), 0, env)
+    }
+
+    /// A head on `port` (0: any) whose runtime folder is `tmp`.
+    fn start_in(tmp: tempfile::TempDir, port: u16, env: &[(&str, &str)]) -> Head {
         let token = format!("jobs-test-{}", std::process::id());
         let token_file = tmp.path().join("token");
         let process = Child::spawn(
             clean(&mut Command::new(fleet_bin()))
-                .args(["start", "--head", "--port", "0", "--dashboard-port", "0"])
+                .args(["start", "--head", "--port", &port.to_string()])
+                .args(["--dashboard-port", "0"])
                 .args(["--num-cpus", "1", "--block", "--token-file"])
                 .arg(&token_file)
                 .env("TMPDIR", tmp.path())
@@ -313,6 +329,11 @@ fn a_submitted_job_runs_to_completion_after_the_submitter_exits() {
     let row = list.lines().find(|l| l.starts_with(&id)).expect("listed");
     assert!(row.contains("SUCCEEDED") && row.contains(" 0 "), "{list}");
 
+    let scripted: serde_json::Value =
+        serde_json::from_str(&head.ok(&["job", "status", &id, "--json"])).expect("status JSON");
+    assert_eq!(scripted[0]["id"], id.as_str());
+    assert_eq!(scripted[0]["exit_code"], 0);
+    assert!(scripted[0]["end_millis"].as_u64() >= scripted[0]["start_millis"].as_u64());
     let jobs: serde_json::Value =
         serde_json::from_str(&http_get(&head.dashboard, "/api/jobs")).expect("jobs JSON");
     let listed = jobs
@@ -471,6 +492,81 @@ fn a_detached_actor_outlives_its_driver() {
         let s = head.ok(&["status"]);
         (s.contains("actors: 0") && s.contains(")    0 workers")).then_some(())
     });
+}
+
+#[test]
+fn drivers_racing_with_get_if_exists_share_one_actor() {
+    let head = Head::start();
+    // Children killed if the test fails half-way.
+    let racers: Vec<Child> = (0..3)
+        .map(|_| {
+            Child::spawn(
+                clean(&mut Command::new(std::env::current_exe().unwrap()))
+                    .args(["--exact", "detached_role", "--nocapture"])
+                    .env(ROLE, "race")
+                    .env("TMPDIR", head.tmp.path())
+                    .env("FLEET_ADDRESS", "auto"),
+            )
+        })
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    let mut counts = Vec::new();
+    for r in &racers {
+        let line = r.expect_line("RACED");
+        let mut parts = line.split_whitespace().skip(1);
+        ids.insert(parts.next().expect("id").to_string());
+        counts.push(parts.next().expect("n").to_string());
+    }
+    assert_eq!(ids.len(), 1, "every driver got the same actor: {ids:?}");
+    counts.sort();
+    assert_eq!(
+        counts,
+        ["n=1", "n=2", "n=3"],
+        "one actor counted all three calls"
+    );
+}
+
+#[test]
+fn a_head_restarted_at_its_address_still_lists_earlier_jobs() {
+    let port = common::cli::free_port();
+    let head = Head::start_in(tempfile::tempdir().expect("temp dir"), port, &[]);
+    let done = head.submit("ok", &[]);
+    head.wait_state(&done, "SUCCEEDED");
+    let never = head.tmp.path().join("never");
+    let never_env = format!("{GATE}={}", never.display());
+    let cut_short = head.submit("gate", &["--env", &never_env]);
+    wait_until("the job to wait at its gate", GENEROUS, || {
+        head.ok(&["job", "logs", &cut_short])
+            .contains("waiting at the gate")
+            .then_some(())
+    });
+    let pid: i32 = field(&head.ok(&["job", "status", &cut_short]), "pid:")
+        .parse()
+        .expect("pid");
+    // The head goes away (SIGKILL: no goodbye) and a new one takes its place.
+    let Head {
+        mut process, tmp, ..
+    } = head;
+    process.kill();
+    // A driver outlives a head killed this way (it would fail at its next
+    // call); this one waits at a gate, so the test ends it.
+    // SAFETY: plain kill(2) of the job's process group, started by the head.
+    unsafe { libc::kill(-pid, libc::SIGKILL) };
+    let head = Head::start_in(tmp, port, &[]);
+    let list = head.ok(&["job", "list"]);
+    let row = |id: &str| {
+        list.lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("{id} listed after the restart: {list}"))
+            .to_string()
+    };
+    assert!(row(&done).contains("SUCCEEDED"), "{list}");
+    assert!(row(&cut_short).contains("FAILED"), "{list}");
+    let status = head.ok(&["job", "status", &cut_short]);
+    assert!(status.contains("the head stopped while it ran"), "{status}");
+    // Its output is still on the head's machine.
+    let logs = head.ok(&["job", "logs", &done]);
+    assert!(logs.contains("RESULT 42"), "{logs}");
 }
 
 #[test]

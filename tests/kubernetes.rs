@@ -293,13 +293,18 @@ impl Netns {
 
     /// Waits until `GET path` at `at` inside the namespace answers 200.
     fn probe(&self, at: &str, path: &str) -> String {
+        self.probe_status(at, path, 200)
+    }
+
+    /// Waits until `GET path` at `at` inside the namespace answers `want`.
+    fn probe_status(&self, at: &str, path: &str, want: u16) -> String {
         wait_until(
-            &format!("GET http://{at}{path} to answer 200"),
+            &format!("GET http://{at}{path} to answer {want}"),
             GENEROUS,
             || {
                 let (at, path) = (at.to_string(), path.to_string());
                 match self.inside(move || get(&at, &path)) {
-                    Ok((200, body)) => Some(body),
+                    Ok((status, body)) if status == want => Some(body),
                     _ => None,
                 }
             },
@@ -431,18 +436,16 @@ fn the_manifests_commands_run_a_cluster_and_its_driver_job() {
             <= head_pod.shm,
         "the head's store fits its /dev/shm"
     );
-    let head_child =
-        Child::spawn(&mut ns.command(&head_pod.exe, &head_pod.args, &head_pod.env, head_pod.shm));
-    head_child.expect_line("serving at");
-    ns.pods.push(head_child);
     let dashboard = format!("{head_ip}:{head_health}");
-    ns.probe(&dashboard, "/healthz");
 
+    // The node pods first: they wait for the head, not ready (503) until
+    // they have joined it.
     let replicas = nodes["spec"]["replicas"].as_u64().expect("replicas");
     assert!(replicas >= 1);
     let node_health = health_port(node_c);
     let limit = cpus(&node_c["resources"]["limits"]["cpu"]);
     let mut ips = Vec::new();
+    let mut waiting = Vec::new();
     for k in 0..replicas {
         let ip = format!("127.0.0.{}", k + 2);
         let p = pod(nodes, "fleet-node", &ip, &objects);
@@ -455,10 +458,21 @@ fn the_manifests_commands_run_a_cluster_and_its_driver_job() {
             "the node's store fits its /dev/shm"
         );
         let child = Child::spawn(&mut ns.command(&p.exe, &p.args, &p.env, p.shm));
+        let at = format!("{ip}:{node_health}");
+        let body = ns.probe_status(&at, "/healthz", 503);
+        assert!(body.contains("waiting for the head"), "{body}");
+        waiting.push(child);
+        ips.push(ip);
+    }
+    let head_child =
+        Child::spawn(&mut ns.command(&head_pod.exe, &head_pod.args, &head_pod.env, head_pod.shm));
+    head_child.expect_line("serving at");
+    ns.pods.push(head_child);
+    ns.probe(&dashboard, "/healthz");
+    for (child, ip) in waiting.into_iter().zip(&ips) {
         child.expect_line("joined the cluster");
         ns.pods.push(child);
         ns.probe(&format!("{ip}:{node_health}"), "/healthz");
-        ips.push(ip);
     }
     // Every node joined with the CPUs of its limit.
     let metrics = ns.probe(&dashboard, "/metrics");

@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::cli::{fleet_bin, Child, CliCluster};
-use common::http::{get, get_ok};
+use common::cli::{fleet_bin, free_port, fresh_token, spawn_node, Child, CliCluster};
+use common::http::{get, get_ok, get_with};
 use common::{wait_for_path, wait_until, Gate, GENEROUS};
 use fleet::remote;
 
@@ -242,6 +242,32 @@ fn a_live_scrape_passes_promtool_and_counts_the_work_done() {
     assert!(objects >= 1.0);
     drop(big);
 
+    // Prometheus asks for OpenMetrics, and gets it: counters' families
+    // without `_total`, units, and the closing `# EOF`.
+    let (status, open) = get_with(
+        &dashboard,
+        "/metrics",
+        &[(
+            "Accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )],
+    )
+    .expect("an OpenMetrics scrape");
+    assert_eq!(status, 200);
+    assert!(
+        open.contains("# TYPE fleet_tasks_finished counter\n"),
+        "{open}"
+    );
+    assert!(
+        open.contains("# UNIT fleet_task_run_seconds seconds\n"),
+        "{open}"
+    );
+    assert!(open.trim_end().ends_with("# EOF"), "{open}");
+    assert_eq!(
+        samples(&open).get("fleet_tasks_finished_total{function=\"square\"}"),
+        Some(&n)
+    );
+
     // The Grafana dashboard reads only metrics the head exposes.
     let exposed = names(&done);
     let board: serde_json::Value = serde_json::from_str(
@@ -350,4 +376,51 @@ fn healthz_answers_on_the_head_and_on_a_node_agent() {
         .expect("stderr");
     assert!(!status.success(), "{err}");
     assert!(err.contains("--dashboard-port"), "{err}");
+}
+
+#[test]
+fn a_node_agents_healthz_is_503_until_it_joins_and_after_it_loses_its_head() {
+    let port = free_port();
+    let token = fresh_token();
+    // The agent starts first, as pods and batch jobs may.
+    let node = spawn_node(
+        &format!("127.0.0.1:{port}"),
+        &token,
+        "127.0.0.5",
+        1,
+        &["--health-port", "0", "--wait-for-head", "120"],
+    );
+    let health = node
+        .expect_line("fleet node health at ")
+        .rsplit(' ')
+        .next()
+        .expect("URL")
+        .trim_end_matches("/healthz")
+        .to_string();
+    let status = |want: u16| {
+        wait_until(
+            &format!("the node's /healthz to say {want}"),
+            GENEROUS,
+            || {
+                get(&health, "/healthz")
+                    .ok()
+                    .filter(|(s, _)| *s == want)
+                    .map(|(_, body)| body)
+            },
+        )
+    };
+    let body = status(503);
+    assert!(body.contains("waiting for the head"), "{body}");
+
+    let mut c = CliCluster::start_on(port, &token, 1, &[]);
+    node.expect_line("joined the cluster");
+    let body = status(200);
+    assert!(body.contains(&c.address), "{body}");
+
+    // The head dies: the agent waits for another one, and says so.
+    c.head.kill();
+    let body = status(503);
+    assert!(body.contains("waiting for the head"), "{body}");
+    c.restart_head(1, &[]);
+    status(200);
 }

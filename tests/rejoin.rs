@@ -58,13 +58,15 @@ fn store_dir_of(agent_pid: u32) -> PathBuf {
         .unwrap_or_else(|| panic!("no store folder of node agent {agent_pid} in /dev/shm"))
 }
 
-/// Regular files under `dir`, recursively.
+/// Regular files under `dir`, recursively, but for dotfiles (the store's
+/// id file names the store, not an object).
 fn files_under(dir: &std::path::Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
     entries
         .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
         .map(|e| {
             let p = e.path();
             if p.is_dir() {
@@ -173,6 +175,11 @@ fn a_head_restarted_under_running_nodes_gets_them_back_with_a_clean_slate() {
             "{} still holds objects",
             dir.display()
         );
+        assert!(
+            dir.join(".fleet-store-id").is_file(),
+            "{} keeps its id, so drivers there still share it",
+            dir.display()
+        );
     }
     // Each node counted once, with its own CPUs.
     let s = wait_until("both nodes in the new head's status", GENEROUS, || {
@@ -244,7 +251,9 @@ fn a_driver_whose_head_is_killed_gets_a_connection_error_not_a_hang() {
 
 #[test]
 fn a_dead_node_is_replaced_by_its_return_and_leaves_status_after_the_ttl() {
-    let mut c = CliCluster::start(0, &["--dead-node-ttl", "3"]);
+    // Long enough that the dead node is surely still listed when the test
+    // looks right after seeing it die; short enough to wait for.
+    let mut c = CliCluster::start(0, &["--dead-node-ttl", "10"]);
     let port = std::net::TcpListener::bind("127.0.0.2:0")
         .and_then(|l| l.local_addr())
         .expect("a free port on 127.0.0.2")
@@ -274,7 +283,19 @@ fn a_dead_node_is_replaced_by_its_return_and_leaves_status_after_the_ttl() {
     wait_until("the node dead again", GENEROUS, || {
         status(&c).filter(|s| of(s).iter().any(|n| !n.alive))
     });
+    let dashboard = c.dashboard.clone().expect("the head's dashboard");
+    let listed = |alive: bool| {
+        let body = common::http::get_ok(&dashboard, "/api/snapshot");
+        let snap: serde_json::Value = serde_json::from_str(&body).expect("snapshot JSON");
+        snap["nodes"]
+            .as_array()
+            .expect("a node list")
+            .iter()
+            .any(|n| n["name"] == name.as_str() && n["alive"] == alive)
+    };
+    assert!(listed(false), "the dashboard lists the dead node");
     wait_until("the dead node to leave status", GENEROUS, || {
         status(&c).filter(|s| of(s).is_empty())
     });
+    assert!(!listed(false) && !listed(true), "nor the dashboard");
 }

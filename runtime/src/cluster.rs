@@ -203,6 +203,10 @@ fn start_local(config: &Config) -> Result<Inner> {
         }
     });
     head.attach_supervisor(local_supervisor(&head, &address, &token));
+    if let Err(e) = head.start_memory_monitor() {
+        head.shutdown();
+        return Err(e);
+    }
     let dashboard = if std::env::var("FLEET_DASHBOARD").is_ok_and(|v| v == "0") {
         None
     } else {

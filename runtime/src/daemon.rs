@@ -98,6 +98,12 @@ pub fn run_head(
         token_file: Some(opts.token_file.clone()),
     })?;
     if let Some(autoscale) = opts.autoscale.clone() {
+        if address.starts_with("127.") || address.starts_with("localhost") {
+            eprintln!(
+                "fleet: warning: the autoscaler's nodes join the head at {address}, a loopback address only this machine reaches; \
+                 for nodes on other machines start the head with --bind 0.0.0.0 --node-ip <this machine's address>"
+            );
+        }
         let launch = crate::head::autoscale::Launch {
             address: address.clone(),
             token: token.clone(),
@@ -113,6 +119,10 @@ pub fn run_head(
     let serving =
         rt.spawn(async move { crate::head::serve(server, listener, server_stopped).await });
     head.attach_supervisor(crate::cluster::local_supervisor(&head, &address, &token));
+    if let Err(e) = head.start_memory_monitor() {
+        head.shutdown();
+        return Err(e);
+    }
     // A busy dashboard port does not stop the cluster: it runs without one.
     let dashboard = match opts.dashboard {
         Some(at) => match rt.block_on(head.serve_dashboard(at)) {

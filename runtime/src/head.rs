@@ -405,6 +405,7 @@ impl Head {
     fn apply(&self, client: u32, ops: Vec<proto::ClientOp>) {
         let mut exits = Vec::new();
         let mut logs = Vec::new();
+        let mut pressure = Vec::new();
         let mut job_updates = Vec::new();
         let out = {
             let mut st = self.state.lock();
@@ -432,6 +433,7 @@ impl Head {
                         },
                     ),
                     Op::Cancel(c) => st.cancel(client, c),
+                    Op::MemoryPressure(p) => pressure.push(p),
                     Op::Hello(_) => {}
                 }
             }
@@ -441,6 +443,12 @@ impl Head {
         self.flush(out);
         for e in exits {
             self.worker_exited(e.worker_id, e.status);
+        }
+        for p in pressure {
+            let node = self.state.lock().node_of_session(client);
+            if let Some(node) = node {
+                self.memory_pressure(&node, &p);
+            }
         }
         for l in logs {
             self.forward_log(l.worker_id, l.stderr, l.lines);
@@ -626,11 +634,7 @@ impl Head {
     /// came, a retry's backoff).
     fn put_off(&self, delay: std::time::Duration, what: scheduler::Later) {
         let Some(me) = self.me.upgrade() else { return };
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        rt.spawn(async move {
-            tokio::time::sleep(delay).await;
+        let apply = move || {
             if me.stopping.load(Ordering::Acquire) {
                 return;
             }
@@ -641,7 +645,78 @@ impl Head {
                 st.take_outbox()
             };
             me.flush(out);
-        });
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    apply();
+                });
+            }
+            // Called from a supervisor's thread: a thread of its own.
+            Err(_) => {
+                std::thread::spawn(move || {
+                    std::thread::sleep(delay);
+                    apply();
+                });
+            }
+        }
+    }
+
+    /// Starts the memory monitor of the head's own node (after
+    /// `attach_supervisor`); a bad `FLEET_MEMORY_THRESHOLD` is an error.
+    pub(crate) fn start_memory_monitor(&self) -> crate::Result<()> {
+        use crate::node::memory_monitor;
+        let threshold = memory_monitor::Threshold::from_env().map_err(crate::Error::Startup)?;
+        let Some(live) = self.supervisor.get().map(|s| s.live()) else {
+            return Ok(());
+        };
+        let (me, me2) = (self.me.clone(), self.me.clone());
+        let node = self.node.clone();
+        memory_monitor::start(
+            threshold,
+            move || live.lock().iter().map(|(w, p)| (*w, *p)).collect(),
+            move |report| {
+                me.upgrade()
+                    .is_some_and(|h| h.memory_pressure(&node, &report))
+            },
+            move || {
+                me2.upgrade()
+                    .is_none_or(|h| h.stopping.load(Ordering::Acquire))
+            },
+        );
+        Ok(())
+    }
+
+    /// `node` is above its memory threshold: the scheduler picks a worker
+    /// and it is killed, here or by the node's agent. True if one was.
+    fn memory_pressure(&self, node: &str, report: &proto::MemoryPressure) -> bool {
+        let (victim, session) = {
+            let mut st = self.state.lock();
+            let victim = st.memory_pressure(node, report);
+            (victim, st.nodes.get(node).and_then(|n| n.session))
+        };
+        let Some((worker_id, _)) = victim else {
+            return false;
+        };
+        if node == self.node {
+            let killed = self.supervisor.get().is_some_and(|s| s.kill(worker_id));
+            if !killed {
+                self.state.lock().memory_kill_failed(worker_id);
+            }
+            return killed;
+        }
+        match session.and_then(|s| self.senders.get(&s)) {
+            Some(tx) => tx
+                .send(proto::HeadOp {
+                    op: Some(head_op::Op::KillWorker(worker_id)),
+                })
+                .is_ok(),
+            None => {
+                self.state.lock().memory_kill_failed(worker_id);
+                false
+            }
+        }
     }
 
     /// Stops every worker and removes the store folders.

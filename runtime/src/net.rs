@@ -81,6 +81,12 @@ pub(crate) fn endpoint(address: &str) -> Result<Endpoint> {
         .map_err(|e| Error::Connection(format!("bad address {address}: {e}")))?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(10))
+        // The client side watches too: a node agent or driver whose head's
+        // machine vanished (a cut link sends no FIN) notices within the
+        // heartbeat timeout, as the head does, instead of waiting forever.
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(heartbeat_timeout())
+        .keep_alive_while_idle(true)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .initial_stream_window_size(STREAM_WINDOW);
     if let Some(t) = tls {
@@ -94,6 +100,17 @@ pub(crate) fn endpoint(address: &str) -> Result<Endpoint> {
             .map_err(|e| Error::Connection(format!("TLS settings: {e}")))?;
     }
     Ok(endpoint)
+}
+
+/// How long a connection may go without an answer to its keepalive pings
+/// before it is given up (`FLEET_HEARTBEAT_TIMEOUT_SECS`, default 10).
+pub(crate) fn heartbeat_timeout() -> Duration {
+    std::env::var("FLEET_HEARTBEAT_TIMEOUT_SECS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(Duration::from_secs_f64)
+        .unwrap_or(Duration::from_secs(10))
 }
 
 /// A connected channel to `address`.

@@ -4,6 +4,7 @@
 pub(crate) mod agent;
 pub(crate) mod health;
 pub(crate) mod jobs;
+pub(crate) mod memory_monitor;
 pub(crate) mod object_store;
 pub(crate) mod supervisor;
 pub(crate) mod transfer;

@@ -9,12 +9,25 @@ use super::GENEROUS;
 /// `GET path` from `base` (`http://host:port` or `host:port`): the status
 /// code and the body, or the connection error.
 pub(crate) fn get(base: &str, path: &str) -> std::io::Result<(u16, String)> {
+    get_with(base, path, &[])
+}
+
+/// [`get`] with more request headers (`("Accept", "…")`).
+pub(crate) fn get_with(
+    base: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String)> {
     let host = base.trim_start_matches("http://").trim_end_matches('/');
     let mut s = std::net::TcpStream::connect(host)?;
     s.set_read_timeout(Some(GENEROUS))?;
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n"
     )?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;

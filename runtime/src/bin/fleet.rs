@@ -313,6 +313,9 @@ enum JobCommand {
     List {
         #[command(flatten)]
         target: JobTarget,
+        /// Print JSON (a list of records) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// One job: state, exit code, start and end times, where its output is.
     Status {
@@ -320,6 +323,9 @@ enum JobCommand {
         target: JobTarget,
         /// The job's id (from `fleet job submit` or `fleet job list`).
         id: String,
+        /// Print JSON (a list with the one record).
+        #[arg(long)]
+        json: bool,
     },
     /// The driver's output (with its workers' lines).
     Logs {
@@ -365,12 +371,24 @@ fn job(command: JobCommand) -> anyhow::Result<()> {
             )?;
             println!("{id}");
         }
-        JobCommand::List { target } => print!("{}", job::table(&job::list(&target.into_target())?)),
-        JobCommand::Status { target, id } => {
+        JobCommand::List { target, json } => {
+            let jobs = job::list(&target.into_target())?;
             print!(
                 "{}",
-                job::describe(&job::status(&target.into_target(), &id)?)
+                if json {
+                    job::json(&jobs)
+                } else {
+                    job::table(&jobs)
+                }
             )
+        }
+        JobCommand::Status { target, id, json } => {
+            let info = job::status(&target.into_target(), &id)?;
+            if json {
+                print!("{}", job::json(std::slice::from_ref(&info)))
+            } else {
+                print!("{}", job::describe(&info))
+            }
         }
         JobCommand::Logs { target, id, follow } => job::logs(
             &target.into_target(),

@@ -255,6 +255,13 @@ pub fn describe(j: &proto::JobInfo) -> String {
     )
 }
 
+/// Jobs as JSON, for scripts (`--json`): the same fields as the
+/// dashboard's `/api/jobs`.
+pub fn json(jobs: &[proto::JobInfo]) -> String {
+    let all: Vec<serde_json::Value> = jobs.iter().map(crate::node::jobs::to_json).collect();
+    serde_json::to_string_pretty(&all).unwrap_or_default() + "\n"
+}
+
 /// How `fleet job list` prints the jobs: one line each.
 pub fn table(jobs: &[proto::JobInfo]) -> String {
     let mut out = format!(

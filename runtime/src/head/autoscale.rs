@@ -26,6 +26,9 @@ use demand::{demand, Demand};
 /// Decisions remembered for `fleet status` and the dashboard.
 const EVENTS_KEPT: usize = 200;
 
+/// Most often the provider's queue is asked about jobs not yet joined.
+const QUEUE_EVERY: Duration = Duration::from_secs(2);
+
 /// A command-started node that has not joined after this long is
 /// forgotten (its command cannot be asked whether it is still coming).
 const COMMAND_JOIN_TIMEOUT: Duration = Duration::from_secs(300);
@@ -125,6 +128,8 @@ struct Inner {
     next_id: u64,
     /// Since when demand has been unmet.
     demand_since: Option<Instant>,
+    /// When the provider's queue was last asked.
+    last_poll: Option<Instant>,
     /// Since when no demand has been unmet.
     satisfied_since: Option<Instant>,
     /// Every node seen so far: a node without a job id is taken as a
@@ -184,6 +189,7 @@ impl Autoscaler {
                 next_id: 1,
                 demand_since: None,
                 satisfied_since: None,
+                last_poll: None,
                 seen: std::collections::HashSet::new(),
             }),
             started: Instant::now(),
@@ -221,8 +227,20 @@ impl Autoscaler {
     /// give idle ones back.
     fn decide(&self, demand: Demand) {
         let mut provider = self.provider.lock();
-        let queue = provider.poll();
         let mut inner = self.inner.lock();
+        // The provider's queue is asked only while some job has not joined
+        // (a joined one is followed through its node), and at most every
+        // QUEUE_EVERY: squeue loads the Slurm controller.
+        let coming = inner.jobs.iter().any(|j| j.node.is_none());
+        let due = inner
+            .last_poll
+            .is_none_or(|t| t.elapsed() >= QUEUE_EVERY.max(self.opts.interval));
+        let queue = if coming && due {
+            inner.last_poll = Some(Instant::now());
+            provider.poll()
+        } else {
+            None
+        };
         self.decide_locked(&mut **provider, &mut inner, demand, queue);
         self.publish(&inner);
     }

@@ -6,6 +6,7 @@
 //! or streamed from the node agent that ran it.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -27,6 +28,8 @@ pub(super) struct Jobs {
     runner: OnceLock<Arc<JobRunner>>,
     /// Woken whenever a job changes state.
     changed: Notify,
+    /// Records of an earlier head at the same address were read.
+    restored: std::sync::Once,
 }
 
 /// Whether a job has ended.
@@ -41,7 +44,92 @@ impl Jobs {
             table: Mutex::new(BTreeMap::new()),
             runner: OnceLock::new(),
             changed: Notify::new(),
+            restored: std::sync::Once::new(),
         }
+    }
+
+    /// The table, with the records a previous head at this address left
+    /// (read once).
+    fn table(&self) -> parking_lot::MutexGuard<'_, BTreeMap<String, proto::JobInfo>> {
+        self.restored.call_once(|| {
+            let restored = self.restore();
+            self.table.lock().extend(restored);
+        });
+        self.table.lock()
+    }
+
+    /// Where job records are kept: per head address, under this user's
+    /// runtime folder, so a head restarted at the same address (Slurm,
+    /// Kubernetes) still lists the jobs it ran before.
+    fn records_dir(&self) -> Option<PathBuf> {
+        let head = self.head.upgrade()?;
+        let name: String = head
+            .node
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        Some(crate::daemon::runtime_dir().join("job-records").join(name))
+    }
+
+    /// Writes a job's record (best effort: a job runs without it).
+    fn save(&self, info: &proto::JobInfo) {
+        use prost::Message;
+        let Some(dir) = self.records_dir() else {
+            return;
+        };
+        let path = dir.join(format!("{}.pb", info.id));
+        let partial = dir.join(format!("{}.partial", info.id));
+        let written = std::fs::create_dir_all(&dir)
+            .and_then(|_| std::fs::write(&partial, info.encode_to_vec()))
+            .and_then(|_| std::fs::rename(&partial, &path));
+        if let Err(e) = written {
+            tracing::warn!(job = %info.id, "cannot keep the job's record in {}: {e}", dir.display());
+        }
+    }
+
+    /// The records a previous head at this address left. Jobs that were
+    /// still running then ended with it (its machine's drivers were
+    /// killed when it stopped; nodes stop theirs when they lose the head).
+    fn restore(&self) -> Vec<(String, proto::JobInfo)> {
+        use prost::Message;
+        let Some(dir) = self.records_dir() else {
+            return Vec::new();
+        };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.extension().is_none_or(|x| x != "pb") {
+                continue;
+            }
+            let Ok(mut info) = std::fs::read(&path)
+                .map_err(|_| ())
+                .and_then(|b| proto::JobInfo::decode(&b[..]).map_err(|_| ()))
+            else {
+                continue;
+            };
+            if !valid_id(&info.id) {
+                continue;
+            }
+            if !ended(&info.state) {
+                info.state = FAILED.into();
+                info.message = "the head stopped while it ran".into();
+                if info.end_millis == 0 {
+                    info.end_millis = now_millis();
+                }
+                self.save(&info);
+            }
+            out.push((info.id.clone(), info));
+        }
+        out
     }
 
     /// The runner for the head's machine; its jobs' files are under this
@@ -64,7 +152,7 @@ impl Jobs {
 
     /// A job's start or end, reported by the runner here or a node agent.
     pub(super) fn update(&self, u: proto::JobInfo) {
-        let mut table = self.table.lock();
+        let mut table = self.table();
         let Some(job) = table.get_mut(&u.id) else {
             return;
         };
@@ -88,7 +176,9 @@ impl Jobs {
         if !u.log_path.is_empty() {
             job.log_path = u.log_path;
         }
+        let saved = job.clone();
         drop(table);
+        self.save(&saved);
         self.changed.notify_waiters();
     }
 
@@ -150,7 +240,8 @@ impl Jobs {
             submit_millis: now_millis(),
             ..Default::default()
         };
-        self.table.lock().insert(id.clone(), info);
+        self.save(&info);
+        self.table().insert(id.clone(), info);
         tracing::info!(job = %id, node = %r.node, program = %r.program, "job submitted");
         match session {
             None => {
@@ -180,7 +271,7 @@ impl Jobs {
     }
 
     pub(super) fn get(&self, id: &str) -> Result<proto::JobInfo, Status> {
-        self.table.lock().get(id).cloned().ok_or_else(|| {
+        self.table().get(id).cloned().ok_or_else(|| {
             Status::not_found(format!(
                 "no job {id} on this cluster (see `fleet job list`)"
             ))
@@ -189,7 +280,7 @@ impl Jobs {
 
     /// Every job, oldest first.
     pub(super) fn list(&self) -> Vec<proto::JobInfo> {
-        let mut jobs: Vec<proto::JobInfo> = self.table.lock().values().cloned().collect();
+        let mut jobs: Vec<proto::JobInfo> = self.table().values().cloned().collect();
         jobs.sort_by(|a, b| (a.submit_millis, &a.id).cmp(&(b.submit_millis, &b.id)));
         jobs
     }
@@ -263,7 +354,7 @@ impl Jobs {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let notified = self.changed.notified();
-            match self.table.lock().get(id) {
+            match self.table().get(id) {
                 Some(j) if j.state == PENDING => {}
                 _ => return,
             }
@@ -324,24 +415,6 @@ impl Jobs {
 
     /// The jobs as JSON for the dashboard.
     pub(super) fn json(&self) -> serde_json::Value {
-        self.list()
-            .into_iter()
-            .map(|j| {
-                serde_json::json!({
-                    "id": j.id,
-                    "program": j.program,
-                    "args": j.args,
-                    "node": j.node,
-                    "state": j.state,
-                    "exit_code": j.exit_code,
-                    "submit_millis": j.submit_millis,
-                    "start_millis": j.start_millis,
-                    "end_millis": j.end_millis,
-                    "message": j.message,
-                    "pid": j.pid,
-                    "log_path": j.log_path,
-                })
-            })
-            .collect()
+        self.list().iter().map(crate::node::jobs::to_json).collect()
     }
 }

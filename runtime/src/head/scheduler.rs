@@ -6,6 +6,7 @@
 mod cancel;
 mod control;
 mod deaths;
+mod memory;
 mod returns;
 
 use std::collections::{HashMap, VecDeque};
@@ -216,6 +217,7 @@ impl State {
                 actors: 0,
                 node,
                 job,
+                busy_since: 0,
             },
         );
     }
@@ -531,6 +533,8 @@ impl State {
             if w.queue.is_empty() {
                 w.lease = need;
                 spec.function.clone_into(&mut w.function);
+                self.control.busy_seq += 1;
+                w.busy_since = self.control.busy_seq;
             }
             w.queue.push_back(id);
         }

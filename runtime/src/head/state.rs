@@ -68,6 +68,9 @@ pub(super) struct Worker {
     pub(super) actors: usize,
     pub(super) node: String,
     pub(super) job: u32,
+    /// When its queue last went from empty to busy (a count, not a
+    /// clock): the memory monitor kills the most recently started.
+    pub(super) busy_since: u64,
 }
 
 pub(super) struct Session {

@@ -184,6 +184,8 @@ async fn serve(
     listener: TcpListener,
     mut stop: oneshot::Receiver<()>,
 ) -> Result<()> {
+    // A bad memory threshold stops the agent before it joins.
+    crate::node::memory_monitor::Threshold::from_env().map_err(Error::Startup)?;
     let health = Health::new(&opts.head);
     if let Some(port) = opts.health_port {
         let at = format!("{}:{port}", opts.node_ip)
@@ -356,7 +358,30 @@ async fn session(
         out,
         fetching: tokio::sync::Mutex::new(()),
     });
+    {
+        // The memory monitor: reports to the head, which picks the victim.
+        // Checked when the agent started (`serve`).
+        let threshold = crate::node::memory_monitor::Threshold::from_env()
+            .unwrap_or(crate::node::memory_monitor::Threshold::Fraction(0.95));
+        let live = agent.supervisor.live();
+        let (out, closed) = (agent.out.clone(), agent.out.clone());
+        crate::node::memory_monitor::start(
+            threshold,
+            move || live.lock().iter().map(|(w, p)| (*w, *p)).collect(),
+            move |report| {
+                let _ = out.send(proto::ClientOp {
+                    op: Some(Op::MemoryPressure(report)),
+                });
+                false
+            },
+            move || closed.is_closed(),
+        );
+    }
     let handle = |op: proto::HeadOp| match op.op {
+        Some(head_op::Op::KillWorker(id)) => {
+            let killed = agent.supervisor.kill(id);
+            tracing::warn!(worker = id, killed, "the memory monitor kills a worker");
+        }
         Some(head_op::Op::SpawnWorker(s)) => {
             let agent = agent.clone();
             tokio::spawn(async move { agent.spawn(s).await });

@@ -51,6 +51,24 @@ pub(crate) fn now_millis() -> u64 {
         .unwrap_or_default()
 }
 
+/// A job's record as JSON (the dashboard, `fleet job list --json`).
+pub(crate) fn to_json(j: &proto::JobInfo) -> serde_json::Value {
+    serde_json::json!({
+        "id": j.id,
+        "program": j.program,
+        "args": j.args,
+        "node": j.node,
+        "state": j.state,
+        "exit_code": j.exit_code,
+        "submit_millis": j.submit_millis,
+        "start_millis": j.start_millis,
+        "end_millis": j.end_millis,
+        "message": j.message,
+        "pid": j.pid,
+        "log_path": j.log_path,
+    })
+}
+
 /// A job id a peer may name: `job-` and hex digits, so no request reaches
 /// outside the jobs folder.
 pub(crate) fn valid_id(id: &str) -> bool {

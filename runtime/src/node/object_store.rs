@@ -291,8 +291,9 @@ impl ObjectStore {
     }
 
     /// Empties the store and its spill folder of objects (and the pool of
-    /// freed files), keeping the folders and the executables cached under
-    /// `binaries/` (named by content hash, so never stale). A node agent
+    /// freed files), keeping the folders, the store's id file and the
+    /// executables cached under `binaries/` (named by content hash, so
+    /// never stale). A node agent
     /// does this when it rejoins a head: the old session's objects mean
     /// nothing to the new one.
     pub(crate) fn clear(&self) {
@@ -302,6 +303,11 @@ impl ObjectStore {
             };
             for e in entries.flatten() {
                 let path = e.path();
+                // The store's id file (and any other dotfile) names the
+                // store, not an object: it stays.
+                if e.file_name().to_string_lossy().starts_with('.') {
+                    continue;
+                }
                 if path.is_dir() {
                     if e.file_name() != "binaries" {
                         let _ = fs::remove_dir_all(&path);

@@ -77,6 +77,23 @@ impl Supervisor {
             .send(Command_::Spawn(worker_id, program, job));
     }
 
+    /// A handle to list the workers from another thread.
+    pub(crate) fn live(&self) -> Arc<Mutex<HashMap<u64, u32>>> {
+        self.live.clone()
+    }
+
+    /// Kills a worker at once (SIGKILL), e.g. for the memory monitor; its
+    /// exit is reported as any other. False if it is not alive.
+    pub(crate) fn kill(&self, worker_id: u64) -> bool {
+        match self.live.lock().get(&worker_id) {
+            Some(pid) => {
+                // SAFETY: kill(2) of our own child.
+                unsafe { libc::kill(*pid as i32, libc::SIGKILL) == 0 }
+            }
+            None => false,
+        }
+    }
+
     /// Process ids of the workers alive now.
     pub(crate) fn pids(&self) -> Vec<u32> {
         self.live.lock().values().copied().collect()

@@ -20,8 +20,12 @@ pub(in crate::head) struct Control {
     pub(in crate::head) cancelled: HashMap<u64, &'static str>,
     /// Unfinished tasks that submitted tasks, and what they submitted.
     pub(in crate::head) children: HashMap<u64, Vec<u64>>,
-    /// By worker id: why the memory monitor killed it.
-    pub(in crate::head) oom_kills: HashMap<u64, String>,
+    /// By worker id: why the memory monitor killed it, and its node.
+    pub(in crate::head) oom_kills: HashMap<u64, (String, String)>,
+    /// By node: when the memory monitor last killed a worker there.
+    pub(in crate::head) last_oom_kill: HashMap<String, std::time::Instant>,
+    /// Counts workers' busy periods (see `Worker::busy_since`).
+    pub(in crate::head) busy_seq: u64,
     /// Later results of tasks with `num_returns`, until they complete.
     pub(in crate::head) returns: MoreReturns,
     /// Tasks and actor calls cancelled, for the dashboard.

@@ -108,6 +108,7 @@ impl State {
                 .control
                 .oom_kills
                 .remove(&worker_id)
+                .map(|(_, why)| why)
                 .unwrap_or_default(),
         };
         if let Some(d) = self.control.deaths.dying.remove(&worker_id) {
