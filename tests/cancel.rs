@@ -278,3 +278,61 @@ fn a_queued_actor_call_is_dropped() {
     assert_eq!(fleet::get(&last).expect("last"), 2);
     assert_eq!(fleet::get(&a.seen()).expect("seen"), vec![1, 3]);
 }
+
+/// `/api/snapshot` of the dashboard at `base` (`http://host:port`).
+fn snapshot(base: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let host = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(host).expect("connecting to the dashboard");
+    s.set_read_timeout(Some(GENEROUS)).expect("read timeout");
+    write!(
+        s,
+        "GET /api/snapshot HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("sending the request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("reading the response");
+    assert!(text.starts_with("HTTP/1.1 200"), "response: {text:.200}");
+    serde_json::from_str(text.split_once("\r\n\r\n").expect("a body").1).expect("JSON")
+}
+
+#[test]
+fn the_dashboard_counts_cancelled_tasks() {
+    let c = cluster(1);
+    let url = c.dashboard_url().expect("a dashboard").to_string();
+    let before = snapshot(&url)["tasks"]["cancelled"]
+        .as_u64()
+        .expect("a count");
+    let gate = Gate::new();
+    let busy = gated::remote(gate.path(), String::new());
+    let queued: Vec<ObjectRef<u64>> = (0..3).map(|i| add::remote(i, 1)).collect();
+    for r in &queued {
+        fleet::cancel(r).expect("cancel");
+    }
+    for r in &queued {
+        expect_cancelled(fleet::get_timeout(r, Some(GENEROUS)), "add");
+    }
+    let after = snapshot(&url)["tasks"]["cancelled"]
+        .as_u64()
+        .expect("a count");
+    assert_eq!(after, before + 3);
+    let page = {
+        use std::io::{Read, Write};
+        let host = url.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(host).expect("connecting");
+        write!(
+            s,
+            "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("GET /");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("the page");
+        text
+    };
+    assert!(
+        page.contains("data-state=\"cancelled\""),
+        "no Cancelled tile on the page"
+    );
+    gate.open();
+    assert_eq!(fleet::get_timeout(&busy, Some(GENEROUS)).expect("busy"), 7);
+}

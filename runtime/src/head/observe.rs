@@ -107,6 +107,9 @@ struct TaskCounts {
     running: u64,
     finished: u64,
     failed: u64,
+    /// Tasks and actor calls cancelled (`fleet::cancel`, with the tasks
+    /// they submitted).
+    cancelled: u64,
 }
 
 impl Snapshot {
@@ -227,6 +230,7 @@ impl State {
             running: 0,
             finished: 0,
             failed: 0,
+            cancelled: self.control.cancelled_total,
         };
         for t in self.tasks.values() {
             let f = functions
