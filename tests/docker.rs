@@ -143,12 +143,21 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// The `fleet` binary to pack: the release build if there is one.
+/// The `fleet` binary to pack: the release build if there is one that
+/// speaks this build's protocol (a stale one would be refused), else the
+/// debug CLI.
 fn image_binary() -> PathBuf {
     let release = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/fleet");
-    if release.is_file() {
+    let speaks = Command::new(&release)
+        .arg("version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .is_some_and(|v| v.contains(&format!("(protocol {})", fleet::PROTOCOL_VERSION)));
+    if speaks {
         release
     } else {
+        println!("packing the debug CLI: no current target/release/fleet");
         fleet_bin()
     }
 }

@@ -197,6 +197,7 @@ fn driver_process() {
         "too_large" => too_large(),
         "doubles" => doubles(),
         "put_figures" => put_figures(),
+        "pinned" => pinned(&nodes),
         other => panic!("unknown scenario {other:?}"),
     }
     println!("DONE");
@@ -338,6 +339,18 @@ fn put_figures() {
     }
 }
 
+/// Tasks pinned to the first node run there and come back right.
+fn pinned(nodes: &[String]) {
+    let refs: Vec<ObjectRef<(u64, String)>> = (0..6u64)
+        .map(|x| slow_double::options().node(nodes[0].clone()).remote(x, 10))
+        .collect();
+    for (x, r) in refs.iter().enumerate() {
+        let (doubled, node) = fleet::get(r).expect("a task on the node that came back");
+        assert_eq!((doubled, &node), (2 * x as u64, &nodes[0]));
+    }
+    println!("RESULT pinned tasks ran on {}", nodes[0]);
+}
+
 fn doubles() {
     let refs: Vec<ObjectRef<(u64, String)>> =
         (0..40u64).map(|x| slow_double::remote(x, 500)).collect();
@@ -451,4 +464,40 @@ fn figures_put_256_mib_off_host_and_on_host() {
         );
     }
     c.driver_succeeds(on);
+}
+
+#[test]
+fn a_node_whose_link_comes_back_rejoins_and_is_counted_once() {
+    let env = [("FLEET_HEARTBEAT_TIMEOUT_SECS", HEARTBEAT)];
+    let Some(mut c) = HostCluster::start(3, 1, &[1], &[], &env) else {
+        return;
+    };
+    let name = c.nodes[0].0.clone();
+    c.hosts.cut(1);
+    common::wait_until("the head to declare the node lost", GENEROUS, || {
+        c.status_lines(&name)
+            .first()
+            .filter(|l| l.contains("DEAD"))
+            .map(|_| ())
+    });
+    c.hosts.restore(1);
+    // The agent finds its session gone once packets flow again, and joins
+    // anew under the same name.
+    c.nodes[0].1.joined_node_name();
+    let lines = common::wait_until("the node to be alive again", GENEROUS, || {
+        let lines = c.status_lines(&name);
+        lines.iter().all(|l| !l.contains("DEAD")).then_some(lines)
+    });
+    assert_eq!(lines.len(), 1, "the node is listed once: {lines:?}");
+    let nodes_listed = c
+        .status()
+        .lines()
+        .filter(|l| l.trim_start().starts_with("node "))
+        .count();
+    assert_eq!(
+        nodes_listed, 2,
+        "the head's node and the one that came back"
+    );
+    let d = c.driver(2, "pinned", &[]);
+    c.driver_succeeds(d);
 }

@@ -459,6 +459,27 @@ fn a_job_runs_on_the_node_it_names_and_its_output_comes_through_the_head() {
         "{err}"
     );
     assert!(out.stdout.is_empty(), "nothing but an id goes to stdout");
+    for (args, want) in [
+        (
+            &["job", "submit", "--env", "NOEQ", "--", "/bin/true"][..],
+            "give KEY=VALUE",
+        ),
+        (
+            &["job", "submit", "--", "/no/such/program"][..],
+            "no executable at /no/such/program",
+        ),
+        (
+            &["job", "status", "job-00000000"][..],
+            "no job job-00000000",
+        ),
+    ] {
+        let out = head.fleet(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(want),
+            "{args:?}: {err}"
+        );
+    }
 }
 
 #[test]

@@ -93,6 +93,10 @@ pub enum Error {
     /// machine; the message names the variable, flag and file that fix it.
     #[error("{0}")]
     NoCluster(String),
+    /// A command was given something it cannot use; the message says what
+    /// to give instead.
+    #[error("{0}")]
+    Usage(String),
 }
 
 /// `Result` with [`Error`] as the default error.

@@ -63,7 +63,7 @@ fn find_program(program: &Path) -> Result<PathBuf> {
         }
     }
     if !program.is_file() {
-        return Err(Error::Startup(format!(
+        return Err(Error::Usage(format!(
             "no executable at {}: give the path of the program to run after `--`, e.g. \
              `fleet job submit -- ./my_app args…`",
             program.display()
@@ -76,7 +76,7 @@ fn find_program(program: &Path) -> Result<PathBuf> {
 /// starts it as a driver on the cluster; returns the job's id.
 pub fn submit(target: &Target, job: Submit) -> Result<String> {
     if let Some(bad) = job.env.iter().find(|kv| !kv.contains('=')) {
-        return Err(Error::Startup(format!("--env {bad}: give KEY=VALUE")));
+        return Err(Error::Usage(format!("--env {bad}: give KEY=VALUE")));
     }
     let (address, token) = super::target(target.address.as_deref(), target.token_file.as_deref())?;
     let path = find_program(&job.program)?;
@@ -108,7 +108,7 @@ pub fn submit(target: &Target, job: Submit) -> Result<String> {
         info.id
     );
     if info.state == crate::node::jobs::FAILED {
-        return Err(Error::Startup(format!(
+        return Err(Error::Usage(format!(
             "job {} failed to start: {}",
             info.id, info.message
         )));

@@ -8,7 +8,7 @@
 
 use std::io::{self, Write};
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 use futures::StreamExt;
@@ -32,8 +32,9 @@ pub(crate) struct Remote {
     /// The node whose store receives this driver's puts (the head's).
     target: String,
     token: String,
-    /// Open connections to nodes' `Node` services, by address.
-    channels: DashMap<String, Channel>,
+    /// Open connections to nodes' `Node` services, by address, shared
+    /// with the transfers in flight.
+    channels: Arc<DashMap<String, Channel>>,
 }
 
 /// One thread for every transfer of this process, so connections are kept
@@ -66,7 +67,7 @@ impl Remote {
         Remote {
             target: target.to_string(),
             token: token.to_string(),
-            channels: DashMap::new(),
+            channels: Arc::new(DashMap::new()),
         }
     }
 

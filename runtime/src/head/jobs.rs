@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
-use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tonic::Status;
@@ -410,7 +409,7 @@ impl Jobs {
             })
             .await?
             .into_inner();
-        Ok(Box::pin(stream.map(|c| c)))
+        Ok(Box::pin(stream))
     }
 
     /// The jobs as JSON for the dashboard.
