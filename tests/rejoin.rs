@@ -128,9 +128,17 @@ fn a_head_restarted_under_running_nodes_gets_them_back_with_a_clean_slate() {
     let b = c.add_node("127.0.0.3", 1);
     let agent_pids: Vec<u32> = c.nodes.iter().map(|(_, p)| p.child.id()).collect();
     let driver = c.join();
-    // Work on both nodes, with results kept in their stores.
-    let refs: Vec<_> = (0..8)
-        .map(|_| stored_on_node::remote(1 << 20, 150))
+    // Work on both nodes (pinned, so a loaded machine cannot put it all
+    // on one), with results kept in their stores.
+    let refs: Vec<_> = [&a, &b]
+        .into_iter()
+        .flat_map(|n| {
+            (0..4).map(move |_| {
+                stored_on_node::options()
+                    .node(n.clone())
+                    .remote(1 << 20, 50)
+            })
+        })
         .collect();
     let results = fleet::get_all(&refs).expect("tasks on both nodes");
     let nodes: HashSet<&str> = results.iter().map(|r| r.1.as_str()).collect();
@@ -151,6 +159,7 @@ fn a_head_restarted_under_running_nodes_gets_them_back_with_a_clean_slate() {
     }
 
     c.restart_head(0, &[]);
+    let serving = std::time::Instant::now();
     for (name, node) in &c.nodes {
         node.expect_line("lost the head");
         assert_eq!(
@@ -159,6 +168,10 @@ fn a_head_restarted_under_running_nodes_gets_them_back_with_a_clean_slate() {
             "it rejoins under its own name"
         );
     }
+    eprintln!(
+        "FIGURE both node agents rejoined {:.2} s after the restarted head served",
+        serving.elapsed().as_secs_f64()
+    );
     // The old driver's session ended with the old head.
     let err = fleet::get(&where_am_i::remote(0)).expect_err("the old head is gone");
     assert!(matches!(err, fleet::Error::Connection(_)), "{err}");
@@ -193,12 +206,13 @@ fn a_head_restarted_under_running_nodes_gets_them_back_with_a_clean_slate() {
     }
     // A new driver runs tasks on both.
     let _driver = c.join();
-    let refs: Vec<ObjectRef<String>> = (0..16).map(|_| where_am_i::remote(100)).collect();
-    let seen: HashSet<String> = fleet::get_all(&refs)
-        .expect("tasks on the rejoined nodes")
-        .into_iter()
-        .collect();
-    assert_eq!(seen, HashSet::from([a, b]));
+    for n in [&a, &b] {
+        let refs: Vec<ObjectRef<String>> = (0..4)
+            .map(|_| where_am_i::options().node(n.clone()).remote(20))
+            .collect();
+        let seen = fleet::get_all(&refs).expect("tasks on the rejoined nodes");
+        assert!(seen.iter().all(|s| s == n), "{seen:?} not all on {n}");
+    }
 }
 
 #[test]
@@ -223,10 +237,15 @@ fn a_driver_whose_head_is_killed_gets_a_connection_error_not_a_hang() {
     });
     let also_waiting = pending.clone();
     let waited = std::thread::spawn(move || fleet::wait(&[also_waiting], 1, None));
+    let killed = std::time::Instant::now();
     c.head.kill();
     let got = rx
         .recv_timeout(GENEROUS)
         .expect("the pending get returns once the head is gone");
+    eprintln!(
+        "FIGURE a pending get failed {:.3} s after its head was SIGKILLed",
+        killed.elapsed().as_secs_f64()
+    );
     match got {
         Err(fleet::Error::Connection(why)) => {
             assert!(why.contains("head went away"), "{why}")

@@ -81,12 +81,6 @@ pub(crate) fn endpoint(address: &str) -> Result<Endpoint> {
         .map_err(|e| Error::Connection(format!("bad address {address}: {e}")))?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(10))
-        // The client side watches too: a node agent or driver whose head's
-        // machine vanished (a cut link sends no FIN) notices within the
-        // heartbeat timeout, as the head does, instead of waiting forever.
-        .http2_keep_alive_interval(Duration::from_secs(1))
-        .keep_alive_timeout(heartbeat_timeout())
-        .keep_alive_while_idle(true)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .initial_stream_window_size(STREAM_WINDOW);
     if let Some(t) = tls {
@@ -111,6 +105,21 @@ pub(crate) fn heartbeat_timeout() -> Duration {
         .filter(|s| s.is_finite() && *s > 0.0)
         .map(Duration::from_secs_f64)
         .unwrap_or(Duration::from_secs(10))
+}
+
+/// A connected channel to `address` that pings its peer: a node agent
+/// whose head's machine vanished (a cut link sends no FIN) notices within
+/// the heartbeat timeout, as the head does, and goes on to rejoin. Only the
+/// agent's session uses it: its runtime is never busy with user code, so
+/// a late answer means the peer is gone, not that this process was busy.
+pub(crate) async fn watched_channel(address: &str) -> Result<Channel> {
+    endpoint(address)?
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(heartbeat_timeout())
+        .keep_alive_while_idle(true)
+        .connect()
+        .await
+        .map_err(|e| Error::Connection(format!("cannot reach {address}: {e}")))
 }
 
 /// A connected channel to `address`.

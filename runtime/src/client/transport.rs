@@ -45,7 +45,13 @@ pub(crate) fn batches<T: Message + Send + 'static>(
 
 /// Opens a session stream to a head over gRPC.
 pub(crate) async fn connect(address: &str) -> Result<(UnboundedSender<proto::ClientOp>, Inbound)> {
-    let channel = crate::net::channel(address).await?;
+    connect_on(crate::net::channel(address).await?).await
+}
+
+/// [`connect`] over a channel made by the caller.
+pub(crate) async fn connect_on(
+    channel: tonic::transport::Channel,
+) -> Result<(UnboundedSender<proto::ClientOp>, Inbound)> {
     let mut client = HeadClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);

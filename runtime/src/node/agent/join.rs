@@ -77,7 +77,10 @@ async fn attempt(
     hello: &(dyn Fn(String) -> proto::Hello + Sync),
 ) -> std::result::Result<Joined, Failed> {
     let token = current_token(opts)?;
-    let (out, mut inbound) = transport::connect(&opts.head)
+    let channel = crate::net::watched_channel(&opts.head)
+        .await
+        .map_err(|e| Failed::Retry(e.to_string()))?;
+    let (out, mut inbound) = transport::connect_on(channel)
         .await
         .map_err(|e| Failed::Retry(e.to_string()))?;
     match transport::handshake(&out, &mut inbound, hello(token.clone())).await {
