@@ -12,12 +12,14 @@
 //! array of zeros (both are encoded as one block of bytes).
 
 mod actors;
+pub mod efficiency;
 mod memcpy;
 mod objects;
 mod scale;
 mod tasks;
 mod timeit;
 
+pub use efficiency::{run_efficiency, EfficiencyOptions};
 pub use scale::{run_scale, ScaleOptions};
 pub use timeit::{Measurement, Settings, Timer};
 

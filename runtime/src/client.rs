@@ -26,6 +26,8 @@ pub(crate) use waiter::Waiter;
 thread_local! {
     /// Releases held back while a task runs (see `deferring_releases`).
     static DEFERRED: std::cell::RefCell<Option<Vec<u64>>> = const { std::cell::RefCell::new(None) };
+    /// Operations kept instead of sent (see `begin_capture`).
+    static CAPTURED: std::cell::RefCell<Option<Vec<proto::ClientOp>>> = const { std::cell::RefCell::new(None) };
 }
 
 /// What this process knows of one object it holds handles to.
@@ -57,6 +59,21 @@ pub(crate) struct Client {
     /// Why the session ended, once it has: every later call fails with it.
     gone: OnceLock<String>,
     replies: DashMap<u64, std::sync::mpsc::Sender<proto::Reply>>,
+    /// Results a worker holds back to send several in one frame.
+    held: parking_lot::Mutex<Held>,
+    /// Whether `held` has anything: every send first sends what is held,
+    /// so nothing overtakes a held result.
+    holding: AtomicBool,
+}
+
+/// Operations held back by [`Client::hold`].
+#[derive(Default)]
+struct Held {
+    ops: Vec<proto::ClientOp>,
+    /// Results among them.
+    results: usize,
+    /// When the task of the first held result started.
+    since: Option<std::time::Instant>,
 }
 
 impl Client {
@@ -78,6 +95,8 @@ impl Client {
             closed: AtomicBool::new(false),
             gone: OnceLock::new(),
             replies: DashMap::new(),
+            held: parking_lot::Mutex::new(Held::default()),
+            holding: AtomicBool::new(false),
         })
     }
 
@@ -155,8 +174,65 @@ impl Client {
     }
 
     pub(crate) fn send(&self, op: Op) {
-        // A closed session fails every pending object; nothing else to do.
-        let _ = self.out.send(proto::ClientOp { op: Some(op) });
+        let op = proto::ClientOp { op: Some(op) };
+        let op = CAPTURED.with(|c| match c.borrow_mut().as_mut() {
+            Some(kept) => {
+                kept.push(op);
+                None
+            }
+            None => Some(op),
+        });
+        if let Some(op) = op {
+            if self.holding.load(Ordering::Acquire) {
+                self.flush_held();
+            }
+            // A closed session fails every pending object; nothing else to do.
+            let _ = self.out.send(op);
+        }
+    }
+
+    /// From now until [`Client::end_capture`], what this thread sends is
+    /// kept instead of sent. A worker uses it to send several results in
+    /// one frame.
+    pub(crate) fn begin_capture(&self) {
+        CAPTURED.with(|c| *c.borrow_mut() = Some(Vec::new()));
+    }
+
+    /// Stops keeping what this thread sends; returns what was kept, in
+    /// order, for [`Client::send_ops`].
+    pub(crate) fn end_capture(&self) -> Vec<proto::ClientOp> {
+        CAPTURED.with(|c| c.borrow_mut().take()).unwrap_or_default()
+    }
+
+    /// Holds back operations kept by [`Client::begin_capture`] (one
+    /// task's result and what follows it), to go out with the next ones in
+    /// one frame. Returns how many results are held and since when.
+    pub(crate) fn hold(
+        &self,
+        ops: Vec<proto::ClientOp>,
+        started: std::time::Instant,
+    ) -> (usize, std::time::Instant) {
+        let mut h = self.held.lock();
+        h.ops.extend(ops);
+        h.results += 1;
+        let since = *h.since.get_or_insert(started);
+        self.holding.store(true, Ordering::Release);
+        (h.results, since)
+    }
+
+    /// Sends what is held back, if anything.
+    pub(crate) fn flush_held(&self) {
+        if !self.holding.load(Ordering::Acquire) {
+            return;
+        }
+        // Sent under the lock, so two flushers cannot reorder them.
+        let mut h = self.held.lock();
+        self.holding.store(false, Ordering::Release);
+        for op in h.ops.drain(..) {
+            let _ = self.out.send(op);
+        }
+        h.results = 0;
+        h.since = None;
     }
 
     /// Ids are unique cluster-wide: the head hands each session its own

@@ -4,6 +4,8 @@
 //! nested inside the value, so the head can keep those objects alive for as
 //! long as the value that mentions them.
 
+mod plain;
+
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -95,6 +97,13 @@ pub(crate) fn encode_into<T: Serialize + ?Sized, W: std::io::Write>(
     value: &T,
     writer: W,
 ) -> std::result::Result<Vec<u64>, postcard::Error> {
+    let mut writer = writer;
+    if let Some(done) = plain::encode(value, &mut writer) {
+        // A plain numeric vector holds no refs.
+        return done
+            .map(|()| Vec::new())
+            .map_err(|_| postcard::Error::SerializeBufferFull);
+    }
     let outer = NESTED.with(|n| n.borrow_mut().replace(Vec::new()));
     let outer_at = POSITION.with(|p| p.replace(Some(0)));
     let done = postcard::to_io(value, Counting(writer));
@@ -104,6 +113,9 @@ pub(crate) fn encode_into<T: Serialize + ?Sized, W: std::io::Write>(
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    if let Some(v) = plain::decode(bytes) {
+        return Ok(v);
+    }
     postcard::from_bytes(bytes).map_err(|e| {
         Error::Codec(format!(
             "cannot decode a {} from {} bytes: {e}",

@@ -46,7 +46,7 @@ fn produce(n: usize) -> crate::Result<Vec<ObjectRef<u64>>> {
 }
 
 /// Peak resident memory of a process, in MiB (VmHWM).
-fn peak_mib(pid: u32) -> u64 {
+pub(super) fn peak_mib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -60,15 +60,15 @@ fn peak_mib(pid: u32) -> u64 {
 }
 
 /// A head started from this executable, stopped when dropped.
-struct HeadProcess {
-    child: std::process::Child,
-    address: String,
-    token: String,
+pub(super) struct HeadProcess {
+    pub(super) child: std::process::Child,
+    pub(super) address: String,
+    pub(super) token: String,
     dir: PathBuf,
 }
 
 impl HeadProcess {
-    fn start(cpus: Option<usize>, store: u64) -> anyhow::Result<HeadProcess> {
+    pub(super) fn start(cpus: Option<usize>, store: u64) -> anyhow::Result<HeadProcess> {
         let dir = std::env::temp_dir().join(format!(
             "fleet-scale-{}-{:08x}",
             std::process::id(),
@@ -77,14 +77,21 @@ impl HeadProcess {
         std::fs::create_dir_all(&dir)?;
         let token = format!("{:032x}", rand::random::<u128>());
         let mut cmd = Command::new(std::env::current_exe()?);
-        cmd.args(["start", "--head", "--block", "--port", "0"])
-            .args(["--object-store-bytes", &store.to_string()])
-            .arg("--token-file")
-            .arg(dir.join("token"))
-            .env("FLEET_TOKEN", &token)
-            .env("FLEET_DASHBOARD", "0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped());
+        cmd.args([
+            "start",
+            "--head",
+            "--block",
+            "--port",
+            "0",
+            "--no-dashboard",
+        ])
+        .args(["--object-store-bytes", &store.to_string()])
+        .arg("--token-file")
+        .arg(dir.join("token"))
+        .env("FLEET_TOKEN", &token)
+        .env("FLEET_DASHBOARD", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
         if let Some(n) = cpus {
             cmd.args(["--num-cpus", &n.to_string()]);
         }
@@ -104,10 +111,14 @@ impl HeadProcess {
             token,
             dir,
         };
-        for line in BufReader::new(out).lines() {
+        let mut lines = BufReader::new(out).lines();
+        while let Some(line) = lines.next() {
             let line = line?;
             if let Some(at) = line.strip_prefix("fleet head serving at ") {
                 head.address = at.trim().to_string();
+                // Keep reading what it prints: a closed pipe would fail
+                // the head's next line.
+                std::thread::spawn(move || lines.for_each(drop));
                 return Ok(head);
             }
         }

@@ -269,6 +269,32 @@ enum Command {
         /// With --scale: size of the big object in GiB (0: skip it).
         #[arg(long, default_value_t = 16)]
         scale_object_gib: u64,
+        /// Runs tasks of fixed compute sequentially, with rayon and with
+        /// Fleet, then measures the head's CPU per task with node agents
+        /// on 127.0.0.2.. (`--nodes`).
+        #[arg(long, conflicts_with = "scale")]
+        efficiency: bool,
+        /// With --efficiency: workloads as MICROSxCOUNT (default: the
+        /// four of issue 15); `none` skips the comparison with rayon.
+        #[arg(long, value_delimiter = ',')]
+        sizes: Vec<String>,
+        /// With --efficiency: node-agent counts for the head's CPU per
+        /// task; `0` skips it.
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 4, 16])]
+        nodes: Vec<usize>,
+        /// With --efficiency: workloads of the head measurement (MICROSxCOUNT).
+        #[arg(long, value_delimiter = ',', default_values = ["10x20000", "100x20000"])]
+        head_sizes: Vec<String>,
+        /// With --efficiency: CPUs each node agent offers.
+        #[arg(long, default_value_t = 1)]
+        node_cpus: usize,
+        /// With --efficiency: runs of each head measurement (the median is shown).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// With --efficiency: MiB of the large values (Blob, Vec<u8>,
+        /// Vec<f64>) put, passed and returned; 0 skips them.
+        #[arg(long, default_value_t = 200)]
+        value_mib: usize,
     },
 }
 
@@ -501,6 +527,37 @@ fn main() -> anyhow::Result<()> {
             num_cpus,
         })?,
         Command::Microbenchmark {
+            efficiency: true,
+            sizes,
+            nodes,
+            head_sizes,
+            node_cpus,
+            repeat,
+            value_mib,
+            num_cpus,
+            ..
+        } => {
+            let parse = |v: &[String]| -> anyhow::Result<Vec<fleet::bench::efficiency::Size>> {
+                v.iter()
+                    .filter(|s| s.as_str() != "none")
+                    .map(|s| s.parse().map_err(anyhow::Error::msg))
+                    .collect()
+            };
+            let mut o = fleet::bench::EfficiencyOptions {
+                num_cpus,
+                nodes: nodes.into_iter().filter(|n| *n > 0).collect(),
+                head_sizes: parse(&head_sizes)?,
+                node_cpus: node_cpus.max(1),
+                repeat: repeat.max(1),
+                value_mib,
+                ..Default::default()
+            };
+            if !sizes.is_empty() {
+                o.sizes = parse(&sizes)?;
+            }
+            fleet::bench::run_efficiency(&o, rayon_sum)?;
+        }
+        Command::Microbenchmark {
             rounds,
             seconds,
             num_cpus,
@@ -518,4 +575,15 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The thread baseline of `--efficiency`: rayon's `into_par_iter` over the
+/// tasks. It lives in the binary so that programs linking the library do
+/// not link rayon.
+fn rayon_sum(count: usize, iters: u64) -> u64 {
+    use rayon::prelude::*;
+    (0..count as u64)
+        .into_par_iter()
+        .map(|i| fleet::bench::efficiency::lcg(iters, i))
+        .reduce(|| 0, u64::wrapping_add)
 }

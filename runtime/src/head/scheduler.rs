@@ -27,6 +27,29 @@ const MAX_PIPELINE: usize = 64;
 const SCAN_LIMIT: usize = 64;
 const EPS: f64 = 1e-9;
 
+/// Tasks that need the same place: if one of them finds no worker in a
+/// dispatch pass, none of the others will in that pass. Whatever placement
+/// looks at (besides the preferred node, which only orders candidates)
+/// belongs here.
+struct Shape {
+    job: u32,
+    need: f64,
+    function: String,
+    /// The node it is pinned to (empty: any).
+    only: String,
+    /// Tasks of this shape the pass left waiting.
+    count: usize,
+}
+
+impl Shape {
+    fn fits(&self, job: u32, need: f64, spec: &proto::TaskSpec) -> bool {
+        self.job == job
+            && self.need.to_bits() == need.to_bits()
+            && self.function == spec.function
+            && self.only == spec.node
+    }
+}
+
 impl State {
     pub(super) fn submit(&mut self, client: u32, spec: proto::TaskSpec) {
         let id = spec.task_id;
@@ -320,10 +343,18 @@ impl State {
 
     /// Places ready tasks on workers, and asks for more workers where CPUs
     /// are free but no worker of the task's job is.
+    ///
+    /// A pass remembers the shapes of tasks that found no place: within a
+    /// pass CPUs and queue slots are only taken, never given back, so the
+    /// next task of such a shape is skipped at the cost of a comparison
+    /// instead of a scan of every worker and node (that scan, repeated on
+    /// every frame for a long queue, was most of the head's CPU per task).
     pub(super) fn dispatch(&mut self) {
         let mut skipped = Vec::new();
         let mut misses = 0;
         let mut wanted: Vec<(u32, f64, String)> = Vec::new();
+        let mut stuck: Vec<Shape> = Vec::new();
+        let mut feasible: Vec<(u64, String, bool)> = Vec::new();
         while let Some(id) = self.ready.pop_front() {
             let Some(task) = self.tasks.get(&id) else {
                 continue;
@@ -337,7 +368,18 @@ impl State {
             }
             let job = task.job;
             let need = task.spec.num_cpus.max(0.0);
-            if !self.feasible(need, &task.spec.node) {
+            let can = match feasible
+                .iter()
+                .find(|(n, only, _)| *n == need.to_bits() && *only == task.spec.node)
+            {
+                Some((_, _, can)) => *can,
+                None => {
+                    let can = self.feasible(need, &task.spec.node);
+                    feasible.push((need.to_bits(), task.spec.node.clone(), can));
+                    can
+                }
+            };
+            if !can {
                 // No node could ever run it: aside, so it blocks nothing;
                 // back in the queue when a node joins.
                 self.infeasible.push(id);
@@ -347,6 +389,15 @@ impl State {
                 if !self.place_actor(id) {
                     skipped.push(id);
                     wanted.push((job, need, String::new()));
+                }
+                continue;
+            }
+            if let Some(s) = stuck.iter_mut().find(|s| s.fits(job, need, &task.spec)) {
+                s.count += 1;
+                skipped.push(id);
+                misses += 1;
+                if misses >= SCAN_LIMIT {
+                    break;
                 }
                 continue;
             }
@@ -378,7 +429,14 @@ impl State {
                     self.assign(c, id, need);
                 }
                 None => {
-                    wanted.push((job, need, only));
+                    let function = self.tasks.get(&id).map(|t| t.spec.function.clone());
+                    stuck.push(Shape {
+                        job,
+                        need,
+                        function: function.unwrap_or_default(),
+                        only,
+                        count: 1,
+                    });
                     skipped.push(id);
                     misses += 1;
                     if misses >= SCAN_LIMIT {
@@ -400,13 +458,22 @@ impl State {
         if self.ready.is_empty() {
             self.reap_idle();
         }
-        // Start workers for what could not be placed, where CPUs are free.
-        for (job, need, only) in wanted {
+        // Start workers for what could not be placed, where CPUs are free:
+        // up to one per task left waiting, and no more asking for a shape
+        // once no node has room.
+        let wanted = wanted
+            .into_iter()
+            .map(|(job, need, only)| (job, need, only, 1));
+        let stuck = stuck.into_iter().map(|s| (s.job, s.need, s.only, s.count));
+        for (job, need, only, count) in wanted.chain(stuck) {
             if !self.jobs.contains_key(&job) {
                 continue;
             }
-            if let Some(node) = self.node_for_worker(job, need, &only) {
-                self.request_worker(&node, job);
+            for _ in 0..count {
+                match self.node_for_worker(job, need, &only) {
+                    Some(node) => self.request_worker(&node, job),
+                    None => break,
+                }
             }
         }
     }
@@ -457,17 +524,20 @@ impl State {
         task.worker = Some(client);
         self.scheduling_delay
             .observe(task.ready_at.elapsed().as_secs_f64());
-        let spec = task.spec.clone();
+        let Some(task) = self.tasks.get(&id) else {
+            return;
+        };
+        // One copy of the spec, made as the worker receives it.
+        let spec = self.resolved(&task.spec);
         if let Some(w) = self.workers.get_mut(&client) {
             if w.queue.is_empty() {
                 w.lease = need;
-                w.function = spec.function.clone();
+                spec.function.clone_into(&mut w.function);
                 self.control.busy_seq += 1;
                 w.busy_since = self.control.busy_seq;
             }
             w.queue.push_back(id);
         }
-        let spec = self.resolved(&spec);
         self.out.push(client, Op::Execute(spec));
     }
 

@@ -21,6 +21,18 @@ thread_local! {
     static CURRENT: Cell<Option<u64>> = const { Cell::new(None) };
 }
 
+/// Results of short tasks are held back while more tasks wait in the
+/// queue, and sent together: one frame (and one wake-up of the head, and
+/// one dispatch pass there) for several tasks instead of one each. The
+/// head keeps ~2 ms of short tasks queued here, so holding a result back
+/// for at most `HOLD` leaves the queue far from empty; a timer sends held
+/// results after `HOLD` even if the next task runs long.
+const HOLD: std::time::Duration = std::time::Duration::from_micros(400);
+/// Only results of tasks shorter than this are held.
+const HOLD_TASK_MICROS: u64 = 200;
+/// At most this many results go in one frame.
+const HOLD_MAX: usize = 32;
+
 struct Queue {
     tasks: VecDeque<proto::TaskSpec>,
     /// The running task waits in `get` and has lent its CPU: tasks that
@@ -214,6 +226,8 @@ impl Executor {
                     if let Some(t) = q.tasks.pop_front() {
                         break t;
                     }
+                    // Nothing more to run: held results go now.
+                    self.client.flush_held();
                     self.cv.wait(&mut q);
                 }
             };
@@ -250,11 +264,33 @@ impl Executor {
         CURRENT.set(Some(spec.task_id));
         announce(&spec.function, false);
         let started = Instant::now();
+        let mut ran = 0;
         self.client.deferring_releases(|| {
             let outcome = self.invoke(&spec);
             CURRENT.set(None);
+            ran = started.elapsed().as_micros() as u64;
+            // The result and the releases deferred behind it are kept.
+            self.client.begin_capture();
             send_result(&self.client, &spec, outcome, started);
         });
+        let ops = self.client.end_capture();
+        let more = {
+            let q = self.queue.lock();
+            !q.tasks.is_empty() && q.lent_by.is_none()
+        };
+        let (results, since) = self.client.hold(ops, started);
+        if !more || ran >= HOLD_TASK_MICROS || results >= HOLD_MAX || since.elapsed() >= HOLD {
+            self.client.flush_held();
+        } else if results == 1 {
+            // The next task may run long: the result goes out by `HOLD`.
+            if let Some(rt) = super::RUNTIME.get() {
+                let client = self.client.clone();
+                rt.spawn(async move {
+                    tokio::time::sleep(HOLD).await;
+                    client.flush_held();
+                });
+            }
+        }
     }
 
     fn invoke(&self, spec: &proto::TaskSpec) -> Result<Output, proto::TaskError> {
@@ -284,6 +320,8 @@ pub(crate) struct Lent {
 pub(crate) fn lend_cpu() -> Option<Lent> {
     let task = CURRENT.get()?;
     let executor: &'static Executor = EXECUTOR.get()?;
+    // What this task waits for may be a result held here.
+    executor.client.flush_held();
     let mut q = executor.queue.lock();
     q.lent_by = Some(task);
     let returned = q.tasks.drain(..).map(|t| t.task_id).collect();
