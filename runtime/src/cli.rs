@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 pub mod job;
+pub mod list;
 
 use crate::daemon::{self, HeadOptions, NodeOptions};
 use crate::error::{Error, Result};

@@ -16,6 +16,7 @@ mod scheduler;
 mod service;
 mod spilling;
 pub(crate) mod state;
+mod state_api;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -182,6 +183,12 @@ impl Head {
     /// The autoscaler's state, for the dashboard.
     pub(crate) fn autoscale_status(&self) -> Option<proto::AutoscaleStatus> {
         self.autoscaler.get().map(|a| a.status())
+    }
+
+    /// `fleet list`: rows as JSON and how many matched.
+    pub(crate) fn list(&self, req: &proto::ListRequest) -> Result<(String, usize), String> {
+        let (rows, total) = self.state.lock().list(req)?;
+        Ok((serde_json::Value::Array(rows).to_string(), total))
     }
 
     /// Recent tasks as Chrome trace JSON.

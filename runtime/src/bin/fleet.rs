@@ -214,6 +214,33 @@ enum Command {
         #[arg(short, long, default_value = "timeline.json")]
         output: PathBuf,
     },
+    /// Lists tasks, actors, objects, nodes or jobs (like `ray list`).
+    List {
+        /// tasks, actors, objects, nodes or jobs.
+        kind: String,
+        /// Only rows in this state (tasks: waiting, ready, running,
+        /// finished, failed; actors: alive, dead, ...).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only rows whose function (or actor class) contains this.
+        #[arg(long)]
+        function: Option<String>,
+        /// Only rows on this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// At most this many rows (default 100).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The head's address (default: the head started on this machine).
+        #[arg(long, env = "FLEET_ADDRESS")]
+        address: Option<String>,
+        /// Token file (default: FLEET_TOKEN, else the one `fleet start --head` wrote here).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
     /// Runs a program as a driver on the cluster, detached from this
     /// terminal, and looks after it (like `ray job`).
     #[command(subcommand)]
@@ -458,6 +485,29 @@ fn main() -> anyhow::Result<()> {
         } => {
             let n = fleet::cli::timeline(address.as_deref(), token_file, &output)?;
             println!("wrote {n} tasks to {}", output.display());
+        }
+        Command::List {
+            kind,
+            state,
+            function,
+            node,
+            limit,
+            json,
+            address,
+            token_file,
+        } => {
+            let opts = fleet::cli::list::ListOptions {
+                kind,
+                state,
+                function,
+                node,
+                limit,
+                json,
+            };
+            print!(
+                "{}",
+                fleet::cli::list::list(address.as_deref(), token_file, &opts)?
+            );
         }
         Command::Job(command) => job(command)?,
         Command::Version => println!(

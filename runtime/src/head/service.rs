@@ -97,6 +97,19 @@ impl proto::head_server::Head for Service {
         Ok(Response::new(stream_file(path)))
     }
 
+    async fn list(
+        &self,
+        request: Request<proto::ListRequest>,
+    ) -> Result<Response<proto::ListReply>, Status> {
+        let req = request.into_inner();
+        self.check(&req.token)?;
+        let (json, total) = self.0.list(&req).map_err(Status::invalid_argument)?;
+        Ok(Response::new(proto::ListReply {
+            json,
+            total: total as u64,
+        }))
+    }
+
     async fn timeline(
         &self,
         request: Request<proto::StatusRequest>,

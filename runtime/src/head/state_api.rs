@@ -1,0 +1,181 @@
+//! The state API behind `fleet list`: rows of tasks (unfinished, then the
+//! recently finished), actors, objects, nodes and jobs, filtered by state,
+//! function, node, and cut at a limit, as JSON.
+
+use serde_json::{json, Value};
+
+use super::actors::Life;
+use super::state::{ObjState, State};
+use crate::proto::{self, object_value::Payload};
+
+/// The kinds `fleet list` knows.
+pub(crate) const KINDS: &[&str] = &["tasks", "actors", "objects", "nodes", "jobs"];
+
+fn hex(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+impl State {
+    /// The rows `req` asks for and how many matched; an error names the
+    /// kinds there are.
+    pub(crate) fn list(&self, req: &proto::ListRequest) -> Result<(Vec<Value>, usize), String> {
+        let rows: Vec<Value> = match req.kind.as_str() {
+            "tasks" => self.task_rows(),
+            "actors" => self.actor_rows(),
+            "objects" => self.object_rows(),
+            "nodes" => self.node_rows(),
+            "jobs" => self.job_rows(),
+            other => {
+                return Err(format!(
+                    "cannot list `{other}`; choose one of: {}",
+                    KINDS.join(", ")
+                ))
+            }
+        };
+        let field = |r: &Value, k: &str| r.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        let matched: Vec<Value> = rows
+            .into_iter()
+            .filter(|r| req.state.is_empty() || field(r, "state").eq_ignore_ascii_case(&req.state))
+            .filter(|r| {
+                req.function.is_empty()
+                    || field(r, "function").contains(&req.function)
+                    || field(r, "class").contains(&req.function)
+            })
+            .filter(|r| {
+                req.node.is_empty() || field(r, "node") == req.node || field(r, "name") == req.node
+            })
+            .collect();
+        let total = matched.len();
+        let limit = if req.limit == 0 {
+            100
+        } else {
+            req.limit as usize
+        };
+        Ok((matched.into_iter().take(limit).collect(), total))
+    }
+
+    fn task_rows(&self) -> Vec<Value> {
+        let mut rows: Vec<Value> = self
+            .tasks
+            .iter()
+            .map(|(id, t)| {
+                let worker = t.worker.and_then(|c| self.workers.get(&c));
+                let state = if t.worker.is_some() {
+                    "running"
+                } else if t.missing > 0 {
+                    "waiting"
+                } else {
+                    "ready"
+                };
+                json!({
+                    "id": hex(*id),
+                    "function": t.spec.function,
+                    "state": state,
+                    "node": worker.map(|w| w.node.clone()).unwrap_or_default(),
+                    "pid": worker.map(|w| w.pid),
+                    "job": t.job,
+                    "retries_left": t.retries_left,
+                })
+            })
+            .collect();
+        rows.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+        rows.extend(self.events.iter().rev().map(|e| {
+            json!({
+                "id": hex(e.id),
+                "function": e.function,
+                "state": if e.ok { "finished" } else { "failed" },
+                "node": e.node,
+                "pid": e.pid,
+                "duration_us": e.dur_us,
+            })
+        }));
+        rows
+    }
+
+    fn actor_rows(&self) -> Vec<Value> {
+        self.actors
+            .iter()
+            .map(|(id, a)| {
+                let state = match a.life {
+                    Life::Pending => "pending",
+                    Life::Creating => "creating",
+                    Life::Alive => "alive",
+                    Life::Dead(_) => "dead",
+                };
+                let worker = a.worker.and_then(|c| self.workers.get(&c));
+                let opts = a.create.create.clone().unwrap_or_default();
+                json!({
+                    "id": hex(*id),
+                    "class": a.create.function,
+                    "name": opts.name,
+                    "state": state,
+                    "node": worker.map(|w| w.node.clone()).unwrap_or_default(),
+                    "pid": worker.map(|w| w.pid),
+                    "queued_calls": a.queue.len(),
+                    "running_calls": a.inflight.len(),
+                })
+            })
+            .collect()
+    }
+
+    fn object_rows(&self) -> Vec<Value> {
+        self.objects
+            .iter()
+            .map(|(id, o)| {
+                let (state, size, node) = match &o.state {
+                    ObjState::Pending => ("pending", 0, String::new()),
+                    ObjState::Done(Payload::Inline(b)) => ("inline", b.len() as u64, String::new()),
+                    ObjState::Done(Payload::Stored(l)) => (
+                        if o.spilled { "spilled" } else { "stored" },
+                        l.size,
+                        l.node.clone(),
+                    ),
+                    ObjState::Done(Payload::Error(_)) => ("error", 0, String::new()),
+                };
+                json!({
+                    "id": hex(*id),
+                    "state": state,
+                    "size": size,
+                    "node": node,
+                    "holders": o.holders,
+                    "pins": o.pins,
+                    "job": o.job,
+                })
+            })
+            .collect()
+    }
+
+    fn node_rows(&self) -> Vec<Value> {
+        self.nodes
+            .iter()
+            .map(|(name, n)| {
+                json!({
+                    "name": name,
+                    "node": name,
+                    "state": if n.alive { "alive" } else { "dead" },
+                    "num_cpus": n.total_cpus,
+                    "available_cpus": n.available_cpus,
+                    "workers": n.workers,
+                    "store_used": n.store_used,
+                    "store_capacity": n.info.store_capacity,
+                })
+            })
+            .collect()
+    }
+
+    fn job_rows(&self) -> Vec<Value> {
+        self.jobs
+            .iter()
+            .map(|(id, j)| {
+                let workers = self.workers.values().filter(|w| w.job == *id).count();
+                let unfinished = self.pending.get(id).copied().unwrap_or(0);
+                json!({
+                    "id": id,
+                    "state": if j.driver.is_some() || *id == super::EMBEDDED_JOB { "running" } else { "detached" },
+                    "workers": workers,
+                    "unfinished_tasks": unfinished,
+                })
+            })
+            .collect()
+    }
+}
