@@ -103,12 +103,7 @@ fn command_autoscaler_starts_node_agents_and_stops_idle_ones() {
         .expect("dashboard address")
         .trim_start_matches("http://")
         .to_string();
-    let address = head
-        .expect_line("serving at")
-        .rsplit(' ')
-        .next()
-        .expect("address")
-        .to_string();
+    let address = head.serving_address();
     let status = || {
         fleet::daemon::status(&address, &token)
             .expect("status")
@@ -310,12 +305,7 @@ fn min_nodes_are_kept_while_idle_and_a_stopping_head_gives_them_back() {
         .next()
         .expect("dashboard address")
         .to_string();
-    let address = head
-        .expect_line("serving at")
-        .rsplit(' ')
-        .next()
-        .expect("address")
-        .to_string();
+    let address = head.serving_address();
     let status = || {
         fleet::daemon::status(&address, &token)
             .expect("status")

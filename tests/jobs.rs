@@ -179,12 +179,7 @@ impl Head {
             .next()
             .expect("url")
             .to_string();
-        let address = process
-            .expect_line("serving at")
-            .rsplit(' ')
-            .next()
-            .expect("address")
-            .to_string();
+        let address = process.serving_address();
         Head {
             address,
             dashboard,
@@ -710,12 +705,7 @@ fn a_job_outlives_the_machine_it_was_submitted_from() {
             ])
             .env("FLEET_TOKEN", &token),
     );
-    let address = head
-        .expect_line("serving at")
-        .rsplit(' ')
-        .next()
-        .expect("address")
-        .to_string();
+    let address = head.serving_address();
     let ip1 = hosts.ip(1);
     let node = Child::spawn(
         clean(&mut hosts.command(1, &fleet_bin()))

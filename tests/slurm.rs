@@ -163,12 +163,7 @@ fn autoscaler_grows_from_zero_to_three_slurm_nodes_and_back_counting_pending_job
             .env("FLEET_NODE_IP_CMD", NODE_IP_CMD)
             .env("FLEET_AUTOSCALE_INTERVAL_MS", "250"),
     );
-    let address = head
-        .expect_line("serving at")
-        .rsplit(' ')
-        .next()
-        .expect("address")
-        .to_string();
+    let address = head.serving_address();
     let status = || {
         fleet::daemon::status(&address, &token)
             .expect("status")

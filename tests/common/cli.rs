@@ -54,6 +54,15 @@ impl Child {
         }
     }
 
+    /// Waits for a head's "serving at ADDRESS" line; returns the address.
+    pub(crate) fn serving_address(&self) -> String {
+        self.expect_line("serving at")
+            .rsplit(' ')
+            .next()
+            .expect("address")
+            .to_string()
+    }
+
     /// Waits for a node agent's "joined the cluster" line; returns the
     /// node's name from it.
     pub(crate) fn joined_node_name(&self) -> String {
@@ -232,8 +241,7 @@ pub(crate) fn spawn_head(
         let line = head.expect_line("fleet dashboard at ");
         line.rsplit(' ').next().expect("dashboard URL").to_string()
     });
-    let line = head.expect_line("serving at");
-    let address = line.rsplit(' ').next().expect("address").to_string();
+    let address = head.serving_address();
     (head, address, dashboard)
 }
 
