@@ -180,14 +180,14 @@ impl ActorOptions {
         let spec = proto::TaskSpec {
             function: self.class.to_string(),
             num_cpus: self.num_cpus,
-            create: Some(proto::ActorSpec {
+            create: Some(Box::new(proto::ActorSpec {
                 class: self.class.to_string(),
                 name: self.name.clone().unwrap_or_default(),
                 max_restarts: self.max_restarts,
                 max_task_retries: self.max_task_retries,
                 max_concurrency: self.max_concurrency,
                 detached: self.detached,
-            }),
+            })),
             ..Default::default()
         };
         let handle = ActorHandle {

@@ -163,7 +163,7 @@ impl Client {
             },
             other => other.to_wire(),
         };
-        self.new_handle(self.next_id(), State::Ready(Payload::Error(wire)))
+        self.new_handle(self.next_id(), State::Ready(Payload::Error(Box::new(wire))))
     }
 
     pub(crate) fn node(&self) -> &str {
@@ -246,9 +246,9 @@ impl Client {
         // Work submitted after the head went away fails at once, as the
         // work pending then did.
         let state = match (state, self.gone.get()) {
-            (State::Pending, Some(why)) => {
-                State::Ready(Payload::Error(Error::Connection(why.clone()).to_wire()))
-            }
+            (State::Pending, Some(why)) => State::Ready(Payload::Error(Box::new(
+                Error::Connection(why.clone()).to_wire(),
+            ))),
             (state, _) => state,
         };
         self.slots.insert(
@@ -330,7 +330,7 @@ impl Client {
     fn fail_local(&self, id: u64, err: &Error) {
         self.on_ready(proto::ObjectValue {
             object_id: id,
-            payload: Some(Payload::Error(err.to_wire())),
+            payload: Some(Payload::Error(Box::new(err.to_wire()))),
         });
     }
 
@@ -403,7 +403,7 @@ impl Client {
         let mut waiters = Vec::new();
         for mut s in self.slots.iter_mut() {
             if matches!(s.state, State::Pending) {
-                s.state = State::Ready(Payload::Error(err.clone()));
+                s.state = State::Ready(Payload::Error(Box::new(err.clone())));
                 waiters.append(&mut s.waiters);
             }
         }

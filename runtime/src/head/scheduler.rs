@@ -76,7 +76,7 @@ impl State {
                 ..Default::default()
             };
             e.set_kind(proto::ErrorKind::Task);
-            failed = Some(Payload::Error(e));
+            failed = Some(Payload::Error(Box::new(e)));
         }
         for a in spec.args.iter().filter_map(arg_ref) {
             match self.objects.get_mut(&a) {
@@ -243,7 +243,7 @@ impl State {
             if let Some(how) = self.control.cancelled.remove(id) {
                 // Cancelled while sent there: it ends here, whatever killed it.
                 let e = self.cancelled_error(*id, how);
-                self.complete(*id, Payload::Error(e), Vec::new());
+                self.complete(*id, Payload::Error(Box::new(e)), Vec::new());
             } else if i > 0 {
                 requeue.push(*id);
             } else {
@@ -273,7 +273,7 @@ impl State {
         for id in b.returned.iter().rev() {
             if let Some(how) = self.control.cancelled.remove(id) {
                 let e = self.cancelled_error(*id, how);
-                self.complete(*id, Payload::Error(e), Vec::new());
+                self.complete(*id, Payload::Error(Box::new(e)), Vec::new());
                 continue;
             }
             if let Some(t) = self.tasks.get_mut(id) {
@@ -552,7 +552,7 @@ impl State {
                         Some(proto::arg::Kind::Value(b.clone()))
                     }
                     Some(ObjState::Done(Payload::Stored(loc))) => {
-                        Some(proto::arg::Kind::Stored(loc.clone()))
+                        Some(proto::arg::Kind::Stored((**loc).clone()))
                     }
                     _ => a.kind.take(),
                 };
