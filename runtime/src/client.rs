@@ -36,7 +36,9 @@ struct Slot {
     handles: u32,
     state: State,
     subscribed: bool,
-    waiters: Vec<Arc<Waiter>>,
+    /// Inline for one: a driver's `get_all` of a million refs registers
+    /// one waiter on each, and an allocation per slot cost ~32 bytes each.
+    waiters: smallvec::SmallVec<[Arc<Waiter>; 1]>,
 }
 
 enum State {
@@ -257,7 +259,7 @@ impl Client {
                 handles: 1,
                 state,
                 subscribed: false,
-                waiters: Vec::new(),
+                waiters: Default::default(),
             },
         );
         Arc::new(Handle {
@@ -278,7 +280,7 @@ impl Client {
                     handles: 1,
                     state: State::Pending,
                     subscribed: false,
-                    waiters: Vec::new(),
+                    waiters: Default::default(),
                 }
             });
         if new {
@@ -404,7 +406,7 @@ impl Client {
         for mut s in self.slots.iter_mut() {
             if matches!(s.state, State::Pending) {
                 s.state = State::Ready(Payload::Error(Box::new(err.clone())));
-                waiters.append(&mut s.waiters);
+                waiters.extend(s.waiters.drain(..));
             }
         }
         for w in waiters {

@@ -23,9 +23,11 @@ pub(super) struct Obj {
     pub(super) holders: u32,
     /// Pending tasks using it as an argument plus objects that contain it.
     pub(super) pins: u32,
-    pub(super) subscribers: Vec<u32>,
+    /// Inline up to two: usually one driver subscribes, and a heap
+    /// allocation per object cost ~32 bytes of a million queued tasks each.
+    pub(super) subscribers: smallvec::SmallVec<[u32; 2]>,
     /// Tasks waiting for it.
-    pub(super) dependents: Vec<u64>,
+    pub(super) dependents: smallvec::SmallVec<[u64; 1]>,
     /// Refs nested inside this object's value.
     pub(super) contains: Vec<u64>,
     /// Logical time of the last use, for spilling the least recently used.
@@ -253,4 +255,26 @@ pub struct Counts {
     pub store_used: u64,
     /// Bytes the store holds before spilling.
     pub store_capacity: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The head keeps one `Obj` and one `Task` per queued task (a million
+    /// at once in `fleet microbenchmark --scale`): these bounds keep a
+    /// field added without thought from costing every queued task.
+    #[test]
+    fn per_task_records_stay_small() {
+        let sizes = [
+            ("Payload", std::mem::size_of::<Payload>()),
+            ("TaskSpec", std::mem::size_of::<proto::TaskSpec>()),
+            ("Obj", std::mem::size_of::<Obj>()),
+            ("Task", std::mem::size_of::<Task>()),
+        ];
+        eprintln!("{sizes:?}");
+        assert!(sizes[0].1 <= 40, "{sizes:?}");
+        assert!(sizes[2].1 <= 160, "{sizes:?}");
+        assert!(sizes[3].1 <= 200, "{sizes:?}");
+    }
 }
