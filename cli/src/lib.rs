@@ -1,6 +1,6 @@
 //! The `fleet` tool's code: the cluster commands ([`cli`]: `fleet start`,
 //! `status`, `stop`, `job`, `list`, `timeline`) and `fleet microbenchmark`
-//! ([`bench`]).
+//! ([`bench`](mod@bench)).
 //!
 //! It is a package of its own, `fleet-cli`, so that a program that depends
 //! on the `fleet` library links only what drivers and workers need: clap,

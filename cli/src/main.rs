@@ -1,6 +1,10 @@
 //! The `fleet` command line: a thin layer over `fleet_cli::cli` and
 //! `fleet_cli::bench`.
 
+// The doc comments below are clap's `--help` text, read in a terminal:
+// `Vec<u8>` there is meant literally, not as an HTML tag.
+#![allow(rustdoc::invalid_html_tags)]
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
