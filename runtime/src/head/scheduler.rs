@@ -14,7 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use crate::proto::{self, head_op::Op, object_value::Payload};
 
 use super::directory::arg_ref;
-use super::state::{ObjState, State, Task, Worker};
+use super::state::{same_function, ObjState, State, Task, Worker};
 pub(super) use control::Control;
 pub(crate) use deaths::describe_exit;
 pub(super) use deaths::Later;
@@ -34,6 +34,8 @@ const EPS: f64 = 1e-9;
 struct Shape {
     job: u32,
     need: f64,
+    /// Interned id of its function (0: none, then `function` is compared).
+    function_id: u32,
     function: String,
     /// The node it is pinned to (empty: any).
     only: String,
@@ -42,10 +44,13 @@ struct Shape {
 }
 
 impl Shape {
-    fn fits(&self, job: u32, need: f64, spec: &proto::TaskSpec) -> bool {
+    fn fits(&self, job: u32, need: f64, function_id: u32, spec: &proto::TaskSpec) -> bool {
         self.job == job
             && self.need.to_bits() == need.to_bits()
-            && self.function == spec.function
+            && same_function(
+                (self.function_id, &self.function),
+                (function_id, &spec.function),
+            )
             && self.only == spec.node
     }
 }
@@ -55,6 +60,9 @@ impl State {
         let id = spec.task_id;
         if !self.new_object(id, ObjState::Pending, client) {
             return;
+        }
+        if spec.actor_id == 0 {
+            self.intern_function(&spec.function);
         }
         let mut failed = None;
         if spec.num_returns > 1 {
@@ -173,6 +181,7 @@ impl State {
                 }
                 w.lease = 0.0;
                 w.function.clear();
+                w.function_id = 0;
             }
         }
         if let Some((node, lease)) = freed {
@@ -180,11 +189,13 @@ impl State {
         }
         let mut lineage = None;
         if let Some(t) = self.tasks.get(&id) {
-            let m = self
-                .run_micros
-                .entry(t.spec.function.clone())
-                .or_insert(result.exec_micros as f64);
-            *m = 0.8 * *m + 0.2 * result.exec_micros as f64;
+            let us = result.exec_micros as f64;
+            match self.run_micros.get_mut(&t.spec.function) {
+                Some(m) => *m = 0.8 * *m + 0.2 * us,
+                None => {
+                    self.run_micros.insert(t.spec.function.clone(), us);
+                }
+            }
             let plain = t.spec.actor_id == 0 && t.spec.create.is_none() && t.spec.num_returns <= 1;
             if plain && matches!(payload, Payload::Stored(_)) {
                 lineage = Some(Box::new(t.spec.clone()));
@@ -213,6 +224,7 @@ impl State {
                 queue: VecDeque::new(),
                 lease: 0.0,
                 function: String::new(),
+                function_id: 0,
                 blocked: false,
                 actors: 0,
                 node,
@@ -392,7 +404,11 @@ impl State {
                 }
                 continue;
             }
-            if let Some(s) = stuck.iter_mut().find(|s| s.fits(job, need, &task.spec)) {
+            let function_id = self.function_id(&task.spec.function);
+            if let Some(s) = stuck
+                .iter_mut()
+                .find(|s| s.fits(job, need, function_id, &task.spec))
+            {
                 s.count += 1;
                 skipped.push(id);
                 misses += 1;
@@ -413,7 +429,10 @@ impl State {
                             && (only.is_empty() || w.node == only)
                             && !w.blocked
                             && w.queue.len() < depth
-                            && w.function == task.spec.function
+                            && same_function(
+                                (w.function_id, &w.function),
+                                (function_id, &task.spec.function),
+                            )
                             && (w.lease - need).abs() < EPS
                     })
                     .min_by_key(|(_, w)| w.queue.len())
@@ -429,10 +448,15 @@ impl State {
                     self.assign(c, id, need);
                 }
                 None => {
-                    let function = self.tasks.get(&id).map(|t| t.spec.function.clone());
+                    // A name is kept only where there is no id to compare.
+                    let function = match function_id {
+                        0 => self.tasks.get(&id).map(|t| t.spec.function.clone()),
+                        _ => None,
+                    };
                     stuck.push(Shape {
                         job,
                         need,
+                        function_id,
                         function: function.unwrap_or_default(),
                         only,
                         count: 1,
@@ -529,10 +553,12 @@ impl State {
         };
         // One copy of the spec, made as the worker receives it.
         let spec = self.resolved(&task.spec);
+        let function_id = self.function_id(&spec.function);
         if let Some(w) = self.workers.get_mut(&client) {
             if w.queue.is_empty() {
                 w.lease = need;
                 spec.function.clone_into(&mut w.function);
+                w.function_id = function_id;
                 self.control.busy_seq += 1;
                 w.busy_since = self.control.busy_seq;
             }
