@@ -7,6 +7,7 @@ use tokio::sync::oneshot;
 
 pub mod job;
 pub mod list;
+pub mod logs;
 
 use crate::daemon::{self, HeadOptions, NodeOptions};
 use crate::error::{Error, Result};

@@ -17,6 +17,7 @@ mod service;
 mod spilling;
 pub(crate) mod state;
 mod state_api;
+mod worker_logs;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -187,7 +188,12 @@ impl Head {
 
     /// `fleet list`: rows as JSON and how many matched.
     pub(crate) fn list(&self, req: &proto::ListRequest) -> Result<(String, usize), String> {
-        let (rows, total) = self.state.lock().list(req)?;
+        let (submitted, drivers) = if req.kind == "jobs" {
+            (self.jobs.list(), self.jobs.drivers())
+        } else {
+            Default::default()
+        };
+        let (rows, total) = self.state.lock().list(req, &submitted, &drivers)?;
         Ok((serde_json::Value::Array(rows).to_string(), total))
     }
 
@@ -279,6 +285,7 @@ impl Head {
                     hello.registry_hash.clone(),
                     0,
                 );
+                self.jobs.driver_joined(client, &hello.submission);
                 Ok(client)
             }
             Role::Worker => match st.jobs.get(&hello.job) {
