@@ -376,4 +376,22 @@ fn a_bad_rotation_setting_is_refused_naming_it() {
             "{var}={value}: {err}"
         );
     }
+    // And where a head starts.
+    let out = Command::new(fleet_bin())
+        .args([
+            "start",
+            "--head",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--block",
+        ])
+        .env("TMPDIR", dir.path())
+        .env("FLEET_TOKEN", &token)
+        .env("FLEET_WORKER_LOG_MAX_BYTES", "lots")
+        .output()
+        .expect("run fleet start --head");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("FLEET_WORKER_LOG_MAX_BYTES"), "{err}");
 }

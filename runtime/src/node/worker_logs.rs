@@ -330,6 +330,31 @@ fn start_of_last_lines(path: &Path, n: u32) -> std::io::Result<u64> {
 mod tests {
     use super::*;
 
+    /// A folder of its own, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "fleet-worker-logs-test-{}-{name}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     #[test]
     fn sizes_parse_and_bad_ones_name_the_variable() {
         assert_eq!(parse_bytes("4096"), Some(4096));
@@ -342,7 +367,7 @@ mod tests {
 
     #[test]
     fn files_rotate_at_the_limit_and_keep_the_backups_asked_for() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = Scratch::new("rotate");
         let path = dir.path().join("w").join("worker-1.log");
         let mut f = LogFile {
             path: path.clone(),
@@ -372,7 +397,7 @@ mod tests {
 
     #[test]
     fn the_last_lines_are_found_from_the_end() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = Scratch::new("tail");
         let path = dir.path().join("f");
         std::fs::write(&path, "a\nbb\nccc\n").unwrap();
         assert_eq!(start_of_last_lines(&path, 1).unwrap(), 5);

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use futures::StreamExt;
 
-use crate::error::{Error, Result};
-use crate::proto;
+use fleet::proto;
+use fleet::{Error, Result};
 
 /// Which worker's output, and how much of it.
 #[derive(Clone, Debug, Default)]
@@ -41,8 +41,9 @@ pub fn logs(opts: &LogsOptions, out: &mut dyn Write, note: &mut dyn Write) -> Re
         .build()
         .map_err(|e| Error::Startup(e.to_string()))?;
     rt.block_on(async {
-        let mut client = proto::head_client::HeadClient::new(crate::net::channel(&address).await?)
-            .max_decoding_message_size(crate::client::transport::MAX_MESSAGE);
+        let mut client =
+            proto::head_client::HeadClient::new(fleet::daemon::channel(&address).await?)
+                .max_decoding_message_size(fleet::daemon::MAX_MESSAGE);
         let reply = client
             .worker_logs(proto::WorkerLogsRequest {
                 token,
