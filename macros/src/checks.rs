@@ -198,7 +198,8 @@ fn marker_ident(name: &syn::Ident) -> syn::Ident {
 /// result (the stand-in cannot name a type for it).
 pub(crate) fn stand_in(sig: &Signature, arg_types: &[Type]) -> Option<TokenStream2> {
     if let ReturnType::Type(_, t) = &sig.output {
-        if matches!(**t, Type::ImplTrait(_)) {
+        // `unreachable!()` is no `impl Trait` (nor `Result<impl Trait, E>`).
+        if crate::generator::detect(t).is_ok_and(|g| g.is_some()) {
             return None;
         }
     }
