@@ -91,6 +91,14 @@ fn owned(ty: &Type) -> Type {
         }
         Type::Paren(p) => owned(&p.elem),
         Type::Group(g) => owned(&g.elem),
+        // `impl Iterator<Item = T>` cannot travel; its items can, as a Vec.
+        Type::ImplTrait(_) => match crate::generator::iterator_item(ty) {
+            Ok(item) => {
+                let item = owned(&item);
+                syn::parse_quote!(Vec<#item>)
+            }
+            Err(_) => ty.clone(),
+        },
         Type::Path(p) => {
             let mut p = p.clone();
             for seg in p.path.segments.iter_mut() {

@@ -47,7 +47,7 @@ fn mentions_impl(ty: &Type) -> bool {
 
 /// `X` of `impl Iterator<Item = X>` (or `IntoIterator`), or an error
 /// naming the supported forms.
-fn iterator_item(ty: &Type) -> syn::Result<Type> {
+pub(crate) fn iterator_item(ty: &Type) -> syn::Result<Type> {
     let Type::ImplTrait(imp) = ty else {
         return Err(syn::Error::new(ty.span(), ONLY_ITERATOR));
     };
