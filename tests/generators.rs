@@ -243,3 +243,65 @@ fn items_are_refs_passed_to_tasks_and_freed_on_their_own() {
         (objects() <= baseline).then_some(())
     });
 }
+
+/// An actor whose method streams its state.
+#[remote]
+struct Journal {
+    lines: Vec<String>,
+}
+
+#[remote]
+impl Journal {
+    fn new() -> Self {
+        Journal { lines: Vec::new() }
+    }
+
+    fn add(&mut self, line: String) -> usize {
+        self.lines.push(line);
+        self.lines.len()
+    }
+
+    /// The lines from `from` on, as a stream (holding the actor meanwhile).
+    fn replay(&self, from: usize) -> impl Iterator<Item = String> + '_ {
+        self.lines.iter().skip(from).cloned()
+    }
+
+    /// Fails at line `at`.
+    fn checked(&self, at: usize) -> impl Iterator<Item = Result<usize, String>> + '_ {
+        self.lines
+            .iter()
+            .enumerate()
+            .map(move |(i, l)| match i == at {
+                true => Err(format!("line {i} refused")),
+                false => Ok(l.len()),
+            })
+    }
+}
+
+#[test]
+fn actor_methods_stream_too() {
+    let _c = cluster(2);
+    let journal = Journal::remote().expect("an actor");
+    for i in 0..100 {
+        journal.add(format!("entry {i}"));
+    }
+    let lines: Vec<String> = journal
+        .replay(90)
+        .map(|r| fleet::get(&r.expect("item")).expect("value"))
+        .collect();
+    let want: Vec<String> = (90..100).map(|i| format!("entry {i}")).collect();
+    assert_eq!(lines, want);
+    let mut stream = journal.checked(2);
+    assert_eq!(
+        fleet::get(&stream.next().expect("0").expect("ok")).expect("v"),
+        7
+    );
+    assert_eq!(
+        fleet::get(&stream.next().expect("1").expect("ok")).expect("v"),
+        7
+    );
+    assert!(matches!(stream.next(), Some(Err(Error::Task { .. }))));
+    assert!(stream.next().is_none());
+    // The actor goes on serving.
+    assert_eq!(fleet::get(&journal.add("last")).expect("add"), 101);
+}

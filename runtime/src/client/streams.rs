@@ -120,21 +120,30 @@ impl Client {
         opts: &TaskOptions,
         args: Vec<Result<ArgValue>>,
     ) -> (Arc<Handle>, Arc<Inbox>) {
-        let id = self.next_id();
-        // Open before submitting: a failure to submit ends it at once.
-        let inbox = self.streams.open(id);
         let spec = proto::TaskSpec {
-            task_id: id,
             function: opts.function.to_string(),
             num_cpus: opts.num_cpus,
             max_retries: opts.max_retries,
             node: opts.node.clone().unwrap_or_default(),
             retry_on_error: opts.retry_on_error,
             parent_task: crate::worker::cancel::current(),
-            generator: true,
             generator_backpressure: opts.generator_backpressure,
             ..Default::default()
         };
+        self.submit_stream(spec, args)
+    }
+
+    /// Submits `spec` (a task or an actor call) as a generator.
+    pub(crate) fn submit_stream(
+        self: &Arc<Self>,
+        mut spec: proto::TaskSpec,
+        args: Vec<Result<ArgValue>>,
+    ) -> (Arc<Handle>, Arc<Inbox>) {
+        let id = self.next_id();
+        // Open before submitting: a failure to submit ends it at once.
+        let inbox = self.streams.open(id);
+        spec.task_id = id;
+        spec.generator = true;
         let handle = self.submit(spec, args);
         // Hear of the task's end.
         if let Some(mut s) = self.slots.get_mut(&id) {
