@@ -305,3 +305,36 @@ fn actor_methods_stream_too() {
     // The actor goes on serving.
     assert_eq!(fleet::get(&journal.add("last")).expect("add"), 101);
 }
+
+/// `0..n`; on its first run its worker dies at item `die_at`, once the
+/// test has taken the items before it (`dir/gate`).
+#[remote]
+fn dies_once(n: u64, die_at: u64, dir: String) -> impl Iterator<Item = u64> {
+    let dir = PathBuf::from(dir);
+    let first_run = !dir.join("died").exists();
+    (0..n).inspect(move |&i| {
+        if first_run && i == die_at {
+            common::wait_for_path(&dir.join("gate"));
+            write_atomic(&dir.join("died"), "yes");
+            std::process::exit(3);
+        }
+    })
+}
+
+#[test]
+fn a_retried_generator_delivers_each_item_once() {
+    let _c = cluster(2);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut stream = dies_once::remote(50, 5, dir.path().to_str().expect("utf-8"));
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        let r = stream.next().expect("an item").expect("ok");
+        got.push(fleet::get(&r).expect("value"));
+    }
+    std::fs::write(dir.path().join("gate"), b"go").expect("gate");
+    for item in stream {
+        got.push(fleet::get(&item.expect("an item after the retry")).expect("value"));
+    }
+    assert!(dir.path().join("died").exists(), "the first run died");
+    assert_eq!(got, (0..50).collect::<Vec<u64>>());
+}
