@@ -78,7 +78,7 @@ fn room_for(task: u64, index: u64, backpressure: u32) -> bool {
             return false;
         }
         let consumed = m.as_ref().and_then(|m| m.get(&task)).copied().unwrap_or(0);
-        if index < consumed + u64::from(backpressure) {
+        if index < consumed.saturating_add(u64::from(backpressure)) {
             return true;
         }
         MOVED.wait(&mut m);

@@ -81,7 +81,7 @@ impl State {
         let consumer = match self.control.generators.streams.get_mut(&item.task_id) {
             // Below `received`: a retry re-yielding what was delivered.
             Some(s) if running_here && item.index >= s.received => {
-                s.received = item.index + 1;
+                s.received = item.index.saturating_add(1);
                 Some(s.consumer)
             }
             _ => None,
