@@ -268,6 +268,8 @@ impl Head {
                         },
                     ),
                     Op::Cancel(c) => st.cancel(client, c),
+                    Op::GeneratorItem(i) => st.generator_item(client, i),
+                    Op::GeneratorAck(a) => st.generator_ack(client, a),
                     Op::MemoryPressure(p) => pressure.push(p),
                     Op::NodeLoad(l) => st.node_load(client, l),
                     Op::Hello(_) => {}

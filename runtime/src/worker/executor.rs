@@ -214,6 +214,9 @@ impl Executor {
             }));
             return;
         }
+        if task.generator {
+            super::generator::expect(task.task_id);
+        }
         q.tasks.push_back(task);
         self.cv.notify_one();
     }
@@ -254,13 +257,17 @@ impl Executor {
             send_result(&self.client, &spec, Err(e), Instant::now());
             return;
         }
-        if super::cancel::mark(c.task_id) && c.force {
-            super::cancel::die_for(c.task_id);
+        if super::cancel::mark(c.task_id) {
+            if c.force {
+                super::cancel::die_for(c.task_id);
+            }
+            super::generator::wake();
         }
     }
 
     fn execute(&self, spec: proto::TaskSpec) {
         let _running = super::cancel::running(spec.task_id);
+        let _generator = spec.generator.then(|| super::generator::active(&spec));
         CURRENT.set(Some(spec.task_id));
         announce(&spec.function, false);
         let started = Instant::now();
