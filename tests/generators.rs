@@ -8,6 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::cli::CliCluster;
 use common::{cluster, wait_until, GENEROUS};
 use fleet::{remote, Error, ObjectRef, ObjectRefStream};
 
@@ -337,4 +338,55 @@ fn a_retried_generator_delivers_each_item_once() {
     }
     assert!(dir.path().join("died").exists(), "the first run died");
     assert_eq!(got, (0..50).collect::<Vec<u64>>());
+}
+
+/// Sums the items of a stream it consumes itself: a task as the consumer.
+#[remote]
+fn sum_of_squares(n: u64) -> u64 {
+    squares::remote(n)
+        .map(|r| fleet::get(&r.expect("an item")).expect("its value"))
+        .sum()
+}
+
+#[test]
+fn a_task_consumes_a_stream() {
+    let _c = cluster(2);
+    let want: u64 = (0..300u64).map(|i| i * i).sum();
+    assert_eq!(fleet::get(&sum_of_squares::remote(300)).expect("sum"), want);
+    // More consumers than CPUs: waiting consumers lend theirs.
+    let sums = sum_of_squares::map([10u64, 20, 30, 40]);
+    let want: Vec<u64> = [10u64, 20, 30, 40]
+        .iter()
+        .map(|n| (0..*n).map(|i| i * i).sum())
+        .collect();
+    assert_eq!(fleet::get_all(&sums).expect("sums"), want);
+}
+
+#[test]
+fn a_stream_across_processes_of_a_cli_cluster() {
+    let mut cluster = CliCluster::start(0, &["--no-dashboard"]);
+    cluster.add_node("127.0.0.2", 2);
+    let _driver = cluster.join();
+    // 300 KiB items: each in the node's store, read by this driver.
+    let mut n = 0u64;
+    let mut refs = Vec::new();
+    for item in big_items::remote(60, 300 << 10) {
+        let r = item.expect("an item");
+        assert_eq!(fleet::get(&r).expect("its value")[0], n as u8);
+        refs.push(r);
+        n += 1;
+    }
+    assert_eq!(n, 60);
+    let sums: Vec<u64> =
+        fleet::get_all(&refs.iter().map(total::remote).collect::<Vec<_>>()).expect("sums");
+    let want: Vec<u64> = (0..60u64).map(|i| (i % 256) * (300 << 10)).collect();
+    assert_eq!(sums, want);
+    let mut err = fails_at::remote(10, 4);
+    assert_eq!(err.by_ref().take_while(Result::is_ok).count(), 4);
+}
+
+/// `n` items of `bytes` bytes each, item `i` filled with `i`.
+#[remote]
+fn big_items(n: u64, bytes: usize) -> impl Iterator<Item = Vec<u8>> {
+    (0..n).map(move |i| vec![i as u8; bytes])
 }

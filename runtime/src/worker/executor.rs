@@ -248,6 +248,9 @@ impl Executor {
             at.and_then(|i| q.tasks.remove(i))
         };
         if let Some(spec) = queued {
+            if spec.generator {
+                super::generator::forget(spec.task_id);
+            }
             let e = task_error(
                 &self.client,
                 &spec,
@@ -331,7 +334,16 @@ pub(crate) fn lend_cpu() -> Option<Lent> {
     executor.client.flush_held();
     let mut q = executor.queue.lock();
     q.lent_by = Some(task);
-    let returned = q.tasks.drain(..).map(|t| t.task_id).collect();
+    let returned = q
+        .tasks
+        .drain(..)
+        .map(|t| {
+            if t.generator {
+                super::generator::forget(t.task_id);
+            }
+            t.task_id
+        })
+        .collect();
     executor.client.send(Op::Blocked(proto::Blocked {
         task_id: task,
         returned,

@@ -31,6 +31,14 @@ pub(crate) fn expect(task: u64) {
         .or_insert(0);
 }
 
+/// A generator task sent here went back unrun (cancelled while queued, or
+/// returned to the head): its acks are no longer kept.
+pub(crate) fn forget(task: u64) {
+    if let Some(m) = CONSUMED.lock().as_mut() {
+        m.remove(&task);
+    }
+}
+
 /// Marks `spec`'s task as the generator this thread runs until the guard
 /// drops.
 pub(crate) fn active(spec: &proto::TaskSpec) -> Active {
@@ -45,9 +53,7 @@ pub(crate) struct Active(u64);
 impl Drop for Active {
     fn drop(&mut self) {
         ACTIVE.set(None);
-        if let Some(m) = CONSUMED.lock().as_mut() {
-            m.remove(&self.0);
-        }
+        forget(self.0);
     }
 }
 
