@@ -241,6 +241,8 @@ fn task_spec(id: u64) -> TaskSpec {
         retry_on_error: true,
         parent_task: id + 4,
         num_returns: 2,
+        generator: true,
+        generator_backpressure: 3,
     }
 }
 
@@ -255,6 +257,7 @@ fn hello(token: &str, role: Role) -> Hello {
         job: 1,
         node: "127.0.0.1:6380".into(),
         binary_hash: "feedface-1234".into(),
+        submission: "job-0badc0de".into(),
         node_info: Some(NodeInfo {
             address: "127.0.0.9:1".into(),
             num_cpus: 0.0,
@@ -334,6 +337,29 @@ fn client_ops() -> Vec<ClientOp> {
             force: true,
             recursive: true,
         })),
+        op(client_op::Op::GeneratorItem(fleet::proto::GeneratorItem {
+            task_id: 1 << 40 | 1,
+            index: u64::MAX,
+            value: Some(ObjectValue {
+                object_id: 1 << 40 | 9,
+                payload: Some(object_value::Payload::Stored(StoreLocation {
+                    path: "/etc/passwd".into(),
+                    size: u64::MAX,
+                    node: "127.0.0.1:1".into(),
+                })),
+            }),
+            nested_refs: vec![1 << 40 | 1, u64::MAX],
+        })),
+        op(client_op::Op::GeneratorItem(fleet::proto::GeneratorItem {
+            task_id: 1 << 40 | 1,
+            index: 0,
+            value: Some(inline(1 << 40 | 10, b"\x07")),
+            nested_refs: vec![],
+        })),
+        op(client_op::Op::GeneratorAck(fleet::proto::GeneratorAck {
+            task_id: 1 << 40 | 1,
+            consumed: u64::MAX,
+        })),
         op(client_op::Op::Lookup(Lookup {
             request_id: 1,
             name: "hits".into(),
@@ -390,6 +416,16 @@ fn head_frames() -> Vec<HeadFrame> {
             env: vec!["K=V".into()],
         })),
         hop(head_op::Op::StopJob("job-0000002a".into())),
+        hop(head_op::Op::GeneratorItem(fleet::proto::GeneratorItem {
+            task_id: 42,
+            index: 3,
+            value: Some(inline(44, b"\x03")),
+            nested_refs: vec![45],
+        })),
+        hop(head_op::Op::GeneratorAck(fleet::proto::GeneratorAck {
+            task_id: 42,
+            consumed: u64::MAX,
+        })),
         hop(head_op::Op::Ready(inline(42, b"\x01\x02"))),
         hop(head_op::Op::Ready(ObjectValue {
             object_id: 43,
@@ -1145,6 +1181,8 @@ fn random_op(rng: &mut Rng, ids: &[u64]) -> ClientOp {
                 retry_on_error: rng.below(2) == 0,
                 parent_task: if rng.below(3) == 0 { id(rng) } else { 0 },
                 num_returns: [0, 1, 3, u32::MAX][rng.below(4)],
+                generator: rng.below(3) == 0,
+                generator_backpressure: [0, 1, 16, u32::MAX][rng.below(4)],
             };
             let me = spec.task_id;
             spec.args

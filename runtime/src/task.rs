@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::context;
+use crate::generator::ObjectRefStream;
 use crate::object_ref::{ArgValue, Handle, ObjectRef};
 use crate::Result;
 
@@ -15,6 +16,8 @@ pub struct TaskOptions {
     pub(crate) max_retries: u32,
     pub(crate) node: Option<String>,
     pub(crate) retry_on_error: bool,
+    /// generators: items a generator task may yield beyond those taken.
+    pub(crate) generator_backpressure: u32,
 }
 
 impl TaskOptions {
@@ -26,7 +29,17 @@ impl TaskOptions {
             max_retries: 3,
             node: None,
             retry_on_error: false,
+            generator_backpressure: 16,
         }
+    }
+
+    /// For a generator (`-> impl Iterator<Item = T>`): how many items the
+    /// task may yield beyond those the caller has taken from the stream
+    /// before it waits (default 16; 0: no limit). Bounds the memory a fast
+    /// producer holds in the store for a slow consumer.
+    pub const fn generator_backpressure(mut self, n: u32) -> Self {
+        self.generator_backpressure = n;
+        self
     }
 
     /// Also retries the task when it returns `Err` or panics (not only when
@@ -71,6 +84,19 @@ impl TaskOptions {
                     .collect::<Vec<_>>()
                     .into_iter(),
             ),
+        }
+    }
+
+    /// Submits a call of a generator function; used by the code
+    /// `#[remote]` generates.
+    #[doc(hidden)]
+    pub fn submit_generator<T>(&self, args: Vec<Result<ArgValue>>) -> ObjectRefStream<T> {
+        match context::client_or_detached() {
+            Ok(client) => {
+                let (handle, inbox) = client.submit_generator(self, args);
+                ObjectRefStream::new(handle, Some(inbox))
+            }
+            Err((detached, e)) => ObjectRefStream::new(detached.failed(&e), None),
         }
     }
 
