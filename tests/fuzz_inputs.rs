@@ -342,11 +342,11 @@ fn client_ops() -> Vec<ClientOp> {
             index: u64::MAX,
             value: Some(ObjectValue {
                 object_id: 1 << 40 | 9,
-                payload: Some(object_value::Payload::Stored(StoreLocation {
+                payload: Some(object_value::Payload::Stored(Box::new(StoreLocation {
                     path: "/etc/passwd".into(),
                     size: u64::MAX,
                     node: "127.0.0.1:1".into(),
-                })),
+                }))),
             }),
             nested_refs: vec![1 << 40 | 1, u64::MAX],
         })),
