@@ -72,6 +72,7 @@ mod object_ref;
 #[doc(hidden)]
 pub mod proto;
 mod registry;
+pub mod resources;
 mod spin;
 mod task;
 mod worker;
