@@ -196,7 +196,8 @@ fn command_autoscaler_starts_node_agents_and_stops_idle_ones() {
     assert_eq!(count("asked for node job"), 3, "{:#?}", a.events);
     assert_eq!(count("joined as node"), 3, "{:#?}", a.events);
     assert_eq!(count("cancelled node job"), 3, "{:#?}", a.events);
-    let text = fleet::cli::status(Some(&address), Some(dir.path().join("token"))).expect("status");
+    let text =
+        fleet_cli::cli::status(Some(&address), Some(dir.path().join("token"))).expect("status");
     assert!(
         text.contains("autoscaler (command, 0..3 nodes): 0 node jobs requested"),
         "{text}"

@@ -17,7 +17,7 @@ root=$(cd "$here/../.." && pwd)
 image=${FLEET_IMAGE:-fleet:latest}
 
 if [ -z "${FLEET_BIN:-}" ]; then
-    (cd "$root" && cargo build --release -p fleet --bin fleet)
+    (cd "$root" && cargo build --release -p fleet-cli --bin fleet)
     FLEET_BIN=$root/target/release/fleet
 fi
 [ -x "$FLEET_BIN" ] || { echo "build.sh: $FLEET_BIN is not an executable; set FLEET_BIN or let cargo build it" >&2; exit 1; }

@@ -1,5 +1,11 @@
 //! The long-running processes `fleet start` runs: a head (with its own
 //! node) and node agents; and `fleet status`.
+//!
+//! This module is the library's deliberately public API for the `fleet`
+//! tool (package `fleet-cli`, folder `cli/`), which lives in a package of
+//! its own so that user programs do not link its code or its crates
+//! (clap, rayon). Everything that tool needs from the runtime's insides
+//! is here and nowhere else; a user's program does not need it.
 
 use std::path::{Path, PathBuf};
 
@@ -181,4 +187,67 @@ pub fn timeline(address: &str, token: &str) -> Result<String> {
             .map(|r| r.into_inner().json)
             .map_err(|s| Error::Connection(s.message().to_string()))
     })
+}
+
+/// The default size of a node's shared-memory object store (30% of RAM,
+/// as Ray's): what `fleet start` offers without `--object-store-bytes`.
+pub fn default_store_capacity() -> u64 {
+    crate::node::object_store::default_capacity()
+}
+
+/// Installs Fleet's stderr log output (filtered by `RUST_LOG`, colour only
+/// on a terminal) once: `fleet start` calls it before it serves.
+pub fn init_logging() {
+    crate::logging::init()
+}
+
+/// The largest gRPC message Fleet sends or accepts: clients of the head's
+/// list and log calls raise tonic's 4 MiB default to it.
+pub const MAX_MESSAGE: usize = crate::client::transport::MAX_MESSAGE;
+
+/// A gRPC channel to the head (or a node) at `address`, with the
+/// cluster's TLS settings (`FLEET_TLS_*`) and keep-alives: the CLI's list,
+/// job and log calls go over it.
+pub async fn channel(address: &str) -> Result<tonic::transport::Channel> {
+    crate::net::channel(address).await
+}
+
+/// The content hash that names an executable in the head's binary cache
+/// (`fleet job submit` uploads a program under it).
+pub fn executable_hash(path: &Path) -> Result<String> {
+    crate::cluster::executable_hash(path)
+}
+
+/// Uploads the executable at `path` to the head at `address` under
+/// `hash` (see [`executable_hash`]), so that nodes can fetch and run it.
+pub async fn upload_executable(
+    address: String,
+    token: String,
+    path: PathBuf,
+    hash: String,
+) -> Result<()> {
+    crate::cluster::upload(address, token, path, hash).await
+}
+
+/// Jobs' states and records as `fleet job` shows them.
+pub mod jobs {
+    use crate::proto;
+
+    /// A job waiting for its driver to start.
+    pub const PENDING: &str = crate::node::jobs::PENDING;
+    /// A job whose driver runs.
+    pub const RUNNING: &str = crate::node::jobs::RUNNING;
+    /// A job whose driver exited with an error or could not start.
+    pub const FAILED: &str = crate::node::jobs::FAILED;
+
+    /// Milliseconds since the Unix epoch, the clock of `JobInfo`'s times.
+    pub fn now_millis() -> u64 {
+        crate::node::jobs::now_millis()
+    }
+
+    /// A job's record as JSON, as the dashboard and `fleet job list
+    /// --json` show it.
+    pub fn to_json(j: &proto::JobInfo) -> serde_json::Value {
+        crate::node::jobs::to_json(j)
+    }
 }

@@ -51,11 +51,7 @@ pub struct ReadmeDoctests;
 mod actor;
 mod api;
 mod array;
-#[doc(hidden)]
-pub mod bench;
 mod blob;
-#[doc(hidden)]
-pub mod cli;
 mod client;
 mod cluster;
 mod codec;

@@ -106,7 +106,7 @@ pub(crate) fn fleet_bin() -> PathBuf {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut build = Command::new(cargo);
         build
-            .args(["build", "-p", "fleet", "--bin", "fleet", "--target-dir"])
+            .args(["build", "-p", "fleet-cli", "--bin", "fleet", "--target-dir"])
             .arg(target_dir)
             .arg("--manifest-path")
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
@@ -118,7 +118,7 @@ pub(crate) fn fleet_bin() -> PathBuf {
     });
     assert!(
         bin.is_file(),
-        "build the CLI first: cargo build -p fleet ({})",
+        "build the CLI first: cargo build -p fleet-cli ({})",
         bin.display()
     );
     bin

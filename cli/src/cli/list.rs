@@ -1,8 +1,8 @@
 //! `fleet list tasks|actors|objects|nodes|jobs`: the head's state as a
 //! table or as JSON, filtered by state, function, node, with a limit.
 
-use crate::error::{Error, Result};
-use crate::proto;
+use fleet::proto;
+use fleet::{Error, Result};
 
 /// What to list and how.
 #[derive(Clone, Debug, Default)]
@@ -33,8 +33,9 @@ pub fn list(
         .build()
         .map_err(|e| Error::Startup(e.to_string()))?;
     let reply = rt.block_on(async {
-        let mut client = proto::head_client::HeadClient::new(crate::net::channel(&address).await?)
-            .max_decoding_message_size(crate::client::transport::MAX_MESSAGE);
+        let mut client =
+            proto::head_client::HeadClient::new(fleet::daemon::channel(&address).await?)
+                .max_decoding_message_size(fleet::daemon::MAX_MESSAGE);
         client
             .list(proto::ListRequest {
                 token,

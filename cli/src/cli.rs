@@ -8,8 +8,8 @@ use tokio::sync::oneshot;
 pub mod job;
 pub mod list;
 
-use crate::daemon::{self, HeadOptions, NodeOptions};
-use crate::error::{Error, Result};
+use fleet::daemon::{self, HeadOptions, NodeOptions};
+use fleet::{Error, Result};
 
 /// `fleet start`'s settings, as parsed by the binary.
 #[derive(Clone, Debug)]
@@ -63,7 +63,7 @@ fn pid_dir() -> PathBuf {
 }
 
 fn default_token_file() -> PathBuf {
-    crate::discovery::default_token_file()
+    fleet::discovery::default_token_file()
 }
 
 fn cores() -> f64 {
@@ -131,7 +131,7 @@ pub fn start(args: StartArgs, argv: Vec<String>) -> Result<()> {
 fn run_foreground(args: StartArgs) -> Result<()> {
     let capacity = args
         .object_store_bytes
-        .unwrap_or_else(crate::node::object_store::default_capacity);
+        .unwrap_or_else(fleet::daemon::default_store_capacity);
     if args.head {
         let token_file = args.token_file.clone().unwrap_or_else(default_token_file);
         let shown = token_file.clone();
@@ -142,7 +142,7 @@ fn run_foreground(args: StartArgs) -> Result<()> {
                 node_ip: args.node_ip.clone(),
                 num_cpus: args.num_cpus.unwrap_or_else(cores),
                 store_capacity: capacity,
-                token: std::env::var(crate::ENV_TOKEN)
+                token: std::env::var(fleet::ENV_TOKEN)
                     .ok()
                     .filter(|t| !t.is_empty()),
                 token_file,
@@ -162,7 +162,7 @@ fn run_foreground(args: StartArgs) -> Result<()> {
                 resources: args.resources.clone(),
             },
             |address, dashboard| {
-                if let Err(e) = crate::discovery::record_head(address, &shown) {
+                if let Err(e) = fleet::discovery::record_head(address, &shown) {
                     eprintln!("fleet: cannot record the head for local discovery: {e}");
                 }
                 if let Some(d) = dashboard {
@@ -178,7 +178,7 @@ fn run_foreground(args: StartArgs) -> Result<()> {
             },
             stop_on_signal(),
         );
-        crate::discovery::clear_head_record();
+        fleet::discovery::clear_head_record();
         result
     } else {
         let Some(head) = args.address.clone() else {
@@ -189,19 +189,19 @@ fn run_foreground(args: StartArgs) -> Result<()> {
         // --token-file, else FLEET_TOKEN, else what this machine knows of
         // the head; a file is read again on every attempt to join (the
         // head may not have written it yet, or a restarted head a new one).
-        let env_token = std::env::var(crate::ENV_TOKEN)
+        let env_token = std::env::var(fleet::ENV_TOKEN)
             .ok()
             .filter(|t| !t.is_empty());
         let (token, token_file) = match (&args.token_file, env_token) {
             (Some(file), _) => (String::new(), Some(file.clone())),
             (None, Some(t)) => (t, None),
-            (None, None) => match crate::discovery::resolve_token(None, &head) {
+            (None, None) => match fleet::discovery::resolve_token(None, &head) {
                 Ok(t) => (t, None),
                 Err(_) => (String::new(), Some(default_token_file())),
             },
         };
         let wait_for_head = seconds(args.wait_for_head, "--wait-for-head")?;
-        crate::logging::init();
+        fleet::daemon::init_logging();
         daemon::run_node(
             NodeOptions {
                 head,
@@ -285,8 +285,8 @@ pub fn target(
     address: Option<&str>,
     token_file: Option<&std::path::Path>,
 ) -> Result<(String, String)> {
-    let address = crate::discovery::resolve_address(address)?;
-    let token = crate::discovery::resolve_token(token_file, &address)?;
+    let address = fleet::discovery::resolve_address(address)?;
+    let token = fleet::discovery::resolve_token(token_file, &address)?;
     Ok((address, token))
 }
 
@@ -339,11 +339,11 @@ pub fn status(address: Option<&str>, token_file: Option<PathBuf>) -> Result<Stri
 
 /// A node's resources in `fleet status`: `memory 15.6 GiB (15.6 free),
 /// gpu 2 (1 free)`.
-fn resource_line(resources: &[crate::proto::ResourceUse]) -> String {
+fn resource_line(resources: &[fleet::proto::ResourceUse]) -> String {
     let items: Vec<String> = resources
         .iter()
         .map(|r| {
-            if r.name == crate::resources::MEMORY {
+            if r.name == fleet::resources::MEMORY {
                 let gib = |b: f64| b / f64::from(1u32 << 30);
                 format!(
                     "memory {:.1} GiB ({:.1} free)",
@@ -359,7 +359,7 @@ fn resource_line(resources: &[crate::proto::ResourceUse]) -> String {
 }
 
 /// The autoscaler's part of `fleet status`.
-fn autoscale_status(a: &crate::proto::AutoscaleStatus) -> String {
+fn autoscale_status(a: &fleet::proto::AutoscaleStatus) -> String {
     let mut out = format!(
         "  autoscaler ({}, {}..{} nodes): {} node jobs requested, {} pending, {} running\n",
         a.provider, a.min_nodes, a.max_nodes, a.requested, a.pending, a.running

@@ -68,8 +68,8 @@ impl Cluster {
                 .args(["--node-ip", &format!("127.0.0.{}", i + 2)])
                 .args(["--num-cpus", &cpus.to_string()])
                 .args(["--object-store-bytes", &(64u64 << 20).to_string()])
-                .env(crate::ENV_TOKEN, &cluster.head.token)
-                .env_remove(crate::ENV_ADDRESS)
+                .env(fleet::ENV_TOKEN, &cluster.head.token)
+                .env_remove(fleet::ENV_ADDRESS)
                 // Agents leaving at the end of a measurement is expected.
                 .env(
                     "RUST_LOG",
@@ -89,7 +89,7 @@ impl Cluster {
         }
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let s = crate::daemon::status(&cluster.head.address, &cluster.head.token)?;
+            let s = fleet::daemon::status(&cluster.head.address, &cluster.head.token)?;
             // The head's own node (no CPUs) is listed too.
             let joined = s
                 .nodes
@@ -128,7 +128,7 @@ impl Cluster {
     pub(crate) fn wait_workers(&self, n: usize, within: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
         loop {
-            let s = crate::daemon::status(&self.head.address, &self.head.token)?;
+            let s = fleet::daemon::status(&self.head.address, &self.head.token)?;
             let workers: u32 = s.nodes.iter().map(|x| x.workers).sum();
             if workers as usize >= n {
                 return Ok(());
@@ -148,7 +148,7 @@ impl Cluster {
     pub(crate) fn wait_objects_below(&self, n: u64, within: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
         loop {
-            let s = crate::daemon::status(&self.head.address, &self.head.token)?;
+            let s = fleet::daemon::status(&self.head.address, &self.head.token)?;
             if s.objects < n {
                 return Ok(());
             }

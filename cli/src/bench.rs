@@ -8,7 +8,7 @@
 //! groups, out-of-scope callbacks, Ray Client) are left out.
 //!
 //! Every task and actor call returns `b"ok"`. Large puts put a
-//! [`Blob`](crate::Blob) of zeros, Fleet's counterpart of Ray's numpy
+//! [`Blob`](fleet::Blob) of zeros, Fleet's counterpart of Ray's numpy
 //! array of zeros (both are encoded as one block of bytes).
 
 mod actors;
@@ -27,7 +27,7 @@ pub use timeit::{Measurement, Settings, Timer};
 const SMALL: &[u8] = b"ok";
 
 /// Ray's `small_value` task.
-#[crate::remote]
+#[fleet::remote]
 fn small_value() -> Vec<u8> {
     SMALL.to_vec()
 }
@@ -67,7 +67,7 @@ pub fn run(options: &Options) -> anyhow::Result<Vec<Measurement>> {
     let cpus = options.num_cpus.unwrap_or(cores).max(1);
     let mut t = Timer::new(options.settings.clone());
     memcpy::run(&mut t)?;
-    let cluster = crate::init_with(crate::Config {
+    let cluster = fleet::init_with(fleet::Config {
         num_cpus: Some(cpus),
         ..Default::default()
     })?;

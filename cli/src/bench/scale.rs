@@ -12,13 +12,13 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use super::small_value;
-use crate::{Blob, ObjectRef};
+use fleet::{Blob, ObjectRef};
 
 /// A stateless actor, called once.
-#[crate::remote]
+#[fleet::remote]
 struct Probe;
 
-#[crate::remote]
+#[fleet::remote]
 impl Probe {
     /// Nothing to build.
     fn new() -> Self {
@@ -33,16 +33,16 @@ impl Probe {
 
 /// Ray's "one task with many object ref arguments": here the refs travel
 /// inside one argument and the task waits for all of them.
-#[crate::remote]
-fn consume(refs: Vec<ObjectRef<Vec<u8>>>) -> crate::Result<usize> {
-    Ok(crate::get_all(&refs)?.len())
+#[fleet::remote]
+fn consume(refs: Vec<ObjectRef<Vec<u8>>>) -> fleet::Result<usize> {
+    Ok(fleet::get_all(&refs)?.len())
 }
 
 /// Ray's "one task returning many objects": the task puts `n` objects and
 /// returns refs to them.
-#[crate::remote]
-fn produce(n: usize) -> crate::Result<Vec<ObjectRef<u64>>> {
-    (0..n as u64).map(crate::put).collect()
+#[fleet::remote]
+fn produce(n: usize) -> fleet::Result<Vec<ObjectRef<u64>>> {
+    (0..n as u64).map(fleet::put).collect()
 }
 
 /// Peak resident memory of a process, in MiB (VmHWM).
@@ -177,46 +177,46 @@ pub struct ScaleOptions {
 
 /// Runs the rows of the envelope; each checks its own result.
 pub fn run_scale(o: &ScaleOptions) -> anyhow::Result<()> {
-    let store = ((o.big_object_gib + 1) << 30).max(crate::node::object_store::default_capacity());
+    let store = ((o.big_object_gib + 1) << 30).max(fleet::daemon::default_store_capacity());
     let head = HeadProcess::start(o.num_cpus, store)?;
-    let _cluster = crate::init_with(crate::Config {
+    let _cluster = fleet::init_with(fleet::Config {
         address: Some(head.address.clone()),
         token: Some(head.token.clone()),
         ..Default::default()
     })?;
-    crate::get(&small_value::remote())?;
+    fleet::get(&small_value::remote())?;
 
     let t = Instant::now();
     let refs: Vec<ObjectRef<Vec<u8>>> = (0..o.tasks).map(|_| small_value::remote()).collect();
-    let all = crate::get_all(&refs)?;
+    let all = fleet::get_all(&refs)?;
     anyhow::ensure!(all.len() == o.tasks && all.iter().all(|v| v == super::SMALL));
     drop((refs, all));
     head.report(&format!("{} tasks queued at once", o.tasks), t);
 
     let t = Instant::now();
     let args: Vec<ObjectRef<Vec<u8>>> = (0..10_000).map(|_| small_value::remote()).collect();
-    anyhow::ensure!(crate::get(&consume::remote(args))? == 10_000);
+    anyhow::ensure!(fleet::get(&consume::remote(args))? == 10_000);
     head.report("one task with 10,000 object ref arguments", t);
 
     let t = Instant::now();
-    let made = crate::get(&produce::remote(3_000))?;
-    let values = crate::get_all(&made)?;
+    let made = fleet::get(&produce::remote(3_000))?;
+    let values = fleet::get_all(&made)?;
     anyhow::ensure!(values == (0..3_000u64).collect::<Vec<_>>());
     head.report("one task returning 3,000 objects", t);
 
     let t = Instant::now();
     let puts: Vec<ObjectRef<u64>> = (0..10_000u64)
-        .map(crate::put)
-        .collect::<crate::Result<_>>()?;
-    anyhow::ensure!(crate::get_all(&puts)?.len() == 10_000);
+        .map(fleet::put)
+        .collect::<fleet::Result<_>>()?;
+    anyhow::ensure!(fleet::get_all(&puts)?.len() == 10_000);
     head.report("get of 10,000 objects", t);
 
     let t = Instant::now();
     let actors = (0..10_000)
         .map(|_| Probe::remote())
-        .collect::<crate::Result<Vec<_>>>()?;
+        .collect::<fleet::Result<Vec<_>>>()?;
     let pings: Vec<ObjectRef<u8>> = actors.iter().map(|a| a.ping()).collect();
-    anyhow::ensure!(crate::get_all(&pings)?.iter().all(|p| *p == 1));
+    anyhow::ensure!(fleet::get_all(&pings)?.iter().all(|p| *p == 1));
     drop(actors);
     head.report("10,000 actors created and each called once", t);
 
@@ -224,8 +224,8 @@ pub fn run_scale(o: &ScaleOptions) -> anyhow::Result<()> {
         let t = Instant::now();
         let len = (o.big_object_gib << 30) as usize;
         // Zeroed by the allocator on demand, as numpy's zeros in Ray's test.
-        let r = crate::put(Blob::from(vec![0u8; len]))?;
-        let back = crate::get(&r)?;
+        let r = fleet::put(Blob::from(vec![0u8; len]))?;
+        let back = fleet::get(&r)?;
         anyhow::ensure!(back.len() == len && back[len / 2] == 0 && back[len - 1] == 0);
         drop((back, r));
         head.report(

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-use crate::error::{Error, Result};
-use crate::proto::{self, head_client::HeadClient};
+use fleet::proto::{self, head_client::HeadClient};
+use fleet::{Error, Result};
 
 /// Where a `fleet job` command finds the cluster.
 #[derive(Clone, Debug, Default)]
@@ -44,7 +44,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 async fn connect(address: &str) -> Result<HeadClient<tonic::transport::Channel>> {
-    Ok(HeadClient::new(crate::net::channel(address).await?))
+    Ok(HeadClient::new(fleet::daemon::channel(address).await?))
 }
 
 fn rpc_error(what: &str, s: tonic::Status) -> Error {
@@ -80,10 +80,16 @@ pub fn submit(target: &Target, job: Submit) -> Result<String> {
     }
     let (address, token) = super::target(target.address.as_deref(), target.token_file.as_deref())?;
     let path = find_program(&job.program)?;
-    let hash = crate::cluster::executable_hash(&path)?;
+    let hash = fleet::daemon::executable_hash(&path)?;
     let rt = runtime()?;
     let info = rt.block_on(async {
-        crate::cluster::upload(address.clone(), token.clone(), path.clone(), hash.clone()).await?;
+        fleet::daemon::upload_executable(
+            address.clone(),
+            token.clone(),
+            path.clone(),
+            hash.clone(),
+        )
+        .await?;
         connect(&address)
             .await?
             .submit_job(proto::SubmitJobRequest {
@@ -107,7 +113,7 @@ pub fn submit(target: &Target, job: Submit) -> Result<String> {
         info.id,
         info.id
     );
-    if info.state == crate::node::jobs::FAILED {
+    if info.state == fleet::daemon::jobs::FAILED {
         return Err(Error::Usage(format!(
             "job {} failed to start: {}",
             info.id, info.message
@@ -172,7 +178,7 @@ pub fn stop(target: &Target, id: &str, wait: bool) -> Result<proto::JobInfo> {
 
 /// Whether a job's state is final.
 pub fn ended(state: &str) -> bool {
-    state != crate::node::jobs::PENDING && state != crate::node::jobs::RUNNING
+    state != fleet::daemon::jobs::PENDING && state != fleet::daemon::jobs::RUNNING
 }
 
 /// `fleet job logs ID [--follow]`: writes the driver's output to `out`;
@@ -182,7 +188,7 @@ pub fn logs(target: &Target, id: &str, follow: bool, out: &mut dyn Write) -> Res
     runtime()?.block_on(async {
         let mut stream = connect(&address)
             .await?
-            .max_decoding_message_size(crate::client::transport::MAX_MESSAGE)
+            .max_decoding_message_size(fleet::daemon::MAX_MESSAGE)
             .job_logs(proto::JobLogsRequest {
                 token,
                 id: id.to_string(),
@@ -232,7 +238,7 @@ pub fn describe(j: &proto::JobInfo) -> String {
         (0, _) => String::new(),
         (s, 0) => format!(
             "\n  running:    {:.1}s so far",
-            (crate::node::jobs::now_millis().saturating_sub(s)) as f64 / 1000.0
+            (fleet::daemon::jobs::now_millis().saturating_sub(s)) as f64 / 1000.0
         ),
         (s, e) => format!(
             "\n  ran:        {:.1}s",
@@ -258,7 +264,7 @@ pub fn describe(j: &proto::JobInfo) -> String {
 /// Jobs as JSON, for scripts (`--json`): the same fields as the
 /// dashboard's `/api/jobs`.
 pub fn json(jobs: &[proto::JobInfo]) -> String {
-    let all: Vec<serde_json::Value> = jobs.iter().map(crate::node::jobs::to_json).collect();
+    let all: Vec<serde_json::Value> = jobs.iter().map(fleet::daemon::jobs::to_json).collect();
     serde_json::to_string_pretty(&all).unwrap_or_default() + "\n"
 }
 

@@ -3,7 +3,7 @@
 
 use super::timeit::Timer;
 use super::{small_value, SMALL};
-use crate::{Blob, ObjectRef};
+use fleet::{Blob, ObjectRef};
 
 /// Ray's large array: `np.zeros(100 * 1024 * 1024, dtype=np.int64)`.
 const LARGE_BYTES: usize = 100 * 1024 * 1024 * 8;
@@ -11,65 +11,65 @@ const LARGE_BYTES: usize = 100 * 1024 * 1024 * 8;
 const MEDIUM_BYTES: usize = 10 * 1024 * 1024 * 8;
 
 /// Ray's `do_put_small`: 100 small puts from inside a task.
-#[crate::remote]
+#[fleet::remote]
 fn do_put_small() {
     for _ in 0..100 {
-        let _ = crate::put(0i64);
+        let _ = fleet::put(0i64);
     }
 }
 
 /// Ray's `do_put`: ten puts of a fresh 80 MB array from inside a task.
-#[crate::remote]
-fn do_put() -> crate::Result<()> {
+#[fleet::remote]
+fn do_put() -> fleet::Result<()> {
     for _ in 0..10 {
-        drop(crate::put(Blob::from(vec![0u8; MEDIUM_BYTES]))?);
+        drop(fleet::put(Blob::from(vec![0u8; MEDIUM_BYTES]))?);
     }
     Ok(())
 }
 
 /// Ray's `create_object_containing_ref`: 10k puts, returned as a list.
-#[crate::remote]
-fn create_object_containing_ref() -> crate::Result<Vec<ObjectRef<i64>>> {
-    (0..10_000).map(|_| crate::put(1i64)).collect()
+#[fleet::remote]
+fn create_object_containing_ref() -> fleet::Result<Vec<ObjectRef<i64>>> {
+    (0..10_000).map(|_| fleet::put(1i64)).collect()
 }
 
 /// Runs the object store tests that `t` selects, in Ray's order, with
 /// "single client tasks and get batch" (a task test) in its place among them.
 pub(super) fn run(t: &mut Timer) -> anyhow::Result<()> {
-    let value = crate::put(0i64)?;
+    let value = fleet::put(0i64)?;
     t.timeit("single client get calls (Plasma Store)", 1.0, || {
-        crate::get(&value)?;
+        fleet::get(&value)?;
         Ok(())
     })?;
     t.timeit("single client put calls (Plasma Store)", 1.0, || {
-        crate::put(0i64)?;
+        fleet::put(0i64)?;
         Ok(())
     })?;
     t.timeit("multi client put calls (Plasma Store)", 1000.0, || {
         let refs: Vec<ObjectRef<()>> = (0..10).map(|_| do_put_small::remote()).collect();
-        crate::get_all(&refs)?;
+        fleet::get_all(&refs)?;
         Ok(())
     })?;
     if t.wants("single client put gigabytes") {
         let arr = Blob::from(vec![0u8; LARGE_BYTES]);
         t.timeit("single client put gigabytes", 8.0 * 0.1, || {
-            crate::put(arr.clone())?;
+            fleet::put(arr.clone())?;
             Ok(())
         })?;
     }
     t.timeit("single client tasks and get batch", 1.0, || {
         let refs: Vec<ObjectRef<Vec<u8>>> = (0..1000).map(|_| small_value::remote()).collect();
-        check_small(crate::get_all(&refs)?)
+        check_small(fleet::get_all(&refs)?)
     })?;
     t.timeit("multi client put gigabytes", 10.0 * 8.0 * 0.1, || {
         let refs: Vec<ObjectRef<()>> = (0..10).map(|_| do_put::remote()).collect();
-        crate::get_all(&refs)?;
+        fleet::get_all(&refs)?;
         Ok(())
     })?;
     if t.wants("single client get object containing 10k refs") {
         let obj = create_object_containing_ref::remote();
         t.timeit("single client get object containing 10k refs", 1.0, || {
-            let refs = crate::get(&obj)?;
+            let refs = fleet::get(&obj)?;
             anyhow::ensure!(refs.len() == 10_000, "got {} refs", refs.len());
             Ok(())
         })?;
@@ -78,7 +78,7 @@ pub(super) fn run(t: &mut Timer) -> anyhow::Result<()> {
         let mut not_ready: Vec<ObjectRef<Vec<u8>>> =
             (0..1000).map(|_| small_value::remote()).collect();
         for _ in 0..1000 {
-            let (_ready, rest) = crate::wait(&not_ready, 1, None)?;
+            let (_ready, rest) = fleet::wait(&not_ready, 1, None)?;
             not_ready = rest;
         }
         anyhow::ensure!(not_ready.is_empty(), "{} refs never ready", not_ready.len());

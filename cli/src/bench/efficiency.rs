@@ -17,7 +17,7 @@ pub mod sim;
 
 use std::time::{Duration, Instant};
 
-use crate::{Blob, ObjectRef};
+use fleet::{Blob, ObjectRef};
 use nodes::{cpu_micros, Cluster as ProcCluster};
 
 /// One workload: `count` tasks of about `micros` of compute each.
@@ -143,7 +143,7 @@ pub fn lcg(iters: u64, seed: u64) -> u64 {
 }
 
 /// The task: `iters` LCG steps.
-#[crate::remote]
+#[fleet::remote]
 fn lcg_task(iters: u64, seed: u64) -> u64 {
     lcg(iters, seed)
 }
@@ -235,7 +235,7 @@ fn iters(size: Size, per_us: f64) -> u64 {
 fn local(o: &EfficiencyOptions, parallel: Parallel, per_us: f64) -> anyhow::Result<Vec<Row>> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpus = o.num_cpus.unwrap_or(cores).max(1);
-    let cluster = crate::init_with(crate::Config {
+    let cluster = fleet::init_with(fleet::Config {
         num_cpus: Some(cpus),
         ..Default::default()
     })?;
@@ -246,7 +246,7 @@ fn local(o: &EfficiencyOptions, parallel: Parallel, per_us: f64) -> anyhow::Resu
     // Warm up: every worker started and connected, the function's run
     // time known to the scheduler.
     let warm: Vec<ObjectRef<u64>> = (0..200).map(|i| lcg_task::remote(100, i)).collect();
-    crate::get_all(&warm)?;
+    fleet::get_all(&warm)?;
     println!(
         "{:<16} {:>9} {:>9} {:>9} {:>8} {:>8} {:>12} {:>10}",
         "task × count",
@@ -280,7 +280,7 @@ fn local(o: &EfficiencyOptions, parallel: Parallel, per_us: f64) -> anyhow::Resu
         let refs: Vec<ObjectRef<u64>> = (0..size.count as u64)
             .map(|i| lcg_task::remote(it, i))
             .collect();
-        let got = crate::get_all(&refs)?
+        let got = fleet::get_all(&refs)?
             .into_iter()
             .fold(0u64, u64::wrapping_add);
         let fleet = t.elapsed();
@@ -317,7 +317,7 @@ fn local(o: &EfficiencyOptions, parallel: Parallel, per_us: f64) -> anyhow::Resu
 /// `n` node agents, this process as the driver.
 fn head_cost(n: usize, o: &EfficiencyOptions, per_us: f64) -> anyhow::Result<Vec<HeadRow>> {
     let procs = ProcCluster::start(n, o.node_cpus)?;
-    let cluster = crate::init_with(crate::Config {
+    let cluster = fleet::init_with(fleet::Config {
         address: Some(procs.address().to_string()),
         token: Some(procs.token().to_string()),
         ..Default::default()
@@ -326,7 +326,7 @@ fn head_cost(n: usize, o: &EfficiencyOptions, per_us: f64) -> anyhow::Result<Vec
     let warm: Vec<ObjectRef<u64>> = (0..(200 * n as u64))
         .map(|i| lcg_task::remote(1000, i))
         .collect();
-    crate::get_all(&warm)?;
+    fleet::get_all(&warm)?;
     drop(warm);
     procs.wait_workers(n * o.node_cpus, Duration::from_secs(60))?;
     let mut rows = Vec::new();
@@ -340,7 +340,7 @@ fn head_cost(n: usize, o: &EfficiencyOptions, per_us: f64) -> anyhow::Result<Vec
             let refs: Vec<ObjectRef<u64>> = (0..size.count as u64)
                 .map(|i| lcg_task::remote(it, i))
                 .collect();
-            let got = crate::get_all(&refs)?;
+            let got = fleet::get_all(&refs)?;
             let wall = t.elapsed();
             anyhow::ensure!(got.len() == size.count);
             // The head's work for a task ends when it frees the result:
@@ -396,43 +396,43 @@ fn print_saturation(rows: &[HeadRow], node_cpus: usize) {
 }
 
 /// Length of a `Blob` argument.
-#[crate::remote]
+#[fleet::remote]
 fn blob_len(v: Blob) -> usize {
     v.len()
 }
 
 /// Length of a `Vec<u8>` argument.
-#[crate::remote]
+#[fleet::remote]
 fn bytes_len(v: Vec<u8>) -> usize {
     v.len()
 }
 
 /// Length of a `Vec<f64>` argument.
-#[crate::remote]
+#[fleet::remote]
 fn floats_len(v: Vec<f64>) -> usize {
     v.len()
 }
 
 /// A `Blob` of `n` bytes.
-#[crate::remote]
+#[fleet::remote]
 fn make_blob(n: usize) -> Blob {
     Blob::from(vec![1u8; n])
 }
 
 /// A `Vec<u8>` of `n` bytes.
-#[crate::remote]
+#[fleet::remote]
 fn make_bytes(n: usize) -> Vec<u8> {
     vec![1u8; n]
 }
 
 /// A `Vec<f64>` of `n` bytes.
-#[crate::remote]
+#[fleet::remote]
 fn make_floats(n: usize) -> Vec<f64> {
     vec![1.0; n / 8]
 }
 
 /// Seconds `f` took.
-fn secs<T>(f: impl FnOnce() -> crate::Result<T>) -> anyhow::Result<(f64, T)> {
+fn secs<T>(f: impl FnOnce() -> fleet::Result<T>) -> anyhow::Result<(f64, T)> {
     let t = Instant::now();
     let v = f()?;
     Ok((t.elapsed().as_secs_f64(), v))
@@ -442,7 +442,7 @@ fn secs<T>(f: impl FnOnce() -> crate::Result<T>) -> anyhow::Result<(f64, T)> {
 /// result, for `Blob`, `Vec<u8>` and `Vec<f64>` of `bytes` bytes.
 fn values(bytes: usize, num_cpus: Option<usize>) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let _cluster = crate::init_with(crate::Config {
+    let _cluster = fleet::init_with(fleet::Config {
         num_cpus: Some(num_cpus.unwrap_or(cores).max(1)),
         ..Default::default()
     })?;
@@ -464,40 +464,40 @@ fn values(bytes: usize, num_cpus: Option<usize>) -> anyhow::Result<()> {
     // Each value is made before its clock starts; the task that returns
     // one makes it (a memset, the same for all three) inside its time.
     let blob = Blob::from(vec![1u8; bytes]);
-    let (put, r) = secs(|| crate::put(blob.clone()))?;
-    let (get, back) = secs(|| crate::get(&r))?;
+    let (put, r) = secs(|| fleet::put(blob.clone()))?;
+    let (get, back) = secs(|| fleet::get(&r))?;
     anyhow::ensure!(back.len() == bytes);
     drop((back, r));
-    let (arg, n) = secs(|| crate::get(&blob_len::remote(blob.clone())))?;
+    let (arg, n) = secs(|| fleet::get(&blob_len::remote(blob.clone())))?;
     anyhow::ensure!(n == bytes);
     drop(blob);
-    let (res, v) = secs(|| crate::get(&make_blob::remote(bytes)))?;
+    let (res, v) = secs(|| fleet::get(&make_blob::remote(bytes)))?;
     anyhow::ensure!(v.len() == bytes);
     drop(v);
     line("Blob", [put, get, arg, res]);
 
     let vec = vec![1u8; bytes];
-    let (put, r) = secs(|| crate::put(vec.clone()))?;
-    let (get, back) = secs(|| crate::get(&r))?;
+    let (put, r) = secs(|| fleet::put(vec.clone()))?;
+    let (get, back) = secs(|| fleet::get(&r))?;
     anyhow::ensure!(back.len() == bytes && back[bytes / 2] == 1);
     drop((back, r));
-    let (arg, n) = secs(|| crate::get(&bytes_len::remote(vec.clone())))?;
+    let (arg, n) = secs(|| fleet::get(&bytes_len::remote(vec.clone())))?;
     anyhow::ensure!(n == bytes);
     drop(vec);
-    let (res, v) = secs(|| crate::get(&make_bytes::remote(bytes)))?;
+    let (res, v) = secs(|| fleet::get(&make_bytes::remote(bytes)))?;
     anyhow::ensure!(v.len() == bytes);
     drop(v);
     line("Vec<u8>", [put, get, arg, res]);
 
     let floats = vec![1.0f64; bytes / 8];
-    let (put, r) = secs(|| crate::put(floats.clone()))?;
-    let (get, back) = secs(|| crate::get(&r))?;
+    let (put, r) = secs(|| fleet::put(floats.clone()))?;
+    let (get, back) = secs(|| fleet::get(&r))?;
     anyhow::ensure!(back.len() == bytes / 8 && back[bytes / 16] == 1.0);
     drop((back, r));
-    let (arg, n) = secs(|| crate::get(&floats_len::remote(floats.clone())))?;
+    let (arg, n) = secs(|| fleet::get(&floats_len::remote(floats.clone())))?;
     anyhow::ensure!(n == bytes / 8);
     drop(floats);
-    let (res, v) = secs(|| crate::get(&make_floats::remote(bytes)))?;
+    let (res, v) = secs(|| fleet::get(&make_floats::remote(bytes)))?;
     anyhow::ensure!(v.len() == bytes / 8);
     line("Vec<f64>", [put, get, arg, res]);
     Ok(())

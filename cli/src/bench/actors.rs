@@ -5,13 +5,13 @@
 use super::objects::check_small;
 use super::timeit::Timer;
 use super::SMALL;
-use crate::ObjectRef;
+use fleet::ObjectRef;
 
 /// Ray's `Actor` (`num_cpus=0`): answers every call with `b"ok"`.
-#[crate::remote]
+#[fleet::remote]
 struct Server;
 
-#[crate::remote]
+#[fleet::remote]
 impl Server {
     /// An actor with no state.
     fn new() -> Self {
@@ -30,10 +30,10 @@ impl Server {
 }
 
 /// Ray's `AsyncActor`: the same answers from `async fn` methods.
-#[crate::remote]
+#[fleet::remote]
 struct AsyncServer;
 
-#[crate::remote]
+#[fleet::remote]
 impl AsyncServer {
     /// An actor with no state.
     fn new() -> Self {
@@ -85,13 +85,13 @@ impl Servers {
 }
 
 /// Ray's `Client` (`num_cpus=0`): calls its servers from inside an actor.
-#[crate::remote]
+#[fleet::remote]
 struct Client {
     /// The actors it calls.
     servers: Servers,
 }
 
-#[crate::remote]
+#[fleet::remote]
 impl Client {
     /// A client of these servers.
     fn new(servers: Servers) -> Self {
@@ -99,17 +99,17 @@ impl Client {
     }
 
     /// Makes `n` calls on each server, then waits for all of them.
-    fn small_value_batch(&self, n: u64) -> crate::Result<()> {
+    fn small_value_batch(&self, n: u64) -> fleet::Result<()> {
         let refs: Vec<ObjectRef<Vec<u8>>> = (0..self.servers.len())
             .flat_map(|s| (0..n).map(move |_| self.servers.call(s)))
             .collect();
-        crate::get_all(&refs).map(drop)
+        fleet::get_all(&refs).map(drop)
     }
 
     /// Puts one small object, passes it by ref in `n` calls on each
     /// server, then waits for all of them.
-    fn small_value_batch_arg(&self, n: u64) -> crate::Result<()> {
-        let x = crate::put(0i64)?;
+    fn small_value_batch_arg(&self, n: u64) -> fleet::Result<()> {
+        let x = fleet::put(0i64)?;
         let refs: Vec<ObjectRef<Vec<u8>>> = (0..self.servers.len())
             .flat_map(|s| {
                 (0..n)
@@ -117,23 +117,23 @@ impl Client {
                     .collect::<Vec<_>>()
             })
             .collect();
-        crate::get_all(&refs).map(drop)
+        fleet::get_all(&refs).map(drop)
     }
 }
 
 /// Ray's `work(actors)` task: `n` calls spread round-robin over `actors`.
-#[crate::remote]
-fn work(actors: Servers, n: u64) -> crate::Result<()> {
+#[fleet::remote]
+fn work(actors: Servers, n: u64) -> fleet::Result<()> {
     let refs: Vec<ObjectRef<Vec<u8>>> = (0..n as usize)
         .map(|i| actors.call(i % actors.len()))
         .collect();
-    crate::get_all(&refs).map(drop)
+    fleet::get_all(&refs).map(drop)
 }
 
 /// `n` calls of `small_value` on server 0 of `a`, then a get of all of them.
 fn calls(a: &Servers, n: usize) -> anyhow::Result<()> {
     let refs: Vec<ObjectRef<Vec<u8>>> = (0..n).map(|_| a.call(0)).collect();
-    check_small(crate::get_all(&refs)?)
+    check_small(fleet::get_all(&refs)?)
 }
 
 /// Ray's "1:1 {kind} calls sync" and "... async", each on a new server
@@ -141,13 +141,13 @@ fn calls(a: &Servers, n: usize) -> anyhow::Result<()> {
 fn one_to_one(
     t: &mut Timer,
     kind: &str,
-    make: impl Fn() -> crate::Result<Servers>,
+    make: impl Fn() -> fleet::Result<Servers>,
 ) -> anyhow::Result<()> {
     let sync = format!("1:1 {kind} calls sync");
     if t.wants(&sync) {
         let a = make()?;
         t.timeit(&sync, 1.0, || {
-            let v = crate::get(&a.call(0))?;
+            let v = fleet::get(&a.call(0))?;
             anyhow::ensure!(v == SMALL, "unexpected value {v:?}");
             Ok(())
         })?;
@@ -161,15 +161,15 @@ fn one_to_one(
 }
 
 /// `n` new servers.
-fn servers(n: usize) -> crate::Result<Vec<ServerHandle>> {
+fn servers(n: usize) -> fleet::Result<Vec<ServerHandle>> {
     (0..n).map(|_| Server::remote()).collect()
 }
 
 /// `n` new async servers.
-fn async_servers(n: usize) -> crate::Result<Servers> {
+fn async_servers(n: usize) -> fleet::Result<Servers> {
     (0..n)
         .map(|_| AsyncServer::remote())
-        .collect::<crate::Result<_>>()
+        .collect::<fleet::Result<_>>()
         .map(Servers::Async)
 }
 
@@ -179,7 +179,7 @@ fn fan_out(
     t: &mut Timer,
     kind: &str,
     n_cpu: usize,
-    make: impl Fn(usize) -> crate::Result<Servers>,
+    make: impl Fn(usize) -> fleet::Result<Servers>,
 ) -> anyhow::Result<()> {
     let (n, m) = (5000u64, 4u64);
     let one_to_n = format!("1:n {kind} calls async");
@@ -188,7 +188,7 @@ fn fan_out(
         let mult = (n * actors.len() as u64) as f64;
         let client = Client::remote(actors)?;
         t.timeit(&one_to_n, mult, || {
-            crate::get(&client.small_value_batch(n))?;
+            fleet::get(&client.small_value_batch(n))?;
             Ok(())
         })?;
     }
@@ -197,7 +197,7 @@ fn fan_out(
         let a = make(n_cpu)?;
         t.timeit(&n_to_n, (m * n) as f64, || {
             let refs: Vec<ObjectRef<()>> = (0..m).map(|_| work::remote(a.clone(), n)).collect();
-            crate::get_all(&refs)?;
+            fleet::get_all(&refs)?;
             Ok(())
         })?;
     }
@@ -218,12 +218,12 @@ pub(super) fn run(t: &mut Timer, n_cpu: usize) -> anyhow::Result<()> {
         let clients = servers(n_cpu)?
             .into_iter()
             .map(|s| Client::remote(Servers::Sync(vec![s])))
-            .collect::<crate::Result<Vec<_>>>()?;
+            .collect::<fleet::Result<Vec<_>>>()?;
         let mult = (n * clients.len() as u64) as f64;
         t.timeit("n:n actor calls with arg async", mult, || {
             let refs: Vec<ObjectRef<()>> =
                 clients.iter().map(|c| c.small_value_batch_arg(n)).collect();
-            crate::get_all(&refs)?;
+            fleet::get_all(&refs)?;
             Ok(())
         })?;
     }
@@ -238,7 +238,7 @@ fn async_actors(t: &mut Timer, n_cpu: usize) -> anyhow::Result<()> {
         t.timeit("1:1 async-actor calls with args async", 1000.0, || {
             let refs: Vec<ObjectRef<Vec<u8>>> =
                 (0..1000).map(|i| a.small_value_with_arg(i)).collect();
-            check_small(crate::get_all(&refs)?)
+            check_small(fleet::get_all(&refs)?)
         })?;
     }
     fan_out(t, "async-actor", n_cpu, async_servers)

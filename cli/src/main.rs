@@ -1,4 +1,9 @@
-//! The `fleet` command line: a thin layer over `fleet::cli`.
+//! The `fleet` command line: a thin layer over `fleet_cli::cli` and
+//! `fleet_cli::bench`.
+
+// The doc comments below are clap's `--help` text, read in a terminal:
+// `Vec<u8>` there is meant literally, not as an HTML tag.
+#![allow(rustdoc::invalid_html_tags)]
 
 use std::path::PathBuf;
 
@@ -316,8 +321,8 @@ struct JobTarget {
 }
 
 impl JobTarget {
-    fn into_target(self) -> fleet::cli::job::Target {
-        fleet::cli::job::Target {
+    fn into_target(self) -> fleet_cli::cli::job::Target {
+        fleet_cli::cli::job::Target {
             address: self.address,
             token_file: self.token_file,
         }
@@ -382,7 +387,7 @@ enum JobCommand {
 }
 
 fn job(command: JobCommand) -> anyhow::Result<()> {
-    use fleet::cli::job;
+    use fleet_cli::cli::job;
     match command {
         JobCommand::Submit {
             target,
@@ -461,8 +466,8 @@ fn main() -> anyhow::Result<()> {
                 Some(text) => fleet::resources::parse_list("--resources", text)?,
                 None => Vec::new(),
             };
-            fleet::cli::start(
-                fleet::cli::StartArgs {
+            fleet_cli::cli::start(
+                fleet_cli::cli::StartArgs {
                     head: s.head,
                     address: s.address,
                     port: s.port.unwrap_or(if s.head { 6380 } else { 0 }),
@@ -486,14 +491,17 @@ fn main() -> anyhow::Result<()> {
         Command::Status {
             address,
             token_file,
-        } => print!("{}", fleet::cli::status(address.as_deref(), token_file)?),
-        Command::Stop => println!("stopped {} fleet processes", fleet::cli::stop()?),
+        } => print!(
+            "{}",
+            fleet_cli::cli::status(address.as_deref(), token_file)?
+        ),
+        Command::Stop => println!("stopped {} fleet processes", fleet_cli::cli::stop()?),
         Command::Timeline {
             address,
             token_file,
             output,
         } => {
-            let n = fleet::cli::timeline(address.as_deref(), token_file, &output)?;
+            let n = fleet_cli::cli::timeline(address.as_deref(), token_file, &output)?;
             println!("wrote {n} tasks to {}", output.display());
         }
         Command::List {
@@ -506,7 +514,7 @@ fn main() -> anyhow::Result<()> {
             address,
             token_file,
         } => {
-            let opts = fleet::cli::list::ListOptions {
+            let opts = fleet_cli::cli::list::ListOptions {
                 kind,
                 state,
                 function,
@@ -516,7 +524,7 @@ fn main() -> anyhow::Result<()> {
             };
             print!(
                 "{}",
-                fleet::cli::list::list(address.as_deref(), token_file, &opts)?
+                fleet_cli::cli::list::list(address.as_deref(), token_file, &opts)?
             );
         }
         Command::Job(command) => job(command)?,
@@ -531,7 +539,7 @@ fn main() -> anyhow::Result<()> {
             scale_object_gib,
             num_cpus,
             ..
-        } => fleet::bench::run_scale(&fleet::bench::ScaleOptions {
+        } => fleet_cli::bench::run_scale(&fleet_cli::bench::ScaleOptions {
             tasks: scale_tasks,
             big_object_gib: scale_object_gib,
             num_cpus,
@@ -547,13 +555,13 @@ fn main() -> anyhow::Result<()> {
             num_cpus,
             ..
         } => {
-            let parse = |v: &[String]| -> anyhow::Result<Vec<fleet::bench::efficiency::Size>> {
+            let parse = |v: &[String]| -> anyhow::Result<Vec<fleet_cli::bench::efficiency::Size>> {
                 v.iter()
                     .filter(|s| s.as_str() != "none")
                     .map(|s| s.parse().map_err(anyhow::Error::msg))
                     .collect()
             };
-            let mut o = fleet::bench::EfficiencyOptions {
+            let mut o = fleet_cli::bench::EfficiencyOptions {
                 num_cpus,
                 nodes: nodes.into_iter().filter(|n| *n > 0).collect(),
                 head_sizes: parse(&head_sizes)?,
@@ -565,7 +573,7 @@ fn main() -> anyhow::Result<()> {
             if !sizes.is_empty() {
                 o.sizes = parse(&sizes)?;
             }
-            fleet::bench::run_efficiency(&o, rayon_sum)?;
+            fleet_cli::bench::run_efficiency(&o, rayon_sum)?;
         }
         Command::Microbenchmark {
             rounds,
@@ -577,11 +585,11 @@ fn main() -> anyhow::Result<()> {
                 seconds.is_finite() && seconds > 0.0,
                 "--seconds must be positive"
             );
-            let mut options = fleet::bench::Options::from_env();
+            let mut options = fleet_cli::bench::Options::from_env();
             options.settings.rounds = rounds as usize;
             options.settings.seconds = seconds;
             options.num_cpus = num_cpus;
-            fleet::bench::run(&options)?;
+            fleet_cli::bench::run(&options)?;
         }
     }
     Ok(())
@@ -594,6 +602,6 @@ fn rayon_sum(count: usize, iters: u64) -> u64 {
     use rayon::prelude::*;
     (0..count as u64)
         .into_par_iter()
-        .map(|i| fleet::bench::efficiency::lcg(iters, i))
+        .map(|i| fleet_cli::bench::efficiency::lcg(iters, i))
         .reduce(|| 0, u64::wrapping_add)
 }

@@ -1,0 +1,182 @@
+//! Submitting tasks and putting values: building the ops the head is sent
+//! and the handles that stand for their results.
+
+use super::*;
+
+impl Client {
+    /// Submits a task with `n` results: one handle per result.
+    pub(crate) fn submit_task_returns(
+        self: &Arc<Self>,
+        opts: &TaskOptions,
+        n: u32,
+        args: Vec<Result<ArgValue>>,
+    ) -> Vec<Arc<Handle>> {
+        let n = n.max(1);
+        let base =
+            (u64::from(self.id) << 40) | (self.seq.fetch_add(u64::from(n), Ordering::Relaxed) + 1);
+        let more: Vec<Arc<Handle>> = (1..u64::from(n))
+            .map(|k| self.new_handle(base + k, State::Pending))
+            .collect();
+        let mut spec = proto::TaskSpec {
+            task_id: base,
+            function: opts.function.to_string(),
+            num_cpus: opts.num_cpus,
+            max_retries: opts.max_retries,
+            node: opts.node.clone().unwrap_or_default(),
+            retry_on_error: opts.retry_on_error,
+            parent_task: crate::worker::cancel::current(),
+            num_returns: n,
+            ..Default::default()
+        };
+        opts.place(&mut spec);
+        let first = self.submit(spec, args);
+        if let Some(Ok(err)) = self.slots.get(&first.id).map(|s| match &s.state {
+            State::Ready(Payload::Error(e)) => Ok(e.clone()),
+            _ => Err(()),
+        }) {
+            // Failed before it was sent: so do the others.
+            for h in &more {
+                self.fail_local(h.id, &Error::from_wire(&err));
+            }
+        }
+        std::iter::once(first).chain(more).collect()
+    }
+
+    pub(crate) fn submit_task(
+        self: &Arc<Self>,
+        opts: &TaskOptions,
+        args: Vec<Result<ArgValue>>,
+    ) -> Arc<Handle> {
+        let mut spec = proto::TaskSpec {
+            function: opts.function.to_string(),
+            num_cpus: opts.num_cpus,
+            max_retries: opts.max_retries,
+            node: opts.node.clone().unwrap_or_default(),
+            retry_on_error: opts.retry_on_error,
+            parent_task: crate::worker::cancel::current(),
+            ..Default::default()
+        };
+        opts.place(&mut spec);
+        self.submit(spec, args)
+    }
+
+    /// Submits `spec` (a task, an actor's creation or a method call) with
+    /// these arguments; fills in its id.
+    pub(crate) fn submit(
+        self: &Arc<Self>,
+        mut spec: proto::TaskSpec,
+        args: Vec<Result<ArgValue>>,
+    ) -> Arc<Handle> {
+        // A task with several results comes with its ids reserved.
+        let id = if spec.task_id != 0 {
+            spec.task_id
+        } else {
+            self.next_id()
+        };
+        let handle = self.new_handle(id, State::Pending);
+        spec.task_id = id;
+        spec.args = Vec::with_capacity(args.len());
+        // Handles of ref arguments stay alive until the submit is queued, so
+        // the head sees the task's pin before any release.
+        let mut keep = Vec::new();
+        for a in args {
+            let kind = match a {
+                Err(e) => {
+                    self.fail_local(id, &e);
+                    return handle;
+                }
+                Ok(ArgValue(ArgKind::Value(bytes, nested, held))) if bytes.len() > INLINE_MAX => {
+                    keep.extend(held);
+                    match self.put_encoded(bytes, nested) {
+                        Ok(h) => {
+                            let k = arg::Kind::ObjectRef(h.id);
+                            keep.push(h);
+                            k
+                        }
+                        Err(e) => {
+                            self.fail_local(id, &e);
+                            return handle;
+                        }
+                    }
+                }
+                Ok(ArgValue(ArgKind::Value(bytes, nested, held))) => {
+                    keep.extend(held);
+                    spec.nested_refs.extend(nested);
+                    arg::Kind::Value(bytes.into())
+                }
+                Ok(ArgValue(ArgKind::Ref(h))) => {
+                    let k = arg::Kind::ObjectRef(h.id);
+                    keep.push(h);
+                    k
+                }
+            };
+            spec.args.push(proto::Arg { kind: Some(kind) });
+        }
+        self.send(Op::Submit(spec));
+        drop(keep);
+        handle
+    }
+
+    /// Stores a value: encoded inline if small, else streamed straight into
+    /// the node's store.
+    pub(crate) fn put_value<T: serde::Serialize>(
+        self: &Arc<Self>,
+        value: &T,
+    ) -> Result<Arc<Handle>> {
+        let id = self.next_id();
+        if let Some(remote) = &self.remote {
+            let mut writer = remote.writer(id);
+            let nested = match codec::encode_into(value, &mut writer) {
+                Ok(n) => n,
+                Err(e) => return Err(writer.error(std::io::Error::other(e))),
+            };
+            let payload = match writer.finish()? {
+                Written::Inline(b) => Payload::Inline(b.into()),
+                Written::Stored(loc) => Payload::Stored(loc),
+            };
+            return Ok(self.publish(id, payload, nested));
+        }
+        let mut writer = self.store.writer(id);
+        let nested = match codec::encode_into(value, &mut writer) {
+            Ok(n) => n,
+            Err(e) => {
+                return Err(writer.error(std::io::Error::other(e)));
+            }
+        };
+        let payload = match writer.finish()? {
+            Written::Inline(b) => Payload::Inline(b.into()),
+            Written::Stored(loc) => Payload::Stored(loc),
+        };
+        Ok(self.publish(id, payload, nested))
+    }
+
+    fn publish(self: &Arc<Self>, id: u64, payload: Payload, nested: Vec<u64>) -> Arc<Handle> {
+        let handle = self.new_handle(id, State::Ready(payload.clone()));
+        self.send(Op::Put(proto::Put {
+            value: Some(proto::ObjectValue {
+                object_id: id,
+                payload: Some(payload),
+            }),
+            nested_refs: nested,
+        }));
+        handle
+    }
+
+    /// Stores an encoded value: inline if small, else in the node's store.
+    pub(crate) fn put_encoded(
+        self: &Arc<Self>,
+        bytes: Vec<u8>,
+        nested: Vec<u64>,
+    ) -> Result<Arc<Handle>> {
+        let id = self.next_id();
+        let payload = if bytes.len() > INLINE_MAX {
+            match &self.remote {
+                Some(remote) => Payload::Stored(remote.write(id, bytes)?),
+                None => Payload::Stored(self.store.write(id, &bytes)?),
+            }
+        } else {
+            Payload::Inline(bytes.into())
+        };
+        Ok(self.publish(id, payload, nested))
+    }
+}
