@@ -1149,10 +1149,13 @@ fn random_op(rng: &mut Rng, ids: &[u64]) -> ClientOp {
                 retry_on_error: rng.below(2) == 0,
                 parent_task: if rng.below(3) == 0 { id(rng) } else { 0 },
                 num_returns: [0, 1, 3, u32::MAX][rng.below(4)],
+                // Amounts a node can give or the head must refuse: a task
+                // no node could ever run would wait (as it should) in the
+                // local cluster's job, which the fake sessions share.
                 resources: (0..rng.below(3))
                     .map(|_| fleet::proto::Resource {
-                        name: ["memory", "gpu", ""][rng.below(3)].into(),
-                        amount: [1.0, -1.0, f64::NAN, f64::INFINITY, 1e300][rng.below(5)],
+                        name: ["memory", ""][rng.below(2)].into(),
+                        amount: [1.0, 0.0, -1.0, f64::NAN, f64::INFINITY][rng.below(5)],
                     })
                     .collect(),
                 spread: rng.below(2) == 0,
