@@ -18,6 +18,7 @@ mod session;
 mod spilling;
 pub(crate) mod state;
 mod state_api;
+mod worker_logs;
 mod workers;
 
 use std::collections::HashMap;
@@ -189,7 +190,12 @@ impl Head {
 
     /// `fleet list`: rows as JSON and how many matched.
     pub(crate) fn list(&self, req: &proto::ListRequest) -> Result<(String, usize), String> {
-        let (rows, total) = self.state.lock().list(req)?;
+        let (submitted, drivers) = if req.kind == "jobs" {
+            (self.jobs.list(), self.jobs.drivers())
+        } else {
+            Default::default()
+        };
+        let (rows, total) = self.state.lock().list(req, &submitted, &drivers)?;
         Ok((serde_json::Value::Array(rows).to_string(), total))
     }
 
