@@ -247,6 +247,8 @@ fn task_spec(id: u64) -> TaskSpec {
         }],
         spread: true,
         node_soft: "127.0.0.3:1234".into(),
+        generator: true,
+        generator_backpressure: 3,
     }
 }
 
@@ -261,6 +263,7 @@ fn hello(token: &str, role: Role) -> Hello {
         job: 1,
         node: "127.0.0.1:6380".into(),
         binary_hash: "feedface-1234".into(),
+        submission: "job-0badc0de".into(),
         node_info: Some(NodeInfo {
             address: "127.0.0.9:1".into(),
             num_cpus: 0.0,
@@ -340,6 +343,29 @@ fn client_ops() -> Vec<ClientOp> {
             force: true,
             recursive: true,
         })),
+        op(client_op::Op::GeneratorItem(fleet::proto::GeneratorItem {
+            task_id: 1 << 40 | 1,
+            index: u64::MAX,
+            value: Some(ObjectValue {
+                object_id: 1 << 40 | 9,
+                payload: Some(object_value::Payload::Stored(StoreLocation {
+                    path: "/etc/passwd".into(),
+                    size: u64::MAX,
+                    node: "127.0.0.1:1".into(),
+                })),
+            }),
+            nested_refs: vec![1 << 40 | 1, u64::MAX],
+        })),
+        op(client_op::Op::GeneratorItem(fleet::proto::GeneratorItem {
+            task_id: 1 << 40 | 1,
+            index: 0,
+            value: Some(inline(1 << 40 | 10, b"\x07")),
+            nested_refs: vec![],
+        })),
+        op(client_op::Op::GeneratorAck(fleet::proto::GeneratorAck {
+            task_id: 1 << 40 | 1,
+            consumed: u64::MAX,
+        })),
         op(client_op::Op::Lookup(Lookup {
             request_id: 1,
             name: "hits".into(),
@@ -396,6 +422,16 @@ fn head_frames() -> Vec<HeadFrame> {
             env: vec!["K=V".into()],
         })),
         hop(head_op::Op::StopJob("job-0000002a".into())),
+        hop(head_op::Op::GeneratorItem(fleet::proto::GeneratorItem {
+            task_id: 42,
+            index: 3,
+            value: Some(inline(44, b"\x03")),
+            nested_refs: vec![45],
+        })),
+        hop(head_op::Op::GeneratorAck(fleet::proto::GeneratorAck {
+            task_id: 42,
+            consumed: u64::MAX,
+        })),
         hop(head_op::Op::Ready(inline(42, b"\x01\x02"))),
         hop(head_op::Op::Ready(ObjectValue {
             object_id: 43,
@@ -1164,6 +1200,8 @@ fn random_op(rng: &mut Rng, ids: &[u64]) -> ClientOp {
                 } else {
                     String::new()
                 },
+                generator: rng.below(3) == 0,
+                generator_backpressure: [0, 1, 16, u32::MAX][rng.below(4)],
             };
             let me = spec.task_id;
             spec.args

@@ -7,6 +7,7 @@ use tokio::sync::oneshot;
 
 pub mod job;
 pub mod list;
+pub mod logs;
 
 use fleet::daemon::{self, HeadOptions, NodeOptions};
 use fleet::{Error, Result};

@@ -255,6 +255,37 @@ enum Command {
     /// terminal, and looks after it (like `ray job`).
     #[command(subcommand)]
     Job(JobCommand),
+    /// A worker's output (stdout and stderr), kept in a file on the node
+    /// that ran it and read through the head (like `ray logs`). Name the
+    /// worker by one of --pid, --task or --actor.
+    #[command(group(clap::ArgGroup::new("worker").required(true).args(["pid", "task", "actor"])))]
+    Logs {
+        /// The worker's process id (as `fleet list tasks` shows it).
+        #[arg(long)]
+        pid: Option<u32>,
+        /// The worker that ran this task (its id from `fleet list tasks`).
+        #[arg(long)]
+        task: Option<String>,
+        /// The worker of this actor (its name, or id from `fleet list actors`).
+        #[arg(long)]
+        actor: Option<String>,
+        /// With --pid: the node it ran on, for a worker the head no longer
+        /// knows (see `fleet list nodes`).
+        #[arg(long, requires = "pid")]
+        node: Option<String>,
+        /// Keep printing new output until the worker exits.
+        #[arg(long, short)]
+        follow: bool,
+        /// Only the last N lines (then, with --follow, what comes).
+        #[arg(long, value_name = "N")]
+        tail: Option<u32>,
+        /// The head's address (default: the head started on this machine).
+        #[arg(long, env = "FLEET_ADDRESS")]
+        address: Option<String>,
+        /// Token file (default: FLEET_TOKEN, else the one `fleet start --head` wrote here).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
     /// Prints the build's version and protocol version.
     Version,
     /// Runs Ray's `ray microbenchmark` tests that Fleet supports on a local
@@ -528,6 +559,29 @@ fn main() -> anyhow::Result<()> {
             );
         }
         Command::Job(command) => job(command)?,
+        Command::Logs {
+            pid,
+            task,
+            actor,
+            node,
+            follow,
+            tail,
+            address,
+            token_file,
+        } => fleet_cli::cli::logs::logs(
+            &fleet_cli::cli::logs::LogsOptions {
+                pid,
+                task,
+                actor,
+                node,
+                follow,
+                tail,
+                address,
+                token_file,
+            },
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        )?,
         Command::Version => println!(
             "fleet {} (protocol {})",
             env!("CARGO_PKG_VERSION"),

@@ -75,6 +75,8 @@ struct Method {
     arg_types: Vec<Type>,
     ret: Type,
     returns_result: bool,
+    /// generators: the method returns `impl Iterator<Item = T>`.
+    stream: Option<crate::generator::Generator>,
     docs: Vec<syn::Attribute>,
 }
 
@@ -152,7 +154,14 @@ pub(crate) fn expand_impl(imp: ItemImpl, defaults: &crate::Options) -> syn::Resu
                 "actor methods cannot be generic",
             ));
         }
-        let (ret, returns_result) = return_type(&sig.output);
+        let stream = match &sig.output {
+            ReturnType::Type(_, ty) => crate::generator::detect(ty)?,
+            ReturnType::Default => None,
+        };
+        let (ret, returns_result) = match (&sig.output, &stream) {
+            (ReturnType::Type(_, ty), Some(_)) => ((**ty).clone(), false),
+            _ => return_type(&sig.output),
+        };
         methods.push(Method {
             vis: f.vis.clone(),
             name: sig.ident.clone(),
@@ -161,6 +170,7 @@ pub(crate) fn expand_impl(imp: ItemImpl, defaults: &crate::Options) -> syn::Resu
             arg_types: typed_args(sig)?,
             ret,
             returns_result,
+            stream,
             docs: f
                 .attrs
                 .iter()
@@ -212,11 +222,24 @@ pub(crate) fn expand_impl(imp: ItemImpl, defaults: &crate::Options) -> syn::Resu
             arg_types,
             ret,
             returns_result,
+            stream,
             docs,
         } = m;
         let args = arg_idents(arg_types.len());
         let full = format!("::{name_str}::{mname}");
-        handle_methods.push(quote! {
+        if let Some(g) = stream {
+            let item = &g.item;
+            handle_methods.push(quote! {
+                #(#docs)*
+                #vis fn #mname(&self, #(#args: impl ::fleet::IntoArg<#arg_types>),*) -> ::fleet::ObjectRefStream<#item> {
+                    self.0.call_generator(
+                        ::std::concat!(::std::module_path!(), #full),
+                        ::std::vec![#(::fleet::__private::arg::<#arg_types, _>(#args)),*],
+                    )
+                }
+            });
+        } else {
+            handle_methods.push(quote! {
             #(#docs)*
             #vis fn #mname(&self, #(#args: impl ::fleet::IntoArg<#arg_types>),*) -> ::fleet::ObjectRef<#ret> {
                 self.0.call(
@@ -225,6 +248,7 @@ pub(crate) fn expand_impl(imp: ItemImpl, defaults: &crate::Options) -> syn::Resu
                 )
             }
         });
+        }
         let invoke = format_ident!("invoke_{}", i);
         let slot = format_ident!("METHOD_{}", i);
         // An async method runs to completion on the worker's runtime, on
@@ -240,6 +264,17 @@ pub(crate) fn expand_impl(imp: ItemImpl, defaults: &crate::Options) -> syn::Resu
             quote!(with_ref)
         };
         let finish = finish_result(*returns_result);
+        // A generator's items are sent while the method holds the actor.
+        let call = match stream {
+            Some(g) => {
+                let run = g.finish();
+                quote!(state.#access::<#ty, _>(|this| { let result = #invocation; #run })?)
+            }
+            None => quote! {{
+                let result = state.#access::<#ty, _>(|this| #invocation)?;
+                #finish
+            }},
+        };
         let signature = format!(
             "({}{}) -> {}",
             if *mutates { "&mut self" } else { "&self" },
@@ -255,8 +290,7 @@ pub(crate) fn expand_impl(imp: ItemImpl, defaults: &crate::Options) -> syn::Resu
                 args: &mut ::fleet::__private::Args,
             ) -> ::std::result::Result<::fleet::__private::Output, ::fleet::__private::Failure> {
                 #(let #args: #arg_types = args.take()?;)*
-                let result = state.#access::<#ty, _>(|this| #invocation)?;
-                #finish
+                #call
             }
 
             #[::fleet::__private::linkme::distributed_slice(::fleet::__private::ACTOR_METHODS)]

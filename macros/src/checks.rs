@@ -91,6 +91,14 @@ fn owned(ty: &Type) -> Type {
         }
         Type::Paren(p) => owned(&p.elem),
         Type::Group(g) => owned(&g.elem),
+        // `impl Iterator<Item = T>` cannot travel; its items can, as a Vec.
+        Type::ImplTrait(_) => match crate::generator::iterator_item(ty) {
+            Ok(item) => {
+                let item = owned(&item);
+                syn::parse_quote!(Vec<#item>)
+            }
+            Err(_) => ty.clone(),
+        },
         Type::Path(p) => {
             let mut p = p.clone();
             for seg in p.path.segments.iter_mut() {
@@ -198,7 +206,8 @@ fn marker_ident(name: &syn::Ident) -> syn::Ident {
 /// result (the stand-in cannot name a type for it).
 pub(crate) fn stand_in(sig: &Signature, arg_types: &[Type]) -> Option<TokenStream2> {
     if let ReturnType::Type(_, t) = &sig.output {
-        if matches!(**t, Type::ImplTrait(_)) {
+        // `unreachable!()` is no `impl Trait` (nor `Result<impl Trait, E>`).
+        if crate::generator::detect(t).is_ok_and(|g| g.is_some()) {
             return None;
         }
     }

@@ -7,6 +7,7 @@
 
 mod actor;
 mod checks;
+mod generator;
 
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
@@ -22,6 +23,9 @@ use syn::{
 /// impl block, makes the type an actor: `T::remote(..)` runs `T::new(..)`
 /// in a worker and returns a `THandle` whose methods return `ObjectRef`s.
 /// On an inline module, makes each function in it remote.
+/// A function returning `impl Iterator<Item = T>` is a streaming generator:
+/// `f::remote(..)` returns a `fleet::ObjectRefStream<T>` of its items
+/// (option `generator_backpressure = <u32>`, default 16).
 #[proc_macro_attribute]
 pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
     let mut options = Options::default();
@@ -44,6 +48,10 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
             }
             options.num_returns = Some((n, lit.span()));
             Ok(())
+        } else if meta.path.is_ident("generator_backpressure") {
+            let lit: syn::LitInt = meta.value()?.parse()?;
+            options.generator_backpressure = Some(lit.base10_parse::<u32>()?);
+            Ok(())
         } else if meta.path.is_ident("retry_on_error") {
             let lit: syn::LitBool = meta.value()?.parse()?;
             options.retry_on_error = Some(lit.value);
@@ -65,7 +73,8 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
         } else {
             Err(meta.error(
                 "unknown option; expected `num_cpus`, `max_retries`, `retry_on_error`, \
-                 `num_returns`, `resources(name = amount, ..)` or `memory = \"2GiB\"`",
+                 `num_returns`, `generator_backpressure`, `resources(name = amount, ..)` or \
+                 `memory = \"2GiB\"`",
             ))
         }
     });
@@ -95,6 +104,7 @@ struct Options {
     resources: Vec<(String, f64)>,
     /// `memory = "2GiB"`, in bytes.
     memory: Option<u64>,
+    generator_backpressure: Option<u32>,
 }
 
 impl Options {
@@ -201,8 +211,20 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
     if let Some(e) = errors {
         return Err(e);
     }
+    let stream = match &sig.output {
+        ReturnType::Type(_, ty) => generator::detect(ty)?,
+        ReturnType::Default => None,
+    };
+    if let (Some(_), Some((_, span))) = (&stream, options.num_returns) {
+        return Err(syn::Error::new(
+            span,
+            "num_returns and a generator (`-> impl Iterator`) do not mix: a generator's \
+             items are refs already",
+        ));
+    }
     let (ret, returns_result) = match &sig.output {
         ReturnType::Default => (syn::parse_quote!(()), false),
+        ReturnType::Type(_, ty) if stream.is_some() => ((**ty).clone(), false),
         ReturnType::Type(_, ty) => match result_ok_type(ty) {
             Some(ok) => (ok.clone(), true),
             None => ((**ty).clone(), false),
@@ -221,13 +243,17 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
     let max_retries = options.max_retries.map(|n| quote!(.max_retries(#n)));
     let retry_on_error = options.retry_on_error.map(|b| quote!(.retry_on_error(#b)));
     let resources = options.resource_calls();
+    let backpressure = options
+        .generator_backpressure
+        .map(|n| quote!(.generator_backpressure(#n)));
     let returns = match options.num_returns {
         Some((n, span)) if n > 1 => Some(tuple_returns(&ret, n, span)?),
         _ => None,
     };
-    let finish = match &returns {
-        Some(r) => r.finish(returns_result),
-        None => finish_result(returns_result),
+    let finish = match (&returns, &stream) {
+        (_, Some(g)) => g.finish(),
+        (Some(r), None) => r.finish(returns_result),
+        (None, None) => finish_result(returns_result),
     };
     // The call resolves `name` through `super::*` next to a stand-in, so a
     // function inside a function body gets one error, the module-level one.
@@ -255,10 +281,19 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
                 },
             )
         }
-        None => (
-            quote!(::fleet::ObjectRef<#ret>),
-            quote!(self.0.submit(args)),
-        ),
+        None => match &stream {
+            Some(g) => {
+                let item = &g.item;
+                (
+                    quote!(::fleet::ObjectRefStream<#item>),
+                    quote!(self.0.submit_generator(args)),
+                )
+            }
+            None => (
+                quote!(::fleet::ObjectRef<#ret>),
+                quote!(self.0.submit(args)),
+            ),
+        },
     };
     let call = quote! {{
         #stand_in
@@ -293,7 +328,7 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
 
             /// The defaults given in `#[remote(..)]`.
             #inner fn options() -> Options {
-                Options(::fleet::TaskOptions::new(NAME) #num_cpus #max_retries #retry_on_error #resources)
+                Options(::fleet::TaskOptions::new(NAME) #num_cpus #max_retries #retry_on_error #backpressure #resources)
             }
 
             /// Submits a call; each argument may be a value or an `ObjectRef` of it.
@@ -315,6 +350,11 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
                 /// Retries an `Err` or panic too, up to `max_retries`.
                 #inner fn retry_on_error(self, yes: bool) -> Self {
                     Options(self.0.retry_on_error(yes))
+                }
+
+                /// A generator's items yielded beyond those taken before it waits.
+                #inner fn generator_backpressure(self, n: u32) -> Self {
+                    Options(self.0.generator_backpressure(n))
                 }
 
                 /// Runs the call only on the named node.

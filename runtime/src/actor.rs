@@ -53,6 +53,25 @@ impl ActorHandle {
         };
         ObjectRef::from_handle(client.submit(spec, args))
     }
+
+    /// Calls a generator method (`-> impl Iterator<Item = R>`) by registry
+    /// name; used by generated handles. Backpressure is the default, 16.
+    #[doc(hidden)]
+    pub fn call_generator<R>(
+        &self,
+        method: &'static str,
+        args: Vec<Result<ArgValue>>,
+    ) -> crate::ObjectRefStream<R> {
+        let client = &self.object.handle.client;
+        let spec = proto::TaskSpec {
+            function: method.to_string(),
+            actor_id: self.object.handle.id,
+            generator_backpressure: crate::TaskOptions::new("").generator_backpressure,
+            ..Default::default()
+        };
+        let (handle, inbox) = client.submit_stream(spec, args);
+        crate::ObjectRefStream::new(handle, Some(inbox))
+    }
 }
 
 impl AsRef<ActorHandle> for ActorHandle {

@@ -3,6 +3,7 @@
 //! object handles and finished values.
 
 mod remote;
+mod streams;
 mod submit;
 pub(crate) mod transport;
 mod waiter;
@@ -22,6 +23,7 @@ use crate::object_ref::{lost, ArgKind, ArgValue, Handle};
 use crate::proto::{self, arg, client_op::Op, object_value::Payload};
 use crate::task::TaskOptions;
 
+pub(crate) use streams::Inbox;
 pub(crate) use waiter::Waiter;
 
 thread_local! {
@@ -65,6 +67,8 @@ pub(crate) struct Client {
     /// Whether `held` has anything: every send first sends what is held,
     /// so nothing overtakes a held result.
     holding: AtomicBool,
+    /// generators: the streams this process consumes.
+    streams: streams::Streams,
 }
 
 /// Operations held back by [`Client::hold`].
@@ -98,6 +102,7 @@ impl Client {
             replies: DashMap::new(),
             held: parking_lot::Mutex::new(Held::default()),
             holding: AtomicBool::new(false),
+            streams: Default::default(),
         })
     }
 
@@ -238,7 +243,7 @@ impl Client {
 
     /// Ids are unique cluster-wide: the head hands each session its own
     /// prefix, so no round trip is needed to name a new object.
-    fn next_id(&self) -> u64 {
+    pub(crate) fn next_id(&self) -> u64 {
         (u64::from(self.id) << 40) | (self.seq.fetch_add(1, Ordering::Relaxed) + 1)
     }
 
@@ -379,6 +384,7 @@ impl Client {
         for w in waiters {
             w.count_down(value.object_id);
         }
+        self.streams.finished(value.object_id);
     }
 
     /// Why the session with the head ended, once it has.
@@ -410,6 +416,7 @@ impl Client {
         for w in waiters {
             w.wake();
         }
+        self.streams.end_all();
     }
 
     /// Registers `waiter` on every id not yet finished and subscribes to

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::head::state::Counts;
 use crate::head::{Head, HeadConfig};
 use crate::node::supervisor::{Supervisor, WorkerEnv};
+use crate::node::worker_logs::{Rotation, WorkerLogs};
 use crate::proto;
 
 /// Environment variable naming a cluster to join instead of starting one.
@@ -173,6 +174,7 @@ fn hello(token: String, binary_hash: String) -> proto::Hello {
         pid: std::process::id(),
         token,
         binary_hash,
+        submission: std::env::var(crate::ENV_JOB_ID).unwrap_or_default(),
         ..Default::default()
     }
 }
@@ -180,6 +182,7 @@ fn hello(token: String, binary_hash: String) -> proto::Hello {
 fn start_local(config: &Config) -> Result<Inner> {
     crate::resources::check_list("Config::resources", &config.resources)
         .map_err(|e| Error::Usage(e.to_string()))?;
+    Rotation::from_env().map_err(Error::Startup)?;
     let cpus = config
         .num_cpus
         .unwrap_or_else(|| {
@@ -271,6 +274,12 @@ fn start_local(config: &Config) -> Result<Inner> {
 pub(crate) fn local_supervisor(head: &Arc<Head>, address: &str, token: &str) -> Supervisor {
     let weak = Arc::downgrade(head);
     let logs = Arc::downgrade(head);
+    // Checked where the cluster starts; a bad value that gets here (set
+    // since) is said and the defaults used.
+    let rotation = Rotation::from_env().unwrap_or_else(|e| {
+        eprintln!("fleet: warning: {e}");
+        Rotation::default()
+    });
     Supervisor::start(
         WorkerEnv {
             head: address.to_string(),
@@ -282,6 +291,7 @@ pub(crate) fn local_supervisor(head: &Arc<Head>, address: &str, token: &str) -> 
                 }
             }),
             show_node: false,
+            logs: WorkerLogs::new(address, rotation),
         },
         Arc::new(move |id, status| {
             if let Some(h) = weak.upgrade() {

@@ -85,6 +85,8 @@ pub fn run_head(
     stop: oneshot::Receiver<()>,
 ) -> Result<()> {
     crate::logging::init();
+    // A bad worker-log setting stops the head before it serves.
+    crate::node::worker_logs::Rotation::from_env().map_err(Error::Startup)?;
     let rt = crate::cluster::runtime("fleet-head", 2)?;
     let (listener, bound) = crate::cluster::bind(&opts.bind, opts.port)?;
     let address = match &opts.node_ip {

@@ -18,6 +18,7 @@ mod session;
 mod spilling;
 pub(crate) mod state;
 mod state_api;
+mod worker_logs;
 mod workers;
 
 use std::collections::HashMap;
@@ -194,7 +195,12 @@ impl Head {
 
     /// `fleet list`: rows as JSON and how many matched.
     pub(crate) fn list(&self, req: &proto::ListRequest) -> Result<(String, usize), String> {
-        let (rows, total) = self.state.lock().list(req)?;
+        let (submitted, drivers) = if req.kind == "jobs" {
+            (self.jobs.list(), self.jobs.drivers())
+        } else {
+            Default::default()
+        };
+        let (rows, total) = self.state.lock().list(req, &submitted, &drivers)?;
         Ok((serde_json::Value::Array(rows).to_string(), total))
     }
 
@@ -267,6 +273,8 @@ impl Head {
                         },
                     ),
                     Op::Cancel(c) => st.cancel(client, c),
+                    Op::GeneratorItem(i) => st.generator_item(client, i),
+                    Op::GeneratorAck(a) => st.generator_ack(client, a),
                     Op::MemoryPressure(p) => pressure.push(p),
                     Op::NodeLoad(l) => st.node_load(client, l),
                     Op::Hello(_) => {}

@@ -60,6 +60,7 @@ mod control;
 pub mod daemon;
 pub mod discovery;
 mod error;
+mod generator;
 mod head;
 mod logging;
 pub mod net;
@@ -85,6 +86,7 @@ pub use codec::INLINE_MAX;
 pub use control::{as_completed, cancel, force_cancel, is_cancelled, AsCompleted};
 pub use error::{Error, Result};
 pub use fleet_macros::remote;
+pub use generator::{AsyncObjectRefStream, ObjectRefStream};
 pub use head::{Counts, PROTOCOL_VERSION};
 pub use node::jobs::ENV_JOB_ID;
 pub use object_ref::{IntoArg, ObjectId, ObjectRef};
@@ -99,6 +101,7 @@ pub mod __private {
         RemoteFunction, ACTOR_CLASSES, ACTOR_METHODS, REMOTE_FUNCTIONS,
     };
     pub use crate::task::Returns;
+    pub use crate::worker::generator::{generate, generate_results};
     pub use linkme;
     pub use serde;
 

@@ -8,3 +8,4 @@ pub(crate) mod memory_monitor;
 pub(crate) mod object_store;
 pub(crate) mod supervisor;
 pub(crate) mod transfer;
+pub(crate) mod worker_logs;

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::context;
+use crate::generator::ObjectRefStream;
 use crate::object_ref::{ArgValue, Handle, ObjectRef};
 use crate::{proto, Error, Result};
 
@@ -21,6 +22,8 @@ pub struct TaskOptions {
     pub(crate) node_soft: Option<String>,
     /// A bad option given at the call site: the call fails with it.
     pub(crate) invalid: Option<String>,
+    /// generators: items a generator task may yield beyond those taken.
+    pub(crate) generator_backpressure: u32,
 }
 
 impl TaskOptions {
@@ -36,6 +39,7 @@ impl TaskOptions {
             spread: false,
             node_soft: None,
             invalid: None,
+            generator_backpressure: 16,
         }
     }
 
@@ -96,6 +100,15 @@ impl TaskOptions {
         args
     }
 
+    /// For a generator (`-> impl Iterator<Item = T>`): how many items the
+    /// task may yield beyond those the caller has taken from the stream
+    /// before it waits (default 16; 0: no limit). Bounds the memory a fast
+    /// producer holds in the store for a slow consumer.
+    pub const fn generator_backpressure(mut self, n: u32) -> Self {
+        self.generator_backpressure = n;
+        self
+    }
+
     /// Also retries the task when it returns `Err` or panics (not only when
     /// its worker dies), up to `max_retries`; `get` returns the last error.
     pub const fn retry_on_error(mut self, yes: bool) -> Self {
@@ -139,6 +152,20 @@ impl TaskOptions {
                     .collect::<Vec<_>>()
                     .into_iter(),
             ),
+        }
+    }
+
+    /// Submits a call of a generator function; used by the code
+    /// `#[remote]` generates.
+    #[doc(hidden)]
+    pub fn submit_generator<T>(&self, args: Vec<Result<ArgValue>>) -> ObjectRefStream<T> {
+        let args = self.checked(args);
+        match context::client_or_detached() {
+            Ok(client) => {
+                let (handle, inbox) = client.submit_generator(self, args);
+                ObjectRefStream::new(handle, Some(inbox))
+            }
+            Err((detached, e)) => ObjectRefStream::new(detached.failed(&e), None),
         }
     }
 

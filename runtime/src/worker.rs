@@ -4,6 +4,7 @@
 mod actors;
 pub(crate) mod cancel;
 pub(crate) mod executor;
+pub(crate) mod generator;
 pub(crate) mod hook;
 
 use std::sync::Arc;
@@ -73,6 +74,7 @@ fn run(worker_id: u64) -> Result<()> {
             sink.cancel(&c);
             actors.cancel(c.task_id);
         }
+        head_op::Op::GeneratorAck(a) => generator::on_ack(&a),
         _ => {}
     });
     runtime.spawn(async move {

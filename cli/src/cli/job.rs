@@ -113,7 +113,9 @@ pub fn submit(target: &Target, job: Submit) -> Result<String> {
         info.id,
         info.id
     );
-    if info.state == fleet::daemon::jobs::FAILED {
+    // A driver that started and already ended (even with an error) has
+    // its id printed like any other; only one that never ran is an error.
+    if info.state == fleet::daemon::jobs::FAILED && info.pid == 0 {
         return Err(Error::Usage(format!(
             "job {} failed to start: {}",
             info.id, info.message

@@ -57,8 +57,20 @@ pub fn list(
     Ok(table(&rows, reply.total as usize))
 }
 
-fn cell(v: &serde_json::Value) -> String {
+/// A column's header: its name in capitals; times (`*_millis`, since the
+/// Unix epoch) say they are UTC.
+fn header(column: &str) -> String {
+    match column.strip_suffix("_millis") {
+        Some(name) => format!("{} (UTC)", name.to_uppercase()),
+        None => column.to_uppercase(),
+    }
+}
+
+fn cell(column: &str, v: &serde_json::Value) -> String {
     match v {
+        serde_json::Value::Number(n) if column.ends_with("_millis") => {
+            n.as_u64().map_or_else(|| n.to_string(), super::job::utc)
+        }
         serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Null => "-".into(),
         other => other.to_string(),
@@ -70,15 +82,17 @@ fn table(rows: &[serde_json::Map<String, serde_json::Value>], total: usize) -> S
     let Some(first) = rows.first() else {
         return format!("0 of {total} rows\n");
     };
-    let columns: Vec<&String> = first.keys().collect();
+    // The id first, then the rest by name.
+    let mut columns: Vec<&String> = first.keys().collect();
+    columns.sort_by_key(|c| (c.as_str() != "id", c.as_str()));
     let widths: Vec<usize> = columns
         .iter()
         .map(|c| {
             rows.iter()
-                .map(|r| r.get(*c).map_or(1, |v| cell(v).len()))
+                .map(|r| r.get(*c).map_or(1, |v| cell(c, v).len()))
                 .max()
                 .unwrap_or(0)
-                .max(c.len())
+                .max(header(c).len())
         })
         .collect();
     let line = |cells: Vec<String>| {
@@ -92,12 +106,12 @@ fn table(rows: &[serde_json::Map<String, serde_json::Value>], total: usize) -> S
         }
         out.join("  ") + "\n"
     };
-    let mut out = line(columns.iter().map(|c| c.to_uppercase()).collect());
+    let mut out = line(columns.iter().map(|c| header(c)).collect());
     for r in rows {
         out += &line(
             columns
                 .iter()
-                .map(|c| r.get(*c).map_or("-".into(), cell))
+                .map(|c| r.get(*c).map_or("-".into(), |v| cell(c, v)))
                 .collect(),
         );
     }

@@ -113,6 +113,7 @@ pub(crate) async fn receive(
     let route = |op: proto::HeadOp| match op.op {
         Some(head_op::Op::Ready(v)) => client.on_ready(v),
         Some(head_op::Op::Reply(r)) => client.on_reply(r),
+        Some(head_op::Op::GeneratorItem(i)) => client.on_stream_item(i),
         Some(head_op::Op::Log(l)) => print_log(&l),
         Some(head_op::Op::Refused(why)) => tracing::error!("the head refused: {why}"),
         Some(other) => {

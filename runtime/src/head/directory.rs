@@ -166,6 +166,9 @@ impl State {
                 let failed = self.close_returns(&task.spec, &payload);
                 work.extend(failed.into_iter().map(|(d, p)| (d, p, Vec::new())));
             }
+            if task.spec.generator {
+                self.close_stream(id);
+            }
             if let Some(n) = self.pending.get_mut(&task.job) {
                 *n = n.saturating_sub(1);
             }

@@ -29,6 +29,8 @@ pub(super) struct Jobs {
     changed: Notify,
     /// Records of an earlier head at the same address were read.
     restored: std::sync::Once,
+    /// Drivers that run a submitted job: their job number to its id.
+    drivers: Mutex<std::collections::HashMap<u32, String>>,
 }
 
 /// Whether a job has ended.
@@ -44,7 +46,21 @@ impl Jobs {
             runner: OnceLock::new(),
             changed: Notify::new(),
             restored: std::sync::Once::new(),
+            drivers: Mutex::default(),
         }
+    }
+
+    /// A driver joined saying it runs submitted job `submission`
+    /// (`FLEET_JOB_ID`), as the session of job number `job`.
+    pub(super) fn driver_joined(&self, job: u32, submission: &str) {
+        if valid_id(submission) {
+            self.drivers.lock().insert(job, submission.to_string());
+        }
+    }
+
+    /// Which driver (by job number) runs which submitted job.
+    pub(super) fn drivers(&self) -> std::collections::HashMap<u32, String> {
+        self.drivers.lock().clone()
     }
 
     /// The table, with the records a previous head at this address left

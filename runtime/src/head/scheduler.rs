@@ -6,6 +6,7 @@
 mod cancel;
 mod control;
 mod deaths;
+mod generators;
 mod memory;
 mod resources;
 mod returns;
@@ -64,6 +65,9 @@ impl State {
         let mut failed = None;
         if spec.num_returns > 1 {
             failed = self.open_returns(client, &spec).err();
+        }
+        if spec.generator {
+            self.open_stream(client, id);
         }
         let mut missing = 0;
         let job = self.job_for(client, &spec);
@@ -589,7 +593,11 @@ impl State {
             }
             w.queue.push_back(id);
         }
+        let generator = spec.generator;
         self.out.push(client, Op::Execute(spec));
+        if generator {
+            self.stream_started(client, id);
+        }
     }
 
     /// `spec` as a worker receives it: ref arguments replaced by their

@@ -166,6 +166,24 @@ impl proto::head_server::Head for Service {
         self.0.jobs.logs(r).await.map(Response::new)
     }
 
+    type WorkerLogsStream = LogStream;
+
+    async fn worker_logs(
+        &self,
+        request: Request<proto::WorkerLogsRequest>,
+    ) -> Result<Response<LogStream>, Status> {
+        let r = request.into_inner();
+        self.check(&r.token)?;
+        let (found, stream) = self.0.worker_logs(r).await?;
+        let mut reply = Response::new(stream);
+        let meta = reply.metadata_mut();
+        meta.insert("fleet-worker-pid", found.pid.into());
+        if let Ok(node) = found.node.parse() {
+            meta.insert("fleet-worker-node", node);
+        }
+        Ok(reply)
+    }
+
     async fn status(
         &self,
         request: Request<proto::StatusRequest>,

@@ -54,6 +54,7 @@ impl Head {
                     hello.registry_hash.clone(),
                     0,
                 );
+                self.jobs.driver_joined(client, &hello.submission);
                 Ok(client)
             }
             Role::Worker => match st.jobs.get(&hello.job) {

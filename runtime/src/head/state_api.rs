@@ -1,6 +1,9 @@
 //! The state API behind `fleet list`: rows of tasks (unfinished, then the
-//! recently finished), actors, objects, nodes and jobs, filtered by state,
+//! recently finished), actors, objects, nodes and jobs (submitted with
+//! `fleet job submit`, and the drivers connected now), filtered by state,
 //! function, node, and cut at a limit, as JSON.
+
+use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
@@ -17,14 +20,20 @@ fn hex(id: u64) -> String {
 
 impl State {
     /// The rows `req` asks for and how many matched; an error names the
-    /// kinds there are.
-    pub(crate) fn list(&self, req: &proto::ListRequest) -> Result<(Vec<Value>, usize), String> {
+    /// kinds there are. `submitted` are the head's `fleet job` records, and
+    /// `drivers` says which driver (by job number) runs which of them.
+    pub(crate) fn list(
+        &self,
+        req: &proto::ListRequest,
+        submitted: &[proto::JobInfo],
+        drivers: &HashMap<u32, String>,
+    ) -> Result<(Vec<Value>, usize), String> {
         let rows: Vec<Value> = match req.kind.as_str() {
             "tasks" => self.task_rows(),
             "actors" => self.actor_rows(),
             "objects" => self.object_rows(),
             "nodes" => self.node_rows(),
-            "jobs" => self.job_rows(),
+            "jobs" => self.job_rows(submitted, drivers),
             other => {
                 return Err(format!(
                     "cannot list `{other}`; choose one of: {}",
@@ -40,6 +49,7 @@ impl State {
                 req.function.is_empty()
                     || field(r, "function").contains(&req.function)
                     || field(r, "class").contains(&req.function)
+                    || field(r, "entrypoint").contains(&req.function)
             })
             .filter(|r| {
                 req.node.is_empty() || field(r, "node") == req.node || field(r, "name") == req.node
@@ -163,19 +173,74 @@ impl State {
             .collect()
     }
 
-    fn job_rows(&self) -> Vec<Value> {
-        self.jobs
+    /// Jobs submitted with `fleet job submit` (oldest first), then the
+    /// drivers and detached actors' jobs not among them. A submitted job's
+    /// row carries its driver's workers and unfinished tasks while it runs.
+    /// Every row has the same columns; `--function` matches the
+    /// entrypoint.
+    fn job_rows(&self, submitted: &[proto::JobInfo], drivers: &HashMap<u32, String>) -> Vec<Value> {
+        let by_submission: HashMap<&str, u32> = drivers
             .iter()
-            .map(|(id, j)| {
-                let workers = self.workers.values().filter(|w| w.job == *id).count();
-                let unfinished = self.pending.get(id).copied().unwrap_or(0);
+            .map(|(job, id)| (id.as_str(), *job))
+            .collect();
+        let counts = |job: Option<u32>| match job.filter(|j| self.jobs.contains_key(j)) {
+            Some(j) => (
+                Some(self.workers.values().filter(|w| w.job == j).count()),
+                Some(self.pending.get(&j).copied().unwrap_or(0)),
+            ),
+            None => (None, None),
+        };
+        let mut rows: Vec<Value> = submitted
+            .iter()
+            .map(|j| {
+                let driver = by_submission.get(j.id.as_str()).copied();
+                let (workers, unfinished) = counts(driver);
+                let entrypoint = std::iter::once(j.program.as_str())
+                    .chain(j.args.iter().map(String::as_str))
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 json!({
-                    "id": id,
-                    "state": if j.driver.is_some() || *id == super::EMBEDDED_JOB { "running" } else { "detached" },
+                    "id": j.id,
+                    "type": "submitted",
+                    "state": j.state,
+                    "entrypoint": entrypoint,
+                    "node": j.node,
+                    "driver_job": driver,
+                    "start_millis": (j.start_millis != 0).then_some(j.start_millis),
+                    "end_millis": (j.end_millis != 0).then_some(j.end_millis),
+                    "exit_code": j.exit_code,
                     "workers": workers,
                     "unfinished_tasks": unfinished,
                 })
             })
-            .collect()
+            .collect();
+        let mut own: Vec<(&u32, &super::nodes::Job)> = self
+            .jobs
+            .iter()
+            .filter(|(id, _)| !drivers.contains_key(id))
+            .collect();
+        own.sort_by_key(|(id, _)| **id);
+        rows.extend(own.into_iter().map(|(id, j)| {
+            let (workers, unfinished) = counts(Some(*id));
+            let (kind, state) = if *id == super::EMBEDDED_JOB || j.driver.is_some() {
+                ("driver", "RUNNING")
+            } else {
+                ("detached", "DETACHED")
+            };
+            json!({
+                "id": id.to_string(),
+                "type": kind,
+                "state": state,
+                "entrypoint": null,
+                "node": null,
+                "driver_job": id,
+                "start_millis": null,
+                "end_millis": null,
+                "exit_code": null,
+                "workers": workers,
+                "unfinished_tasks": unfinished,
+            })
+        }));
+        rows
     }
 }

@@ -189,6 +189,8 @@ async fn serve(
 ) -> Result<()> {
     // A bad memory threshold stops the agent before it joins.
     crate::node::memory_monitor::Threshold::from_env().map_err(Error::Startup)?;
+    let rotation = super::worker_logs::Rotation::from_env().map_err(Error::Startup)?;
+    let worker_logs = super::worker_logs::WorkerLogs::new(&name, rotation);
     let health = Health::new(&opts.head);
     if let Some(port) = opts.health_port {
         let at = format!("{}:{port}", opts.node_ip)
@@ -239,6 +241,7 @@ async fn serve(
             .add_service(JobHostServer::new(JobHostService {
                 runner: jobs.clone(),
                 token: token.clone(),
+                workers: worker_logs.clone(),
             }))
             .serve_with_incoming(incoming),
     );
@@ -281,7 +284,8 @@ async fn serve(
         *token.write() = joined.token.clone();
         health.set(Phase::Joined);
         *current.lock() = Some(joined.out.clone());
-        let ended = session(&opts, &name, &store, &binaries, &jobs, joined, &mut stop).await;
+        let hosted = (&jobs, &worker_logs);
+        let ended = session(&opts, &name, &store, &binaries, hosted, joined, &mut stop).await;
         *current.lock() = None;
         // The jobs driven from here belonged to that head's session.
         jobs.shutdown();
@@ -315,7 +319,7 @@ async fn session(
     name: &str,
     store: &ObjectStore,
     binaries: &Path,
-    jobs: &Arc<JobRunner>,
+    (jobs, worker_logs): (&Arc<JobRunner>, &Arc<super::worker_logs::WorkerLogs>),
     joined: join::Joined,
     stop: &mut oneshot::Receiver<()>,
 ) -> Ended {
@@ -343,6 +347,7 @@ async fn session(
                 });
             }),
             show_node: true,
+            logs: worker_logs.clone(),
         },
         Arc::new(move |worker_id, status| {
             let _ = exits.send(proto::ClientOp {

@@ -352,8 +352,8 @@ pub(crate) fn tail_file(
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
             match read {
-                Ok(data) if !data.is_empty() => {
-                    t.offset += data.len() as u64;
+                Ok((from, data)) if !data.is_empty() => {
+                    t.offset = from + data.len() as u64;
                     return Some((Ok(proto::LogChunk { data: data.into() }), t));
                 }
                 Ok(_) if !t.follow || !live => return None,
@@ -368,13 +368,21 @@ pub(crate) fn tail_file(
     }))
 }
 
-fn read_at(path: &std::path::Path, offset: u64) -> std::io::Result<Vec<u8>> {
+/// Up to 64 KiB of `path` from `offset`, and the offset they start at: 0
+/// when the file is shorter than `offset` (it was rotated, and a new one
+/// begun), as `tail -F` does.
+fn read_at(path: &std::path::Path, offset: u64) -> std::io::Result<(u64, Vec<u8>)> {
     use std::io::{Read, Seek};
     let mut f = std::fs::File::open(path)?;
+    let offset = if f.metadata()?.len() < offset {
+        0
+    } else {
+        offset
+    };
     f.seek(std::io::SeekFrom::Start(offset))?;
     let mut buf = Vec::with_capacity(64 << 10);
     f.take(64 << 10).read_to_end(&mut buf)?;
-    Ok(buf)
+    Ok((offset, buf))
 }
 
 /// The `JobHost` service of a node agent: the output of jobs run there.
@@ -383,6 +391,8 @@ pub(crate) struct JobHostService {
     /// The cluster token (it changes when the agent rejoins a head
     /// restarted with a new one; empty before the first join).
     pub(crate) token: crate::node::transfer::SharedToken,
+    /// The output files of the workers run here.
+    pub(crate) workers: Arc<crate::node::worker_logs::WorkerLogs>,
 }
 
 #[tonic::async_trait]
@@ -399,5 +409,21 @@ impl proto::job_host_server::JobHost for JobHostService {
             return Err(Status::unauthenticated("wrong or missing cluster token"));
         }
         Ok(Response::new(self.runner.tail(&r.id, r.offset, r.follow)))
+    }
+
+    type WorkerLogsStream = LogStream;
+
+    async fn worker_logs(
+        &self,
+        request: Request<proto::WorkerLogsRequest>,
+    ) -> Result<Response<LogStream>, Status> {
+        let r = request.into_inner();
+        let token = self.token.read().clone();
+        if token.is_empty() || r.token != token {
+            return Err(Status::unauthenticated("wrong or missing cluster token"));
+        }
+        self.workers
+            .stream(r.pid, r.tail_lines, r.follow)
+            .map(Response::new)
     }
 }

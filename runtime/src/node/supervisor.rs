@@ -38,6 +38,7 @@ pub(crate) struct Supervisor {
     tx: Mutex<mpsc::Sender<Command_>>,
     live: Arc<Mutex<HashMap<u64, u32>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    logs: Arc<super::worker_logs::WorkerLogs>,
 }
 
 /// What a worker needs to find its head.
@@ -51,6 +52,8 @@ pub(crate) struct WorkerEnv {
     pub(crate) on_log: OnLog,
     /// Name the node in output prefixes (the head's own node does not).
     pub(crate) show_node: bool,
+    /// Where each worker's output is also kept, a file per worker.
+    pub(crate) logs: Arc<super::worker_logs::WorkerLogs>,
 }
 
 impl Supervisor {
@@ -58,6 +61,7 @@ impl Supervisor {
         let (tx, rx) = mpsc::channel();
         let live: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
         let live2 = live.clone();
+        let logs = env.logs.clone();
         let thread = std::thread::Builder::new()
             .name("fleet-spawner".into())
             .spawn(move || spawner(env, rx, live2, on_exit))
@@ -66,7 +70,13 @@ impl Supervisor {
             tx: Mutex::new(tx),
             live,
             thread: Mutex::new(Some(thread)),
+            logs,
         }
+    }
+
+    /// The files its workers' output is kept in.
+    pub(crate) fn logs(&self) -> Arc<super::worker_logs::WorkerLogs> {
+        self.logs.clone()
     }
 
     /// Starts `program` as a worker for `job`.
@@ -153,11 +163,21 @@ fn spawner(
                 live.lock().insert(worker_id, child.id());
                 let pid = child.id();
                 let node = env.show_node.then(|| env.node.clone());
+                let (out_file, err_file) = env.logs.sinks(pid);
                 if let Some(out) = child.stdout.take() {
-                    forward(out, worker_id, pid, node.clone(), false, env.on_log.clone());
+                    let on_log = env.on_log.clone();
+                    forward(out, worker_id, pid, node.clone(), false, on_log, out_file);
                 }
                 if let Some(err) = child.stderr.take() {
-                    forward(err, worker_id, pid, node, true, env.on_log.clone());
+                    forward(
+                        err,
+                        worker_id,
+                        pid,
+                        node,
+                        true,
+                        env.on_log.clone(),
+                        err_file,
+                    );
                 }
                 let live = live.clone();
                 let on_exit = on_exit.clone();
@@ -197,9 +217,10 @@ pub(crate) fn process_title(program: &std::path::Path, worker_id: u64, job: u32)
     format!("{name} [fleet worker {worker_id}, job {job}]")
 }
 
-/// Reads one output stream of a worker to its end, labelling each line
-/// with the function the worker runs and its pid. Reading the pipe here,
-/// outside the worker, means nothing it printed is lost when it dies.
+/// Reads one output stream of a worker to its end, keeping each line in
+/// the worker's file and passing it on labelled with the function the
+/// worker runs and its pid. Reading the pipe here, outside the worker,
+/// means nothing it printed is lost when it dies.
 fn forward(
     stream: impl std::io::Read + Send + 'static,
     worker_id: u64,
@@ -207,22 +228,33 @@ fn forward(
     node: Option<String>,
     stderr: bool,
     on_log: OnLog,
+    file: super::worker_logs::Sink,
 ) {
     std::thread::spawn(move || {
         use std::io::BufRead;
         let mut function = String::new();
         let mut reader = std::io::BufReader::new(stream);
-        let mut line = String::new();
+        let mut line = Vec::new();
         loop {
             line.clear();
-            match reader.read_line(&mut line) {
+            match reader.read_until(b'\n', &mut line) {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }
-            let text = line.trim_end_matches(['\n', '\r']);
+            let mut raw = &line[..];
+            while let [rest @ .., b'\n' | b'\r'] = raw {
+                raw = rest;
+            }
+            // Output need not be UTF-8: the file keeps the bytes, the
+            // forwarded line replaces what is not.
+            let text = String::from_utf8_lossy(raw);
             if let Some(f) = text.strip_prefix(TASK_MARKER) {
                 function = f.to_string();
                 continue;
+            }
+            file.line(raw);
+            if !reader.buffer().contains(&b'\n') {
+                file.flush();
             }
             let at = match &node {
                 Some(n) => format!(" node={n}"),

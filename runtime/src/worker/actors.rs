@@ -158,6 +158,7 @@ impl ActorHost {
     fn call(&self, instance: &Instance, call: &proto::TaskSpec, started: Instant) {
         let client = &self.client;
         let _running = super::cancel::running(call.task_id);
+        let _generator = call.generator.then(|| super::generator::active(call));
         super::executor::announce(&call.function, true);
         let outcome = match registry::actor_method(&call.function) {
             None => Err(task_error(

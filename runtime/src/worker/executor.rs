@@ -214,6 +214,9 @@ impl Executor {
             }));
             return;
         }
+        if task.generator {
+            super::generator::expect(task.task_id);
+        }
         q.tasks.push_back(task);
         self.cv.notify_one();
     }
@@ -245,6 +248,9 @@ impl Executor {
             at.and_then(|i| q.tasks.remove(i))
         };
         if let Some(spec) = queued {
+            if spec.generator {
+                super::generator::forget(spec.task_id);
+            }
             let e = task_error(
                 &self.client,
                 &spec,
@@ -254,13 +260,17 @@ impl Executor {
             send_result(&self.client, &spec, Err(e), Instant::now());
             return;
         }
-        if super::cancel::mark(c.task_id) && c.force {
-            super::cancel::die_for(c.task_id);
+        if super::cancel::mark(c.task_id) {
+            if c.force {
+                super::cancel::die_for(c.task_id);
+            }
+            super::generator::wake();
         }
     }
 
     fn execute(&self, spec: proto::TaskSpec) {
         let _running = super::cancel::running(spec.task_id);
+        let _generator = spec.generator.then(|| super::generator::active(&spec));
         CURRENT.set(Some(spec.task_id));
         announce(&spec.function, false);
         let started = Instant::now();
@@ -324,7 +334,16 @@ pub(crate) fn lend_cpu() -> Option<Lent> {
     executor.client.flush_held();
     let mut q = executor.queue.lock();
     q.lent_by = Some(task);
-    let returned = q.tasks.drain(..).map(|t| t.task_id).collect();
+    let returned = q
+        .tasks
+        .drain(..)
+        .map(|t| {
+            if t.generator {
+                super::generator::forget(t.task_id);
+            }
+            t.task_id
+        })
+        .collect();
     executor.client.send(Op::Blocked(proto::Blocked {
         task_id: task,
         returned,

@@ -30,6 +30,8 @@ pub(in crate::head) struct Control {
     pub(in crate::head) returns: MoreReturns,
     /// Tasks and actor calls cancelled, for the dashboard.
     pub(in crate::head) cancelled_total: u64,
+    /// generators: open streams of generator tasks.
+    pub(in crate::head) generators: super::generators::Generators,
 }
 
 impl State {
