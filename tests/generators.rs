@@ -390,3 +390,30 @@ fn a_stream_across_processes_of_a_cli_cluster() {
 fn big_items(n: u64, bytes: usize) -> impl Iterator<Item = Vec<u8>> {
     (0..n).map(move |i| vec![i as u8; bytes])
 }
+
+#[test]
+fn async_code_awaits_the_items() {
+    use futures::StreamExt;
+    let _c = cluster(2);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let got: Vec<u64> = rt.block_on(async {
+        let mut out = Vec::new();
+        let mut stream = squares::remote(50).into_async();
+        while let Some(item) = stream.next().await {
+            out.push(item.expect("an item").await.expect("its value"));
+        }
+        let mut failing = fails_at::remote(5, 2).into_async();
+        assert!(failing.next().await.expect("0").is_ok());
+        assert!(failing.next().await.expect("1").is_ok());
+        assert!(matches!(
+            failing.next().await,
+            Some(Err(Error::Task { .. }))
+        ));
+        assert!(failing.next().await.is_none());
+        out
+    });
+    assert_eq!(got, (0..50u64).map(|i| i * i).collect::<Vec<_>>());
+}
