@@ -241,6 +241,12 @@ fn task_spec(id: u64) -> TaskSpec {
         retry_on_error: true,
         parent_task: id + 4,
         num_returns: 2,
+        resources: vec![fleet::proto::Resource {
+            name: "gpu".into(),
+            amount: 1.0,
+        }],
+        spread: true,
+        node_soft: "127.0.0.3:1234".into(),
         generator: true,
         generator_backpressure: 3,
     }
@@ -1179,6 +1185,21 @@ fn random_op(rng: &mut Rng, ids: &[u64]) -> ClientOp {
                 retry_on_error: rng.below(2) == 0,
                 parent_task: if rng.below(3) == 0 { id(rng) } else { 0 },
                 num_returns: [0, 1, 3, u32::MAX][rng.below(4)],
+                // Amounts a node can give or the head must refuse: a task
+                // no node could ever run would wait (as it should) in the
+                // local cluster's job, which the fake sessions share.
+                resources: (0..rng.below(3))
+                    .map(|_| fleet::proto::Resource {
+                        name: ["memory", ""][rng.below(2)].into(),
+                        amount: [1.0, 0.0, -1.0, f64::NAN, f64::INFINITY][rng.below(5)],
+                    })
+                    .collect(),
+                spread: rng.below(2) == 0,
+                node_soft: if rng.below(2) == 0 {
+                    name(rng)
+                } else {
+                    String::new()
+                },
                 generator: rng.below(3) == 0,
                 generator_backpressure: [0, 1, 16, u32::MAX][rng.below(4)],
             };

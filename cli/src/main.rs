@@ -81,6 +81,11 @@ struct Start {
     /// the head's /healthz and /metrics are on its dashboard port.
     #[arg(long)]
     health_port: Option<u16>,
+    /// Custom resources this node offers, as NAME=AMOUNT[,NAME=AMOUNT...]
+    /// (e.g. gpu=2,license=1); memory=BYTES (or 8GiB) replaces the
+    /// machine's RAM as its memory capacity.
+    #[arg(long, value_name = "NAME=AMOUNT,...")]
+    resources: Option<String>,
     #[command(flatten)]
     autoscale: Autoscale,
 }
@@ -488,6 +493,10 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Start(mut s) => {
             let autoscale = std::mem::take(&mut s.autoscale).options()?;
+            let resources = match &s.resources {
+                Some(text) => fleet::resources::parse_list("--resources", text)?,
+                None => Vec::new(),
+            };
             fleet_cli::cli::start(
                 fleet_cli::cli::StartArgs {
                     head: s.head,
@@ -505,6 +514,7 @@ fn main() -> anyhow::Result<()> {
                     wait_for_head: s.wait_for_head,
                     dead_node_ttl: s.dead_node_ttl,
                     health_port: s.health_port,
+                    resources,
                 },
                 argv,
             )?

@@ -69,6 +69,7 @@ mod object_ref;
 #[doc(hidden)]
 pub mod proto;
 mod registry;
+pub mod resources;
 mod spin;
 mod task;
 mod worker;

@@ -158,7 +158,7 @@ impl Client {
         opts: &TaskOptions,
         args: Vec<Result<ArgValue>>,
     ) -> (Arc<Handle>, Arc<Inbox>) {
-        let spec = proto::TaskSpec {
+        let mut spec = proto::TaskSpec {
             function: opts.function.to_string(),
             num_cpus: opts.num_cpus,
             max_retries: opts.max_retries,
@@ -168,6 +168,7 @@ impl Client {
             generator_backpressure: opts.generator_backpressure,
             ..Default::default()
         };
+        opts.place(&mut spec);
         self.submit_stream(spec, args)
     }
 

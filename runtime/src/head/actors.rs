@@ -113,15 +113,20 @@ impl State {
             return true;
         }
         let need = a.create.num_cpus.max(0.0);
+        let res = &a.create.resources;
         let job = self.tasks.get(&id).map(|t| t.job).unwrap_or_default();
+        let only = self.effective_node(job, need, &a.create);
         let Some(w) = self
             .workers
             .iter()
             .filter(|(_, w)| w.job == job && !w.blocked)
+            .filter(|(_, w)| only.is_empty() || w.node == only)
             .filter(|(_, w)| {
-                self.nodes
-                    .get(&w.node)
-                    .is_some_and(|n| n.alive && n.available_cpus + 1e-9 >= need)
+                self.nodes.get(&w.node).is_some_and(|n| {
+                    n.alive
+                        && n.available_cpus + 1e-9 >= need
+                        && (res.is_empty() || n.resources.fits_now(res))
+                })
             })
             .min_by_key(|(_, w)| w.actors)
             .map(|(c, _)| *c)
@@ -129,7 +134,10 @@ impl State {
             return false;
         };
         let node = self.workers[&w].node.clone();
+        let res = res.clone();
         self.take_cpus(&node, need);
+        // An actor holds its resources for its life.
+        self.take_resources(&node, &res);
         if let Some(worker) = self.workers.get_mut(&w) {
             worker.actors += 1;
         }
@@ -226,9 +234,11 @@ impl State {
                 .holds_cpus
                 .take()
                 .map(|node| (node, a.create.num_cpus.max(0.0)));
+            let res = held.as_ref().map(|_| a.create.resources.clone());
             let inflight = std::mem::take(&mut a.inflight);
             if let Some((node, n)) = held {
                 self.give_cpus(&node, n);
+                self.give_resources(&node, &res.unwrap_or_default());
             }
             let mut retry = Vec::new();
             let mut fail = Vec::new();
@@ -307,6 +317,7 @@ impl State {
             .holds_cpus
             .take()
             .map(|node| (node, a.create.num_cpus.max(0.0)));
+        let res = held.as_ref().map(|_| a.create.resources.clone());
         let worker = a.worker.take();
         // Calls already sent die with it too: the worker drops them.
         let mut queued: Vec<u64> = a.inflight.drain(..).collect();
@@ -315,6 +326,7 @@ impl State {
         let args = a_args(&a.create);
         if let Some((node, n)) = held {
             self.give_cpus(&node, n);
+            self.give_resources(&node, &res.unwrap_or_default());
         }
         if let Some(w) = worker {
             if let Some(worker) = self.workers.get_mut(&w) {

@@ -67,6 +67,16 @@ struct NodeView {
     load: Option<f64>,
     mem_used_bytes: Option<u64>,
     mem_total_bytes: Option<u64>,
+    /// Memory and custom resources: what it has and what tasks and
+    /// actors reserve now.
+    resources: Vec<ResourceView>,
+}
+
+#[derive(Serialize)]
+struct ResourceView {
+    name: String,
+    total: f64,
+    used: f64,
 }
 
 #[derive(Serialize)]
@@ -294,6 +304,16 @@ impl State {
                     } else {
                         n.load.as_ref().map(|l| l.mem_total_bytes)
                     },
+                    resources: n
+                        .resources
+                        .usage()
+                        .into_iter()
+                        .map(|r| ResourceView {
+                            used: (r.total - r.available).max(0.0),
+                            name: r.name,
+                            total: r.total,
+                        })
+                        .collect(),
                 }
             })
             .collect();

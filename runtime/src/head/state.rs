@@ -71,6 +71,9 @@ pub(super) struct Worker {
     /// When its queue last went from empty to busy (a count, not a
     /// clock): the memory monitor kills the most recently started.
     pub(super) busy_since: u64,
+    /// Resources (besides CPUs) it holds for the tasks in its queue, as
+    /// `lease` holds CPUs; empty for tasks that declare none.
+    pub(super) held: Vec<proto::Resource>,
 }
 
 pub(super) struct Session {
@@ -137,6 +140,8 @@ pub(crate) struct State {
     pub(super) scheduling_delay: prometheus_client::metrics::histogram::Histogram,
     /// control: cancels, dying workers, retries (head/scheduler/control.rs).
     pub(super) control: super::scheduler::Control,
+    /// resources: spread round-robin (head/scheduler/resources.rs).
+    pub(super) placement: super::scheduler::Placement,
 }
 
 impl State {
@@ -169,6 +174,7 @@ impl State {
             next_detached_job: 0,
             scheduling_delay: super::metrics::delay_histogram(),
             control: Default::default(),
+            placement: Default::default(),
         }
     }
 
