@@ -430,9 +430,11 @@ impl State {
             }
             if task.spec.create.is_some() {
                 let res = task.spec.resources.clone();
+                // Where `place_actor` looks: a worker is started there.
+                let only = self.effective_node(job, need, &task.spec).to_string();
                 if !self.place_actor(id) {
                     skipped.push(id);
-                    wanted.push((job, need, String::new(), res));
+                    wanted.push((job, need, only, res));
                 }
                 continue;
             }
