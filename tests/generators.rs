@@ -417,3 +417,23 @@ fn async_code_awaits_the_items() {
     });
     assert_eq!(got, (0..50u64).map(|i| i * i).collect::<Vec<_>>());
 }
+
+/// Takes one item of an endless stream, then its process exits.
+#[remote(max_retries = 0)]
+fn consumer_that_dies(dir: String) -> u64 {
+    let mut stream = endless::remote(dir);
+    stream.next().expect("an item").expect("ok");
+    std::process::exit(4);
+}
+
+#[test]
+fn a_stream_whose_consumer_dies_is_cancelled() {
+    let _c = cluster(3);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = consumer_that_dies::remote(dir.path().to_str().expect("utf-8"));
+    assert!(matches!(fleet::get(&r), Err(Error::WorkerDied { .. })));
+    let stopped = wait_until("the orphaned generator to stop", GENEROUS, || {
+        std::fs::read_to_string(dir.path().join("stopped")).ok()
+    });
+    assert_eq!(stopped, "cancelled");
+}
