@@ -491,3 +491,23 @@ fn figures() {
         },
     );
 }
+
+#[test]
+fn a_cancelled_stream_ends_with_cancelled() {
+    let _c = cluster(2);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut stream = endless::remote(dir.path().to_str().expect("utf-8"));
+    let first = stream.next().expect("an item").expect("ok");
+    stream.cancel().expect("cancel");
+    // What arrived before the task stopped, then the error, then the end.
+    let rest: Vec<_> = stream.by_ref().collect();
+    assert!(rest.len() <= 5, "at most backpressure more: {}", rest.len());
+    let (last, items) = rest.split_last().expect("the error at least");
+    assert!(items.iter().all(Result::is_ok));
+    assert!(
+        matches!(last, Err(Error::Cancelled { .. })),
+        "expected Cancelled, got {last:?}"
+    );
+    assert!(stream.next().is_none());
+    assert_eq!(fleet::get(&first).expect("first"), 0);
+}
