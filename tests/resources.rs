@@ -67,6 +67,14 @@ fn hold(gate: String, started: String) -> String {
     where_am_i(gate, started)
 }
 
+/// Publishes its pid in `dir/pid`, then waits for `gate`.
+#[remote(resources(license = 1.0), max_retries = 0)]
+fn licensed_until(dir: String, gate: String) -> u32 {
+    std::fs::write(Path::new(&dir).join("pid"), std::process::id().to_string()).expect("pid");
+    common::wait_for_path(Path::new(&gate));
+    std::process::id()
+}
+
 #[remote(resources(gpu = 1.0))]
 fn train(gate: String) -> String {
     common::wait_for_path(Path::new(&gate));
@@ -87,6 +95,19 @@ impl Free {
 }
 
 #[remote]
+struct Placed;
+
+#[remote]
+impl Placed {
+    fn new() -> Self {
+        Placed
+    }
+    fn node(&self) -> String {
+        fleet::current_node().expect("an actor knows its node")
+    }
+}
+
+#[remote]
 struct Holder {
     n: u64,
 }
@@ -98,6 +119,9 @@ impl Holder {
     }
     fn get(&self) -> u64 {
         self.n
+    }
+    fn pid(&self) -> u32 {
+        std::process::id()
     }
 }
 
@@ -286,6 +310,24 @@ fn a_task_no_node_can_satisfy_waits_until_a_node_with_it_joins() {
         usage(&base, &node, "gpu").filter(|(used, _)| *used == 1.0)
     });
     assert_eq!((used, total), (1.0, 2.0));
+    // `fleet list nodes` says so too.
+    let out = Command::new(fleet_bin())
+        .args(["list", "nodes", "--json", "--address", &c.address])
+        .env("FLEET_TOKEN", &c.token)
+        .output()
+        .expect("running fleet list");
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).expect("fleet list nodes --json");
+    let row = rows
+        .iter()
+        .find(|r| r["name"] == node.as_str())
+        .expect("the gpu node's row");
+    assert!(
+        row["resources"]
+            .as_str()
+            .is_some_and(|r| r.contains("gpu 1/2")),
+        "{row}"
+    );
     // The dashboard page shows it too, in a real browser.
     let dom = run_chromium(
         &["--virtual-time-budget=10000".into(), "--dump-dom".into()],
@@ -336,6 +378,16 @@ fn spread_lands_tasks_on_every_node_of_a_cli_cluster() {
             "no spread task ran on node {n}: {ran:?} (nodes {nodes:?})"
         );
     }
+    // Actors too: three spread actors (no CPUs held) land on three nodes.
+    let actors: Vec<PlacedHandle> = (0..3)
+        .map(|_| Placed::options().spread().remote().expect("actor"))
+        .collect();
+    let calls: Vec<ObjectRef<String>> = actors.iter().map(|a| a.node()).collect();
+    let mut at = fleet::get_all_timeout(&calls, GENEROUS).expect("actor calls");
+    at.sort();
+    let mut want = nodes.to_vec();
+    want.sort();
+    assert_eq!(at, want, "one spread actor per node");
 }
 
 #[test]
@@ -430,6 +482,42 @@ fn an_actor_holds_its_resource_for_its_life() {
     assert_eq!(
         fleet::get_timeout(&call, GENEROUS).expect("second actor"),
         7
+    );
+}
+
+#[test]
+fn a_dead_worker_gives_its_resources_back() {
+    let cluster = local(2, &[("license", 1.0)]);
+    let base = cluster.dashboard_url().expect("dashboard").to_string();
+    // A task's worker is killed: its license is free again.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let gate = Gate::new();
+    let r = licensed_until::remote(dir.path().to_string_lossy().into_owned(), gate.path());
+    let pid_file = dir.path().join("pid");
+    let pid: u32 = wait_until("the licensed task to start", GENEROUS, || {
+        std::fs::read_to_string(&pid_file).ok()?.parse().ok()
+    });
+    assert_eq!(usage(&base, "", "license"), Some((1.0, 1.0)));
+    common::sigkill(pid);
+    let e = fleet::get_timeout(&r, GENEROUS).expect_err("its worker was killed");
+    assert!(matches!(e, fleet::Error::WorkerDied { .. }), "{e}");
+    wait_until("the task's license to be free", GENEROUS, || {
+        (usage(&base, "", "license") == Some((0.0, 1.0))).then_some(())
+    });
+    // An actor's worker is killed (no restarts): its license is free again.
+    let holder = Holder::remote().expect("actor");
+    let pid = fleet::get_timeout(&holder.pid(), GENEROUS).expect("pid");
+    assert_eq!(usage(&base, "", "license"), Some((1.0, 1.0)));
+    common::sigkill(pid);
+    wait_until("the actor's license to be free", GENEROUS, || {
+        (usage(&base, "", "license") == Some((0.0, 1.0))).then_some(())
+    });
+    assert_eq!(
+        fleet::get_timeout(&licensed::remote(0), GENEROUS)
+            .map(|_| ())
+            .ok(),
+        Some(()),
+        "a licensed task runs again"
     );
 }
 

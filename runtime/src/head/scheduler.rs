@@ -197,7 +197,6 @@ impl State {
             );
         }
         let mut freed = None;
-        let mut held = Vec::new();
         if let Some(w) = self.workers.get_mut(&client) {
             w.queue.retain(|t| *t != id);
             if w.queue.is_empty() {
@@ -208,13 +207,12 @@ impl State {
                 w.function.clear();
                 w.function_id = 0;
                 if !w.held.is_empty() {
-                    held = std::mem::take(&mut w.held);
+                    let held = std::mem::take(&mut w.held);
                     let node = w.node.clone();
                     self.give_resources(&node, &held);
                 }
             }
         }
-        drop(held);
         if let Some((node, lease)) = freed {
             self.give_cpus(&node, lease);
         }
@@ -449,9 +447,11 @@ impl State {
             }
             if task.spec.create.is_some() {
                 let res = task.spec.resources.clone();
+                // Where `place_actor` looks: a worker is started there.
+                let only = self.effective_node(job, need, &task.spec).to_string();
                 if !self.place_actor(id) {
                     skipped.push(id);
-                    wanted.push((job, need, String::new(), res));
+                    wanted.push((job, need, only, res));
                 }
                 continue;
             }
