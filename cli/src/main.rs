@@ -313,7 +313,7 @@ enum Command {
         /// Runs tasks of fixed compute sequentially, with rayon and with
         /// Fleet, then measures the head's CPU per task with node agents
         /// on 127.0.0.2.. (`--nodes`). With --scale as well, the scale
-        /// rows follow (all of issue 15's figures in one run).
+        /// rows come first (all of issue 15's figures in one run).
         #[arg(long)]
         efficiency: bool,
         /// With --efficiency: workloads as MICROSxCOUNT (default: the
@@ -632,7 +632,9 @@ fn main() -> anyhow::Result<()> {
             if !sizes.is_empty() {
                 o.sizes = parse(&sizes)?;
             }
-            fleet_cli::bench::run_efficiency(&o, rayon_sum)?;
+            // The scale rows first: the driver's peak memory they print is
+            // this process's high-water mark, which the large values of
+            // the efficiency part would set.
             if scale {
                 fleet_cli::bench::run_scale(&fleet_cli::bench::ScaleOptions {
                     tasks: scale_tasks,
@@ -640,6 +642,7 @@ fn main() -> anyhow::Result<()> {
                     num_cpus,
                 })?;
             }
+            fleet_cli::bench::run_efficiency(&o, rayon_sum)?;
         }
         Command::Microbenchmark {
             rounds,

@@ -164,9 +164,9 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        // The head first: stopped on purpose, it is quiet, whereas agents
-        // stopped under a running head are reported as nodes lost.
-        self.head.stop();
+        // Agents first: a head told to stop waits for its open sessions
+        // to end before it exits, so stopping it first would wait on the
+        // agents. (The head then logs each agent as a node lost.)
         for c in &mut self.nodes {
             // SAFETY: SIGTERM to our own child, which is not reaped yet.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
