@@ -12,11 +12,11 @@ mod common;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::browser::{chromium, run_chromium};
 use common::{bounded, cluster, wait_until, GENEROUS};
 use fleet::{remote, ObjectRef};
 
@@ -130,79 +130,6 @@ fn job(stop: Arc<AtomicBool>) -> u64 {
     }
     check(b, in_flight);
     b + 1
-}
-
-/// The Chromium executable: `$CHROMIUM`, or `chromium` on the PATH.
-fn chromium() -> PathBuf {
-    if let Some(p) = std::env::var_os("CHROMIUM") {
-        let p = PathBuf::from(p);
-        assert!(p.is_file(), "CHROMIUM={} is not a file", p.display());
-        return p;
-    }
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("chromium"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "chromium is not installed (this test needs a headless browser): \
-                 run `apt-get install -y chromium` or set CHROMIUM=/path/to/chromium"
-            )
-        })
-}
-
-/// Runs headless Chromium with `args` on `url` in a fresh profile; returns
-/// its stdout. Fails if it does not finish within [`GENEROUS`].
-fn run_chromium(args: &[String], url: &str) -> String {
-    let profile = tempfile::tempdir().expect("a temp dir for the browser profile");
-    let mut cmd = Command::new(chromium());
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--hide-scrollbars",
-    ])
-    .arg(format!("--user-data-dir={}", profile.path().display()))
-    .args(args)
-    .arg(url)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("starting chromium");
-    let pid = child.id();
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let stderr = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        let _ = tx.send(s);
-    });
-    let Ok(stdout) = rx.recv_timeout(GENEROUS) else {
-        // SAFETY: kill(2) of our own child.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-        let _ = child.wait();
-        panic!("chromium did not finish within {GENEROUS:?} on {url}");
-    };
-    let status = child.wait().expect("waiting for chromium");
-    let stderr = stderr.join().unwrap_or_default();
-    assert!(
-        status.success(),
-        "chromium failed ({status}) on {url}:\n{stderr}"
-    );
-    stdout
 }
 
 /// The value of attribute `attr` of the first element at or after the first

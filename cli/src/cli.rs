@@ -47,6 +47,8 @@ pub struct StartArgs {
     pub health_port: Option<u16>,
     /// Head: the autoscaler's settings (`None`: no autoscaler).
     pub autoscale: Option<daemon::AutoscaleOptions>,
+    /// Custom resources of this node (`--resources gpu=2,license=1`).
+    pub resources: Vec<(String, f64)>,
 }
 
 /// The start time of a process (field 22 of /proc/PID/stat): with the pid
@@ -158,6 +160,7 @@ fn run_foreground(args: StartArgs) -> Result<()> {
                     .map(|s| seconds(s, "--dead-node-ttl"))
                     .transpose()?,
                 autoscale: args.autoscale.clone(),
+                resources: args.resources.clone(),
             },
             |address, dashboard| {
                 if let Err(e) = fleet::discovery::record_head(address, &shown) {
@@ -211,6 +214,7 @@ fn run_foreground(args: StartArgs) -> Result<()> {
                 port: args.port,
                 store_capacity: capacity,
                 health_port: args.health_port,
+                resources: args.resources.clone(),
             },
             stop_on_signal(),
         )
@@ -316,6 +320,9 @@ pub fn status(address: Option<&str>, token_file: Option<PathBuf>) -> Result<Stri
             n.store_capacity >> 20,
             if n.alive { "" } else { "  DEAD" }
         );
+        if !n.resources.is_empty() {
+            out += &resource_line(&n.resources);
+        }
     }
     out += &format!(
         "  tasks: {} running, {} ready, {} waiting on arguments\n  objects: {}  actors: {}  drivers: {}\n",
@@ -329,6 +336,27 @@ pub fn status(address: Option<&str>, token_file: Option<PathBuf>) -> Result<Stri
     }
     out += &format!("  logs and token: {}\n", daemon::runtime_dir().display());
     Ok(out)
+}
+
+/// A node's resources in `fleet status`: `memory 15.6 GiB (15.6 free),
+/// gpu 2 (1 free)`.
+fn resource_line(resources: &[fleet::proto::ResourceUse]) -> String {
+    let items: Vec<String> = resources
+        .iter()
+        .map(|r| {
+            if r.name == fleet::resources::MEMORY {
+                let gib = |b: f64| b / f64::from(1u32 << 30);
+                format!(
+                    "memory {:.1} GiB ({:.1} free)",
+                    gib(r.total),
+                    gib(r.available)
+                )
+            } else {
+                format!("{} {} ({} free)", r.name, r.total, r.available)
+            }
+        })
+        .collect();
+    format!("    resources: {}\n", items.join(", "))
 }
 
 /// The autoscaler's part of `fleet status`.

@@ -81,6 +81,11 @@ struct Start {
     /// the head's /healthz and /metrics are on its dashboard port.
     #[arg(long)]
     health_port: Option<u16>,
+    /// Custom resources this node offers, as NAME=AMOUNT[,NAME=AMOUNT...]
+    /// (e.g. gpu=2,license=1); memory=BYTES (or 8GiB) replaces the
+    /// machine's RAM as its memory capacity.
+    #[arg(long, value_name = "NAME=AMOUNT,...")]
+    resources: Option<String>,
     #[command(flatten)]
     autoscale: Autoscale,
 }
@@ -307,8 +312,9 @@ enum Command {
         scale_object_gib: u64,
         /// Runs tasks of fixed compute sequentially, with rayon and with
         /// Fleet, then measures the head's CPU per task with node agents
-        /// on 127.0.0.2.. (`--nodes`).
-        #[arg(long, conflicts_with = "scale")]
+        /// on 127.0.0.2.. (`--nodes`). With --scale as well, the scale
+        /// rows follow (all of issue 15's figures in one run).
+        #[arg(long)]
         efficiency: bool,
         /// With --efficiency: workloads as MICROSxCOUNT (default: the
         /// four of issue 15); `none` skips the comparison with rayon.
@@ -488,6 +494,10 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Start(mut s) => {
             let autoscale = std::mem::take(&mut s.autoscale).options()?;
+            let resources = match &s.resources {
+                Some(text) => fleet::resources::parse_list("--resources", text)?,
+                None => Vec::new(),
+            };
             fleet_cli::cli::start(
                 fleet_cli::cli::StartArgs {
                     head: s.head,
@@ -505,6 +515,7 @@ fn main() -> anyhow::Result<()> {
                     wait_for_head: s.wait_for_head,
                     dead_node_ttl: s.dead_node_ttl,
                     health_port: s.health_port,
+                    resources,
                 },
                 argv,
             )?
@@ -579,6 +590,7 @@ fn main() -> anyhow::Result<()> {
         ),
         Command::Microbenchmark {
             scale: true,
+            efficiency: false,
             scale_tasks,
             scale_object_gib,
             num_cpus,
@@ -597,6 +609,9 @@ fn main() -> anyhow::Result<()> {
             repeat,
             value_mib,
             num_cpus,
+            scale,
+            scale_tasks,
+            scale_object_gib,
             ..
         } => {
             let parse = |v: &[String]| -> anyhow::Result<Vec<fleet_cli::bench::efficiency::Size>> {
@@ -618,6 +633,13 @@ fn main() -> anyhow::Result<()> {
                 o.sizes = parse(&sizes)?;
             }
             fleet_cli::bench::run_efficiency(&o, rayon_sum)?;
+            if scale {
+                fleet_cli::bench::run_scale(&fleet_cli::bench::ScaleOptions {
+                    tasks: scale_tasks,
+                    big_object_gib: scale_object_gib,
+                    num_cpus,
+                })?;
+            }
         }
         Command::Microbenchmark {
             rounds,

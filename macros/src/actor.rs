@@ -107,7 +107,7 @@ fn arg_idents(n: usize) -> Vec<syn::Ident> {
     (0..n).map(|i| format_ident!("arg{}", i)).collect()
 }
 
-pub(crate) fn expand_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
+pub(crate) fn expand_impl(imp: ItemImpl, defaults: &crate::Options) -> syn::Result<TokenStream2> {
     if let Some((_, path, _)) = &imp.trait_ {
         return Err(syn::Error::new(
             path.span(),
@@ -303,6 +303,13 @@ pub(crate) fn expand_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
         });
     }
     let options_doc = format!("How a [`{name}`] actor is created; see `fleet::ActorOptions`.");
+    // `#[remote(num_cpus = .., resources(..), memory = "..")]` on the impl:
+    // the actor's defaults.
+    let defaults = {
+        let cpus = defaults.num_cpus.map(|n| quote!(.num_cpus(#n)));
+        let res = defaults.resource_calls();
+        quote!(#cpus #res)
+    };
 
     Ok(quote! {
         #imp
@@ -345,6 +352,22 @@ pub(crate) fn expand_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
             #new_vis fn get_if_exists(self, yes: bool) -> Self {
                 #options(self.0.get_if_exists(yes))
             }
+            /// Holds `amount` of a custom resource for the actor's life.
+            #new_vis fn resource(self, name: &str, amount: f64) -> Self {
+                #options(self.0.resource(name, amount))
+            }
+            /// Holds `bytes` of its node's memory for the actor's life.
+            #new_vis fn memory(self, bytes: u64) -> Self {
+                #options(self.0.memory(bytes))
+            }
+            /// Places actors round-robin over the nodes.
+            #new_vis fn spread(self) -> Self {
+                #options(self.0.spread())
+            }
+            /// Prefers the named node; elsewhere if it has no room.
+            #new_vis fn node_soft(self, node: impl ::std::convert::Into<::std::string::String>) -> Self {
+                #options(self.0.node_soft(node))
+            }
             /// Creates the actor with these options.
             #new_vis fn remote(&self, #(#new_args: impl ::fleet::IntoArg<#new_types>),*) -> ::fleet::Result<#handle> {
                 self.0
@@ -362,7 +385,7 @@ pub(crate) fn expand_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
 
             /// Options for creating the actor.
             #new_vis fn options() -> #options {
-                #options(::fleet::ActorOptions::new(<Self as ::fleet::Actor>::CLASS))
+                #options(::fleet::ActorOptions::new(<Self as ::fleet::Actor>::CLASS) #defaults)
             }
         }
 

@@ -221,3 +221,45 @@ pub(crate) fn stand_in(sig: &Signature, arg_types: &[Type]) -> Option<TokenStrea
         }
     })
 }
+
+/// `memory = "2GiB"` (or `memory = 2147483648`) in bytes; a unit it does
+/// not know is an error naming the units it does.
+pub(crate) fn memory_bytes(lit: &syn::Lit) -> syn::Result<u64> {
+    const FIX: &str = "write bytes with a unit KiB, MiB, GiB or TiB (memory = \"2GiB\", \
+                       memory = \"512MiB\") or a plain number of bytes (memory = 1048576)";
+    let text = match lit {
+        syn::Lit::Int(i) => return i.base10_parse::<u64>(),
+        syn::Lit::Str(s) => s.value(),
+        other => {
+            return Err(syn::Error::new(
+                other.span(),
+                format!("memory: expected a string such as \"2GiB\"; {FIX}"),
+            ))
+        }
+    };
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let Ok(number) = number.parse::<f64>() else {
+        return Err(syn::Error::new(
+            lit.span(),
+            format!("memory = \"{text}\" does not start with a number; {FIX}"),
+        ));
+    };
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        other => {
+            return Err(syn::Error::new(
+                lit.span(),
+                format!("memory = \"{text}\": unknown unit `{other}`; {FIX}"),
+            ))
+        }
+    };
+    Ok((number * scale as f64) as u64)
+}

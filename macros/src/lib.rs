@@ -31,12 +31,7 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
     let mut options = Options::default();
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("num_cpus") {
-            let lit: syn::Lit = meta.value()?.parse()?;
-            options.num_cpus = Some(match lit {
-                syn::Lit::Int(i) => i.base10_parse::<f64>()?,
-                syn::Lit::Float(f) => f.base10_parse::<f64>()?,
-                other => return Err(syn::Error::new(other.span(), "expected a number")),
-            });
+            options.num_cpus = Some(number(&meta.value()?.parse()?)?);
             Ok(())
         } else if meta.path.is_ident("max_retries") {
             let lit: syn::LitInt = meta.value()?.parse()?;
@@ -61,10 +56,25 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
             let lit: syn::LitBool = meta.value()?.parse()?;
             options.retry_on_error = Some(lit.value);
             Ok(())
+        } else if meta.path.is_ident("resources") {
+            meta.parse_nested_meta(|r| {
+                let name = r
+                    .path
+                    .get_ident()
+                    .ok_or_else(|| r.error("expected `name = amount`, e.g. resources(gpu = 1.0)"))?
+                    .to_string();
+                let amount = number(&r.value()?.parse()?)?;
+                options.resources.push((name, amount));
+                Ok(())
+            })
+        } else if meta.path.is_ident("memory") {
+            options.memory = Some(checks::memory_bytes(&meta.value()?.parse()?)?);
+            Ok(())
         } else {
             Err(meta.error(
                 "unknown option; expected `num_cpus`, `max_retries`, `retry_on_error`, \
-                 `num_returns` or `generator_backpressure`",
+                 `num_returns`, `generator_backpressure`, `resources(name = amount, ..)` or \
+                 `memory = \"2GiB\"`",
             ))
         }
     });
@@ -73,7 +83,7 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
     let expanded = match item {
         Item::Fn(f) => expand_fn(&options, f),
         Item::Struct(s) => actor::expand_struct(s),
-        Item::Impl(i) => actor::expand_impl(i),
+        Item::Impl(i) => actor::expand_impl(i, &options),
         Item::Mod(m) => expand_mod(&options, m),
         other => Err(syn::Error::new(
             other.span(),
@@ -90,7 +100,31 @@ struct Options {
     max_retries: Option<u32>,
     retry_on_error: Option<bool>,
     num_returns: Option<(u32, Span)>,
+    /// `resources(gpu = 1.0, ..)`.
+    resources: Vec<(String, f64)>,
+    /// `memory = "2GiB"`, in bytes.
+    memory: Option<u64>,
     generator_backpressure: Option<u32>,
+}
+
+impl Options {
+    /// `.resource(..)` and `.memory(..)` calls setting the declared
+    /// resources as defaults (on `TaskOptions` or `ActorOptions`).
+    fn resource_calls(&self) -> TokenStream2 {
+        let names = self.resources.iter().map(|(n, _)| n);
+        let amounts = self.resources.iter().map(|(_, a)| a);
+        let memory = self.memory.map(|m| quote!(.memory(#m)));
+        quote!(#(.resource(#names, #amounts))* #memory)
+    }
+}
+
+/// A number literal (integer or float) as `f64`.
+fn number(lit: &syn::Lit) -> syn::Result<f64> {
+    match lit {
+        syn::Lit::Int(i) => i.base10_parse::<f64>(),
+        syn::Lit::Float(f) => f.base10_parse::<f64>(),
+        other => Err(syn::Error::new(other.span(), "expected a number")),
+    }
 }
 
 /// `T` of a return type spelled `Result<T, ..>`; the function's `Err`
@@ -208,6 +242,7 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
     let num_cpus = options.num_cpus.map(|n| quote!(.num_cpus(#n)));
     let max_retries = options.max_retries.map(|n| quote!(.max_retries(#n)));
     let retry_on_error = options.retry_on_error.map(|b| quote!(.retry_on_error(#b)));
+    let resources = options.resource_calls();
     let backpressure = options
         .generator_backpressure
         .map(|n| quote!(.generator_backpressure(#n)));
@@ -293,7 +328,7 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
 
             /// The defaults given in `#[remote(..)]`.
             #inner fn options() -> Options {
-                Options(::fleet::TaskOptions::new(NAME) #num_cpus #max_retries #retry_on_error #backpressure)
+                Options(::fleet::TaskOptions::new(NAME) #num_cpus #max_retries #retry_on_error #backpressure #resources)
             }
 
             /// Submits a call; each argument may be a value or an `ObjectRef` of it.
@@ -325,6 +360,26 @@ fn expand_fn(options: &Options, f: ItemFn) -> syn::Result<TokenStream2> {
                 /// Runs the call only on the named node.
                 #inner fn node(self, node: impl ::std::convert::Into<::std::string::String>) -> Self {
                     Options(self.0.node(node))
+                }
+
+                /// Prefers the named node; runs elsewhere if it has no room.
+                #inner fn node_soft(self, node: impl ::std::convert::Into<::std::string::String>) -> Self {
+                    Options(self.0.node_soft(node))
+                }
+
+                /// Reserves `amount` of a custom resource while it runs.
+                #inner fn resource(self, name: &str, amount: f64) -> Self {
+                    Options(self.0.resource(name, amount))
+                }
+
+                /// Reserves `bytes` of the node's memory while it runs.
+                #inner fn memory(self, bytes: u64) -> Self {
+                    Options(self.0.memory(bytes))
+                }
+
+                /// Places calls round-robin over the nodes.
+                #inner fn spread(self) -> Self {
+                    Options(self.0.spread())
                 }
 
                 /// Submits a call with these options.

@@ -111,6 +111,11 @@ pub struct ActorOptions {
     num_cpus: f64,
     detached: bool,
     get_if_exists: bool,
+    /// Resources besides CPUs, held for the actor's life.
+    resources: Vec<proto::Resource>,
+    spread: bool,
+    node_soft: Option<String>,
+    invalid: Option<String>,
 }
 
 impl ActorOptions {
@@ -126,7 +131,41 @@ impl ActorOptions {
             num_cpus: 0.0,
             detached: false,
             get_if_exists: false,
+            resources: Vec::new(),
+            spread: false,
+            node_soft: None,
+            invalid: None,
         }
+    }
+
+    /// Holds `amount` of the custom resource `name` for the actor's whole
+    /// life (see [`TaskOptions::resource`](crate::TaskOptions::resource)).
+    pub fn resource(mut self, name: &str, amount: f64) -> Self {
+        match crate::resources::check("resource(..)", name, amount) {
+            Ok(()) => crate::resources::set(&mut self.resources, name, amount),
+            Err(e) => self.invalid = Some(e.to_string()),
+        }
+        self
+    }
+
+    /// Holds `bytes` of its node's `memory` resource for the actor's life.
+    pub fn memory(mut self, bytes: u64) -> Self {
+        crate::resources::set(&mut self.resources, crate::resources::MEMORY, bytes as f64);
+        self
+    }
+
+    /// Places actors created with these options round-robin over the
+    /// nodes (see [`TaskOptions::spread`](crate::TaskOptions::spread)).
+    pub fn spread(mut self) -> Self {
+        self.spread = true;
+        self
+    }
+
+    /// Prefers the named node while it is alive and has room; otherwise
+    /// places the actor anywhere.
+    pub fn node_soft(mut self, node: impl Into<String>) -> Self {
+        self.node_soft = Some(node.into());
+        self
     }
 
     /// Lets the actor outlive the driver that creates it (Ray's
@@ -183,6 +222,9 @@ impl ActorOptions {
     #[doc(hidden)]
     pub fn create(&self, args: Vec<Result<ArgValue>>) -> Result<ActorHandle> {
         let client = context::client_or_init()?;
+        if let Some(e) = &self.invalid {
+            return Err(Error::Usage(e.clone()));
+        }
         if self.detached && self.name.is_none() {
             return Err(Error::ActorDied {
                 actor: self.class.to_string(),
@@ -199,14 +241,17 @@ impl ActorOptions {
         let spec = proto::TaskSpec {
             function: self.class.to_string(),
             num_cpus: self.num_cpus,
-            create: Some(proto::ActorSpec {
+            resources: self.resources.clone(),
+            spread: self.spread,
+            node_soft: self.node_soft.clone().unwrap_or_default(),
+            create: Some(Box::new(proto::ActorSpec {
                 class: self.class.to_string(),
                 name: self.name.clone().unwrap_or_default(),
                 max_restarts: self.max_restarts,
                 max_task_retries: self.max_task_retries,
                 max_concurrency: self.max_concurrency,
                 detached: self.detached,
-            }),
+            })),
             ..Default::default()
         };
         let handle = ActorHandle {

@@ -39,6 +39,11 @@ pub struct Config {
     /// Port of the local cluster's dashboard on 127.0.0.1; default: any
     /// free port. `FLEET_DASHBOARD=0` turns it off.
     pub dashboard_port: Option<u16>,
+    /// Custom resources of the local cluster's node, as (name, amount):
+    /// `vec![("gpu".into(), 2.0)]`. A `memory` entry (bytes) replaces the
+    /// machine's RAM as the node's memory capacity. Tasks and actors that
+    /// declare resources reserve them while they run.
+    pub resources: Vec<(String, f64)>,
 }
 
 /// A running cluster session. Dropping the last guard disconnects, and for
@@ -175,6 +180,8 @@ fn hello(token: String, binary_hash: String) -> proto::Hello {
 }
 
 fn start_local(config: &Config) -> Result<Inner> {
+    crate::resources::check_list("Config::resources", &config.resources)
+        .map_err(|e| Error::Usage(e.to_string()))?;
     Rotation::from_env().map_err(Error::Startup)?;
     let cpus = config
         .num_cpus
@@ -197,6 +204,7 @@ fn start_local(config: &Config) -> Result<Inner> {
         embedded_registry: Some(crate::registry::registry_hash()),
         dead_node_ttl: None,
         token_file: None,
+        resources: config.resources.clone(),
     })?;
     let (stop_tx, stop_rx) = oneshot::channel();
     let server = head.clone();

@@ -42,6 +42,8 @@ pub struct HeadOptions {
     pub dead_node_ttl: Option<std::time::Duration>,
     /// Ask for nodes and give them back (`--autoscale`; `None`: never).
     pub autoscale: Option<AutoscaleOptions>,
+    /// Custom resources of the head's own node (`--resources gpu=2`).
+    pub resources: Vec<(String, f64)>,
 }
 
 /// This user's folder for Fleet's files on this machine (token, pids, logs).
@@ -104,6 +106,7 @@ pub fn run_head(
         embedded_registry: None,
         dead_node_ttl: opts.dead_node_ttl,
         token_file: Some(opts.token_file.clone()),
+        resources: opts.resources.clone(),
     })?;
     if let Some(autoscale) = opts.autoscale.clone() {
         if address.starts_with("127.") || address.starts_with("localhost") {

@@ -64,6 +64,19 @@ impl<T> ObjectRefStream<T> {
             || self.handle.client.is_ready(self.handle.id)
     }
 
+    /// Cancels the generator task (and what it submitted) as
+    /// [`crate::cancel`] does, keeping the stream: the items that arrived
+    /// before it stopped are still yielded, then `Error::Cancelled`.
+    /// Dropping the stream cancels it too.
+    pub fn cancel(&self) -> Result<()> {
+        self.handle.client.send(Op::Cancel(proto::Cancel {
+            task_id: self.handle.id,
+            force: false,
+            recursive: true,
+        }));
+        Ok(())
+    }
+
     /// How the stream ended, once its task finished: `None` after every
     /// item, or the error that ended it.
     fn outcome(&self) -> Option<Error> {
@@ -89,6 +102,54 @@ impl<T> Iterator for ObjectRefStream<T> {
         }
         self.done = true;
         self.outcome().map(Err)
+    }
+}
+
+/// An [`ObjectRefStream`] for async code, from
+/// [`ObjectRefStream::into_async`]: a `futures::Stream` of the same items,
+/// so `while let Some(item) = stream.next().await` (with
+/// `futures::StreamExt`) waits without blocking a thread. A type of its
+/// own, so that `next` and the other adapters are not ambiguous between
+/// `Iterator` and `StreamExt`.
+#[derive(Debug)]
+pub struct AsyncObjectRefStream<T>(ObjectRefStream<T>);
+
+impl<T> ObjectRefStream<T> {
+    /// The same stream as a `futures::Stream`, for async code.
+    pub fn into_async(self) -> AsyncObjectRefStream<T> {
+        AsyncObjectRefStream(self)
+    }
+}
+
+impl<T> futures::Stream for AsyncObjectRefStream<T> {
+    type Item = Result<ObjectRef<T>>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut self.get_mut().0;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(inbox) = &this.inbox {
+            match inbox.poll_item(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(item)) => {
+                    if let Some(h) = this.handle.client.take_item(item, this.taken + 1) {
+                        this.taken += 1;
+                        return Poll::Ready(Some(Ok(ObjectRef::from_handle(h))));
+                    }
+                    // An item without a value (never sent so): look again.
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Poll::Ready(None) => {}
+            }
+        }
+        this.done = true;
+        Poll::Ready(this.outcome().map(Err))
     }
 }
 

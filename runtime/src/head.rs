@@ -67,6 +67,9 @@ pub(crate) struct HeadConfig {
     pub(crate) dead_node_ttl: Option<std::time::Duration>,
     /// Where the token was written (named in the error for a wrong token).
     pub(crate) token_file: Option<PathBuf>,
+    /// Custom resources of the head's own node (`--resources`,
+    /// `Config::resources`), checked by the caller.
+    pub(crate) resources: Vec<(String, f64)>,
 }
 
 /// A worker the head's supervisor started: (node, job).
@@ -120,6 +123,8 @@ impl Head {
                 store_capacity: config.store_capacity,
                 arch: std::env::consts::ARCH.into(),
                 store_key: store.key().to_string(),
+                resources: crate::resources::to_proto(&config.resources),
+                memory_bytes: crate::resources::machine_memory(),
                 ..Default::default()
             },
         );

@@ -69,6 +69,7 @@ mod object_ref;
 #[doc(hidden)]
 pub mod proto;
 mod registry;
+pub mod resources;
 mod spin;
 mod task;
 mod worker;
@@ -85,7 +86,7 @@ pub use codec::INLINE_MAX;
 pub use control::{as_completed, cancel, force_cancel, is_cancelled, AsCompleted};
 pub use error::{Error, Result};
 pub use fleet_macros::remote;
-pub use generator::ObjectRefStream;
+pub use generator::{AsyncObjectRefStream, ObjectRefStream};
 pub use head::{Counts, PROTOCOL_VERSION};
 pub use node::jobs::ENV_JOB_ID;
 pub use object_ref::{IntoArg, ObjectId, ObjectRef};

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::context;
 use crate::generator::ObjectRefStream;
 use crate::object_ref::{ArgValue, Handle, ObjectRef};
-use crate::Result;
+use crate::{proto, Error, Result};
 
 /// How one remote call is scheduled. `#[remote(num_cpus = .., max_retries = ..)]`
 /// sets the defaults; `f::options()` changes them for one call.
@@ -16,6 +16,12 @@ pub struct TaskOptions {
     pub(crate) max_retries: u32,
     pub(crate) node: Option<String>,
     pub(crate) retry_on_error: bool,
+    /// Resources besides CPUs (`memory` in bytes), reserved while it runs.
+    pub(crate) resources: Vec<proto::Resource>,
+    pub(crate) spread: bool,
+    pub(crate) node_soft: Option<String>,
+    /// A bad option given at the call site: the call fails with it.
+    pub(crate) invalid: Option<String>,
     /// generators: items a generator task may yield beyond those taken.
     pub(crate) generator_backpressure: u32,
 }
@@ -29,8 +35,69 @@ impl TaskOptions {
             max_retries: 3,
             node: None,
             retry_on_error: false,
+            resources: Vec::new(),
+            spread: false,
+            node_soft: None,
+            invalid: None,
             generator_backpressure: 16,
         }
+    }
+
+    /// Reserves `amount` of the custom resource `name` while the task runs:
+    /// it runs only on a node that declared enough of it (`fleet start
+    /// --resources name=N`, [`Config::resources`](crate::Config::resources)),
+    /// and no more such tasks run there at once than the node has. A
+    /// task no node can ever satisfy waits until such a node joins, and
+    /// `fleet status` names the missing resource.
+    pub fn resource(mut self, name: &str, amount: f64) -> Self {
+        match crate::resources::check("resource(..)", name, amount) {
+            Ok(()) => crate::resources::set(&mut self.resources, name, amount),
+            Err(e) => self.invalid = Some(e.to_string()),
+        }
+        self
+    }
+
+    /// Reserves `bytes` of the node's `memory` resource (by default the
+    /// node's RAM) while the task runs, so that tasks which need much
+    /// memory do not run side by side on a node too small for them all.
+    /// Nothing limits what the task really uses.
+    pub fn memory(mut self, bytes: u64) -> Self {
+        crate::resources::set(&mut self.resources, crate::resources::MEMORY, bytes as f64);
+        self
+    }
+
+    /// Places the calls made with these options round-robin over the
+    /// nodes that can run them (Ray's `SPREAD`): each call prefers the next
+    /// node, and runs elsewhere when that one has no room for it.
+    pub fn spread(mut self) -> Self {
+        self.spread = true;
+        self
+    }
+
+    /// Prefers the named node while it is alive and has room for the task;
+    /// otherwise runs it anywhere (unlike [`node`](Self::node), a hard pin).
+    pub fn node_soft(mut self, node: impl Into<String>) -> Self {
+        self.node_soft = Some(node.into());
+        self
+    }
+
+    /// Fills in what these options say about placement.
+    pub(crate) fn place(&self, spec: &mut proto::TaskSpec) {
+        if self.resources.is_empty() && !self.spread && self.node_soft.is_none() {
+            return;
+        }
+        spec.resources.clone_from(&self.resources);
+        spec.spread = self.spread;
+        spec.node_soft = self.node_soft.clone().unwrap_or_default();
+    }
+
+    /// The arguments, with the error of a bad option first if there is one
+    /// (the call then fails at once with it).
+    fn checked(&self, mut args: Vec<Result<ArgValue>>) -> Vec<Result<ArgValue>> {
+        if let Some(e) = &self.invalid {
+            args.insert(0, Err(Error::Usage(e.clone())));
+        }
+        args
     }
 
     /// For a generator (`-> impl Iterator<Item = T>`): how many items the
@@ -76,6 +143,7 @@ impl TaskOptions {
     /// code `#[remote]` generates.
     #[doc(hidden)]
     pub fn submit_returns(&self, n: u32, args: Vec<Result<ArgValue>>) -> Returns {
+        let args = self.checked(args);
         match context::client_or_detached() {
             Ok(client) => Returns(client.submit_task_returns(self, n, args).into_iter()),
             Err((detached, e)) => Returns(
@@ -91,6 +159,7 @@ impl TaskOptions {
     /// `#[remote]` generates.
     #[doc(hidden)]
     pub fn submit_generator<T>(&self, args: Vec<Result<ArgValue>>) -> ObjectRefStream<T> {
+        let args = self.checked(args);
         match context::client_or_detached() {
             Ok(client) => {
                 let (handle, inbox) = client.submit_generator(self, args);
@@ -103,6 +172,7 @@ impl TaskOptions {
     /// Submits a call; used by the code `#[remote]` generates.
     #[doc(hidden)]
     pub fn submit<T>(&self, args: Vec<Result<ArgValue>>) -> ObjectRef<T> {
+        let args = self.checked(args);
         match context::client_or_detached() {
             Ok(client) => ObjectRef::from_handle(client.submit_task(self, args)),
             Err((detached, e)) => ObjectRef::from_handle(detached.failed(&e)),

@@ -5,6 +5,7 @@
 //! Each test binary uses a different subset, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub(crate) mod browser;
 pub(crate) mod cli;
 pub(crate) mod hosts;
 pub(crate) mod http;

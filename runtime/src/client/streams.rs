@@ -36,12 +36,50 @@ struct InboxState {
     /// The task finished (or the session ended): no item comes after
     /// those queued.
     ended: bool,
+    /// An async consumer waiting for the next item.
+    waker: Option<std::task::Waker>,
 }
 
 impl Inbox {
     fn end(&self) {
-        self.state.lock().ended = true;
+        let waker = {
+            let mut s = self.state.lock();
+            s.ended = true;
+            s.waker.take()
+        };
         self.cv.notify_all();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn push(&self, item: proto::GeneratorItem) {
+        let waker = {
+            let mut s = self.state.lock();
+            s.items.push_back(item);
+            s.waker.take()
+        };
+        self.cv.notify_all();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// [`Inbox::next_item`] for async code: `Pending` until an item
+    /// arrives or the stream ends.
+    pub(crate) fn poll_item(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<proto::GeneratorItem>> {
+        let mut s = self.state.lock();
+        if let Some(i) = s.items.pop_front() {
+            return std::task::Poll::Ready(Some(i));
+        }
+        if s.ended {
+            return std::task::Poll::Ready(None);
+        }
+        s.waker = Some(cx.waker().clone());
+        std::task::Poll::Pending
     }
 
     /// The next item; `None` once the stream has ended and every item was
@@ -120,7 +158,7 @@ impl Client {
         opts: &TaskOptions,
         args: Vec<Result<ArgValue>>,
     ) -> (Arc<Handle>, Arc<Inbox>) {
-        let spec = proto::TaskSpec {
+        let mut spec = proto::TaskSpec {
             function: opts.function.to_string(),
             num_cpus: opts.num_cpus,
             max_retries: opts.max_retries,
@@ -130,6 +168,7 @@ impl Client {
             generator_backpressure: opts.generator_backpressure,
             ..Default::default()
         };
+        opts.place(&mut spec);
         self.submit_stream(spec, args)
     }
 
@@ -162,10 +201,7 @@ impl Client {
     /// An item of a stream arrived; the head made this session its holder.
     pub(crate) fn on_stream_item(&self, item: proto::GeneratorItem) {
         match self.streams.open.get(&item.task_id) {
-            Some(inbox) => {
-                inbox.state.lock().items.push_back(item);
-                inbox.cv.notify_all();
-            }
+            Some(inbox) => inbox.push(item),
             // The stream was dropped: nobody here will hold the item.
             None => {
                 if let Some(v) = item.value {

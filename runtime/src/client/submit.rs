@@ -17,7 +17,7 @@ impl Client {
         let more: Vec<Arc<Handle>> = (1..u64::from(n))
             .map(|k| self.new_handle(base + k, State::Pending))
             .collect();
-        let spec = proto::TaskSpec {
+        let mut spec = proto::TaskSpec {
             task_id: base,
             function: opts.function.to_string(),
             num_cpus: opts.num_cpus,
@@ -28,6 +28,7 @@ impl Client {
             num_returns: n,
             ..Default::default()
         };
+        opts.place(&mut spec);
         let first = self.submit(spec, args);
         if let Some(Ok(err)) = self.slots.get(&first.id).map(|s| match &s.state {
             State::Ready(Payload::Error(e)) => Ok(e.clone()),
@@ -46,7 +47,7 @@ impl Client {
         opts: &TaskOptions,
         args: Vec<Result<ArgValue>>,
     ) -> Arc<Handle> {
-        let spec = proto::TaskSpec {
+        let mut spec = proto::TaskSpec {
             function: opts.function.to_string(),
             num_cpus: opts.num_cpus,
             max_retries: opts.max_retries,
@@ -55,6 +56,7 @@ impl Client {
             parent_task: crate::worker::cancel::current(),
             ..Default::default()
         };
+        opts.place(&mut spec);
         self.submit(spec, args)
     }
 
@@ -130,7 +132,7 @@ impl Client {
             };
             let payload = match writer.finish()? {
                 Written::Inline(b) => Payload::Inline(b.into()),
-                Written::Stored(loc) => Payload::Stored(loc),
+                Written::Stored(loc) => Payload::Stored(Box::new(loc)),
             };
             return Ok(self.publish(id, payload, nested));
         }
@@ -143,7 +145,7 @@ impl Client {
         };
         let payload = match writer.finish()? {
             Written::Inline(b) => Payload::Inline(b.into()),
-            Written::Stored(loc) => Payload::Stored(loc),
+            Written::Stored(loc) => Payload::Stored(Box::new(loc)),
         };
         Ok(self.publish(id, payload, nested))
     }
@@ -169,8 +171,8 @@ impl Client {
         let id = self.next_id();
         let payload = if bytes.len() > INLINE_MAX {
             match &self.remote {
-                Some(remote) => Payload::Stored(remote.write(id, bytes)?),
-                None => Payload::Stored(self.store.write(id, &bytes)?),
+                Some(remote) => Payload::Stored(Box::new(remote.write(id, bytes)?)),
+                None => Payload::Stored(Box::new(self.store.write(id, &bytes)?)),
             }
         } else {
             Payload::Inline(bytes.into())

@@ -58,10 +58,10 @@ impl State {
         let opts = spec.create.as_ref().expect("checked by the caller");
         if !opts.name.is_empty() {
             if self.names.contains_key(&opts.name) {
-                return Err(Payload::Error(died(
+                return Err(Payload::Error(Box::new(died(
                     spec,
                     format!("an actor named `{}` already exists", opts.name),
-                )));
+                ))));
             }
             self.names.insert(opts.name.clone(), spec.task_id);
             // The name holds the actor alive until it is killed.
@@ -87,7 +87,7 @@ impl State {
         let max_task_retries = match self.actors.get_mut(&actor) {
             None => return Some(Self::lost(actor, "the actor is gone")),
             Some(a) => match &a.life {
-                Life::Dead(e) => return Some(Payload::Error(e.clone())),
+                Life::Dead(e) => return Some(Payload::Error(Box::new(e.clone()))),
                 _ => {
                     a.queue.push_back(id);
                     a.opts().max_task_retries
@@ -108,20 +108,25 @@ impl State {
             return true;
         };
         if let Life::Dead(e) = &a.life {
-            let e = Payload::Error(e.clone());
+            let e = Payload::Error(Box::new(e.clone()));
             self.complete(id, e, Vec::new());
             return true;
         }
         let need = a.create.num_cpus.max(0.0);
+        let res = &a.create.resources;
         let job = self.tasks.get(&id).map(|t| t.job).unwrap_or_default();
+        let only = self.effective_node(job, need, &a.create);
         let Some(w) = self
             .workers
             .iter()
             .filter(|(_, w)| w.job == job && !w.blocked)
+            .filter(|(_, w)| only.is_empty() || w.node == only)
             .filter(|(_, w)| {
-                self.nodes
-                    .get(&w.node)
-                    .is_some_and(|n| n.alive && n.available_cpus + 1e-9 >= need)
+                self.nodes.get(&w.node).is_some_and(|n| {
+                    n.alive
+                        && n.available_cpus + 1e-9 >= need
+                        && (res.is_empty() || n.resources.fits_now(res))
+                })
             })
             .min_by_key(|(_, w)| w.actors)
             .map(|(c, _)| *c)
@@ -129,7 +134,10 @@ impl State {
             return false;
         };
         let node = self.workers[&w].node.clone();
+        let res = res.clone();
         self.take_cpus(&node, need);
+        // An actor holds its resources for its life.
+        self.take_resources(&node, &res);
         if let Some(worker) = self.workers.get_mut(&w) {
             worker.actors += 1;
         }
@@ -226,9 +234,11 @@ impl State {
                 .holds_cpus
                 .take()
                 .map(|node| (node, a.create.num_cpus.max(0.0)));
+            let res = held.as_ref().map(|_| a.create.resources.clone());
             let inflight = std::mem::take(&mut a.inflight);
             if let Some((node, n)) = held {
                 self.give_cpus(&node, n);
+                self.give_resources(&node, &res.unwrap_or_default());
             }
             let mut retry = Vec::new();
             let mut fail = Vec::new();
@@ -249,7 +259,7 @@ impl State {
             }
             let err = died(&a.create, "its worker process died".into());
             for c in fail {
-                self.complete(c, Payload::Error(err.clone()), Vec::new());
+                self.complete(c, Payload::Error(Box::new(err.clone())), Vec::new());
             }
             let a = self.actors.get_mut(&id).expect("still there");
             if matches!(a.life, Life::Dead(_)) {
@@ -288,7 +298,7 @@ impl State {
                 self.actor_dead(id, e.clone());
                 if self.tasks.contains_key(&id) {
                     // It died while its constructor ran.
-                    self.complete(id, Payload::Error(e), Vec::new());
+                    self.complete(id, Payload::Error(Box::new(e)), Vec::new());
                 }
             }
         }
@@ -307,6 +317,7 @@ impl State {
             .holds_cpus
             .take()
             .map(|node| (node, a.create.num_cpus.max(0.0)));
+        let res = held.as_ref().map(|_| a.create.resources.clone());
         let worker = a.worker.take();
         // Calls already sent die with it too: the worker drops them.
         let mut queued: Vec<u64> = a.inflight.drain(..).collect();
@@ -315,6 +326,7 @@ impl State {
         let args = a_args(&a.create);
         if let Some((node, n)) = held {
             self.give_cpus(&node, n);
+            self.give_resources(&node, &res.unwrap_or_default());
         }
         if let Some(w) = worker {
             if let Some(worker) = self.workers.get_mut(&w) {
@@ -323,7 +335,7 @@ impl State {
             self.out.push(w, Op::DestroyActor(id));
         }
         for c in queued {
-            self.complete(c, Payload::Error(err.clone()), Vec::new());
+            self.complete(c, Payload::Error(Box::new(err.clone())), Vec::new());
         }
         for r in args {
             self.unpin(r);

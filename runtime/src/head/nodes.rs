@@ -28,6 +28,8 @@ pub(crate) struct Node {
     pub(super) load: Option<proto::NodeLoad>,
     /// When it was lost; it leaves the node list a TTL later.
     pub(super) dead_since: Option<std::time::Instant>,
+    /// Memory and custom resources, total and free.
+    pub(super) resources: super::scheduler::NodeResources,
 }
 
 pub(crate) struct Job {
@@ -51,9 +53,11 @@ impl State {
         // Tasks no node could run may fit this one.
         let waiting = std::mem::take(&mut self.infeasible);
         self.ready.extend(waiting);
+        let resources = super::scheduler::NodeResources::from_info(&info);
         self.nodes.insert(
             name,
             Node {
+                resources,
                 session,
                 total_cpus: info.num_cpus,
                 available_cpus: info.num_cpus,
@@ -126,13 +130,21 @@ impl State {
     }
 
     /// The node that should start a worker for `job` to run a task needing
-    /// `need` CPUs: free CPUs beyond the workers already starting, most first.
-    pub(super) fn node_for_worker(&self, job: u32, need: f64, only: &str) -> Option<String> {
+    /// `need` CPUs (and `res` free): free CPUs beyond the workers already
+    /// starting, most first.
+    pub(super) fn node_for_worker(
+        &self,
+        job: u32,
+        need: f64,
+        only: &str,
+        res: &[proto::Resource],
+    ) -> Option<String> {
         self.nodes
             .iter()
             .filter(|(name, n)| {
                 n.alive && !n.excluded.contains(&job) && (only.is_empty() || *name == only)
             })
+            .filter(|(_, n)| res.is_empty() || n.resources.fits_now(res))
             .filter(|(_, n)| {
                 n.workers + n.starting.values().sum::<usize>() < max_workers(n.total_cpus)
             })
@@ -249,7 +261,7 @@ impl State {
                     };
                     e.set_kind(proto::ErrorKind::ObjectLost);
                     if let Some(o) = self.objects.get_mut(&id) {
-                        o.state = ObjState::Done(Payload::Error(e));
+                        o.state = ObjState::Done(Payload::Error(Box::new(e)));
                     }
                 }
             }
@@ -278,7 +290,7 @@ impl State {
                 ..Default::default()
             };
             e.set_kind(proto::ErrorKind::WorkerDied);
-            self.complete(id, Payload::Error(e), Vec::new());
+            self.complete(id, Payload::Error(Box::new(e)), Vec::new());
         }
         for n in self.nodes.values_mut() {
             n.starting.remove(&job);
@@ -314,11 +326,14 @@ impl State {
             .filter(|n| n.alive)
             .map(|n| n.total_cpus)
             .fold(0.0, f64::max);
+        let (short, mut by_resource) = self.missing_resources();
         let too_big = self
             .infeasible
             .iter()
             .filter(|id| self.tasks.contains_key(id))
-            .count();
+            .count()
+            .saturating_sub(short);
+        waiting.append(&mut by_resource);
         if too_big > 0 {
             waiting.push(format!(
                 "{too_big} tasks need more CPUs than any node has (the largest has {largest}), or a node that is gone; they wait for such a node"
@@ -339,6 +354,7 @@ impl State {
                     store_used: n.store_used,
                     store_capacity: n.info.store_capacity,
                     alive: n.alive,
+                    resources: n.resources.usage(),
                 })
                 .collect(),
             tasks_pending: (self.tasks.len() - running - ready) as u64,

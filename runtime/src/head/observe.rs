@@ -67,6 +67,16 @@ struct NodeView {
     load: Option<f64>,
     mem_used_bytes: Option<u64>,
     mem_total_bytes: Option<u64>,
+    /// Memory and custom resources: what it has and what tasks and
+    /// actors reserve now.
+    resources: Vec<ResourceView>,
+}
+
+#[derive(Serialize)]
+struct ResourceView {
+    name: String,
+    total: f64,
+    used: f64,
 }
 
 #[derive(Serialize)]
@@ -196,8 +206,13 @@ impl State {
         start_us: u64,
         dur_us: u64,
     ) {
-        let name = short(function).to_string();
-        let counts = self.finished.entry(name.clone()).or_default();
+        let name = short(function);
+        if !self.finished.contains_key(name) {
+            self.finished.insert(name.to_string(), Default::default());
+        }
+        let Some(counts) = self.finished.get_mut(name) else {
+            return;
+        };
         if ok {
             counts.finished += 1;
         } else {
@@ -214,7 +229,7 @@ impl State {
         self.events.push_back(TaskEvent {
             seq: self.event_seq,
             id,
-            function: name,
+            function: name.to_string(),
             node,
             pid,
             start_us,
@@ -294,6 +309,16 @@ impl State {
                     } else {
                         n.load.as_ref().map(|l| l.mem_total_bytes)
                     },
+                    resources: n
+                        .resources
+                        .usage()
+                        .into_iter()
+                        .map(|r| ResourceView {
+                            used: (r.total - r.available).max(0.0),
+                            name: r.name,
+                            total: r.total,
+                        })
+                        .collect(),
                 }
             })
             .collect();

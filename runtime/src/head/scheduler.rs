@@ -8,6 +8,7 @@ mod control;
 mod deaths;
 mod generators;
 mod memory;
+mod resources;
 mod returns;
 
 use std::collections::{HashMap, VecDeque};
@@ -15,10 +16,11 @@ use std::collections::{HashMap, VecDeque};
 use crate::proto::{self, head_op::Op, object_value::Payload};
 
 use super::directory::arg_ref;
-use super::state::{ObjState, State, Task, Worker};
+use super::state::{same_function, ObjState, State, Task, Worker};
 pub(super) use control::Control;
 pub(crate) use deaths::describe_exit;
 pub(super) use deaths::Later;
+pub(super) use resources::{NodeResources, Placement};
 
 /// How much queued work (in microseconds of run time) a worker may hold
 /// beyond the task it runs.
@@ -35,27 +37,45 @@ const EPS: f64 = 1e-9;
 struct Shape {
     job: u32,
     need: f64,
+    /// Interned id of its function (0: none, then `function` is compared).
+    function_id: u32,
     function: String,
-    /// The node it is pinned to (empty: any).
+    /// The node it must go to in this pass (empty: any).
     only: String,
+    /// Resources besides CPUs (empty for most tasks).
+    resources: Vec<proto::Resource>,
     /// Tasks of this shape the pass left waiting.
     count: usize,
 }
 
 impl Shape {
-    fn fits(&self, job: u32, need: f64, spec: &proto::TaskSpec) -> bool {
+    fn fits(
+        &self,
+        job: u32,
+        need: f64,
+        function_id: u32,
+        spec: &proto::TaskSpec,
+        only: &str,
+    ) -> bool {
         self.job == job
             && self.need.to_bits() == need.to_bits()
-            && self.function == spec.function
-            && self.only == spec.node
+            && same_function(
+                (self.function_id, &self.function),
+                (function_id, &spec.function),
+            )
+            && self.only == only
+            && self.resources == spec.resources
     }
 }
 
 impl State {
-    pub(super) fn submit(&mut self, client: u32, spec: proto::TaskSpec) {
+    pub(super) fn submit(&mut self, client: u32, mut spec: proto::TaskSpec) {
         let id = spec.task_id;
         if !self.new_object(id, ObjState::Pending, client) {
             return;
+        }
+        if spec.actor_id == 0 {
+            self.intern_function(&spec.function);
         }
         let mut failed = None;
         if spec.num_returns > 1 {
@@ -66,6 +86,9 @@ impl State {
         }
         let mut missing = 0;
         let job = self.job_for(client, &spec);
+        if spec.spread {
+            self.spread_task(job, &mut spec);
+        }
         let pending = self.pending.entry(job).or_default();
         *pending += 1;
         if *pending > self.max_pending {
@@ -80,7 +103,12 @@ impl State {
                 ..Default::default()
             };
             e.set_kind(proto::ErrorKind::Task);
-            failed = Some(Payload::Error(e));
+            failed = Some(Payload::Error(Box::new(e)));
+        }
+        if !spec.resources.is_empty() {
+            if let Some(e) = resources::bad_request(&spec) {
+                failed = Some(Payload::Error(Box::new(e)));
+            }
         }
         for a in spec.args.iter().filter_map(arg_ref) {
             match self.objects.get_mut(&a) {
@@ -173,6 +201,12 @@ impl State {
                 }
                 w.lease = 0.0;
                 w.function.clear();
+                w.function_id = 0;
+                if !w.held.is_empty() {
+                    let held = std::mem::take(&mut w.held);
+                    let node = w.node.clone();
+                    self.give_resources(&node, &held);
+                }
             }
         }
         if let Some((node, lease)) = freed {
@@ -180,11 +214,13 @@ impl State {
         }
         let mut lineage = None;
         if let Some(t) = self.tasks.get(&id) {
-            let m = self
-                .run_micros
-                .entry(t.spec.function.clone())
-                .or_insert(result.exec_micros as f64);
-            *m = 0.8 * *m + 0.2 * result.exec_micros as f64;
+            let us = result.exec_micros as f64;
+            match self.run_micros.get_mut(&t.spec.function) {
+                Some(m) => *m = 0.8 * *m + 0.2 * us,
+                None => {
+                    self.run_micros.insert(t.spec.function.clone(), us);
+                }
+            }
             let plain = t.spec.actor_id == 0 && t.spec.create.is_none() && t.spec.num_returns <= 1;
             if plain && matches!(payload, Payload::Stored(_)) {
                 lineage = Some(Box::new(t.spec.clone()));
@@ -213,11 +249,13 @@ impl State {
                 queue: VecDeque::new(),
                 lease: 0.0,
                 function: String::new(),
+                function_id: 0,
                 blocked: false,
                 actors: 0,
                 node,
                 job,
                 busy_since: 0,
+                held: Vec::new(),
             },
         );
     }
@@ -228,6 +266,7 @@ impl State {
         if !w.blocked {
             self.give_cpus(&w.node, w.lease);
         }
+        self.give_resources(&w.node, &w.held);
         if let Some(n) = self.nodes.get_mut(&w.node) {
             n.workers = n.workers.saturating_sub(1);
         }
@@ -243,7 +282,7 @@ impl State {
             if let Some(how) = self.control.cancelled.remove(id) {
                 // Cancelled while sent there: it ends here, whatever killed it.
                 let e = self.cancelled_error(*id, how);
-                self.complete(*id, Payload::Error(e), Vec::new());
+                self.complete(*id, Payload::Error(Box::new(e)), Vec::new());
             } else if i > 0 {
                 requeue.push(*id);
             } else {
@@ -273,7 +312,7 @@ impl State {
         for id in b.returned.iter().rev() {
             if let Some(how) = self.control.cancelled.remove(id) {
                 let e = self.cancelled_error(*id, how);
-                self.complete(*id, Payload::Error(e), Vec::new());
+                self.complete(*id, Payload::Error(Box::new(e)), Vec::new());
                 continue;
             }
             if let Some(t) = self.tasks.get_mut(id) {
@@ -317,28 +356,40 @@ impl State {
         best.map(|(n, _)| n.to_string())
     }
 
-    /// An idle worker of `job` on a node with `need` CPUs free, preferring
-    /// `near`.
-    fn idle_worker(&self, job: u32, need: f64, near: Option<&str>, only: &str) -> Option<u32> {
+    /// An idle worker of `job` on a node with `need` CPUs (and `res`) free,
+    /// preferring `near`.
+    fn idle_worker(
+        &self,
+        job: u32,
+        need: f64,
+        near: Option<&str>,
+        only: &str,
+        res: &[proto::Resource],
+    ) -> Option<u32> {
         self.workers
             .iter()
             .filter(|(_, w)| w.job == job && w.queue.is_empty() && !w.blocked)
             .filter(|(_, w)| only.is_empty() || w.node == only)
             .filter(|(_, w)| {
-                self.nodes
-                    .get(&w.node)
-                    .is_some_and(|n| n.alive && n.available_cpus + EPS >= need)
+                self.nodes.get(&w.node).is_some_and(|n| {
+                    n.alive
+                        && n.available_cpus + EPS >= need
+                        && (res.is_empty() || n.resources.fits_now(res))
+                })
             })
             .min_by_key(|(c, w)| (Some(w.node.as_str()) != near, **c))
             .map(|(c, _)| *c)
     }
 
-    /// Whether some alive node (or the pinned one) has `need` CPUs at all.
-    fn feasible(&self, need: f64, only: &str) -> bool {
+    /// Whether some alive node (or the pinned one) has `need` CPUs and the
+    /// resources `res` at all.
+    fn feasible(&self, need: f64, only: &str, res: &[proto::Resource]) -> bool {
         self.nodes
             .iter()
             .filter(|(name, n)| n.alive && (only.is_empty() || *name == only))
-            .any(|(_, n)| n.total_cpus + EPS >= need)
+            .any(|(_, n)| {
+                n.total_cpus + EPS >= need && (res.is_empty() || n.resources.fits_total(res))
+            })
     }
 
     /// Places ready tasks on workers, and asks for more workers where CPUs
@@ -352,9 +403,9 @@ impl State {
     pub(super) fn dispatch(&mut self) {
         let mut skipped = Vec::new();
         let mut misses = 0;
-        let mut wanted: Vec<(u32, f64, String)> = Vec::new();
+        let mut wanted: Vec<(u32, f64, String, Vec<proto::Resource>)> = Vec::new();
         let mut stuck: Vec<Shape> = Vec::new();
-        let mut feasible: Vec<(u64, String, bool)> = Vec::new();
+        let mut feasible: Vec<(u64, String, Vec<proto::Resource>, bool)> = Vec::new();
         while let Some(id) = self.ready.pop_front() {
             let Some(task) = self.tasks.get(&id) else {
                 continue;
@@ -368,14 +419,19 @@ impl State {
             }
             let job = task.job;
             let need = task.spec.num_cpus.max(0.0);
-            let can = match feasible
-                .iter()
-                .find(|(n, only, _)| *n == need.to_bits() && *only == task.spec.node)
-            {
-                Some((_, _, can)) => *can,
+            let can = match feasible.iter().find(|(n, only, res, _)| {
+                *n == need.to_bits() && *only == task.spec.node && *res == task.spec.resources
+            }) {
+                Some((_, _, _, can)) => *can,
                 None => {
-                    let can = self.feasible(need, &task.spec.node);
-                    feasible.push((need.to_bits(), task.spec.node.clone(), can));
+                    let spec = &task.spec;
+                    let can = self.feasible(need, &spec.node, &spec.resources);
+                    feasible.push((
+                        need.to_bits(),
+                        spec.node.clone(),
+                        spec.resources.clone(),
+                        can,
+                    ));
                     can
                 }
             };
@@ -386,13 +442,21 @@ impl State {
                 continue;
             }
             if task.spec.create.is_some() {
+                let res = task.spec.resources.clone();
+                // Where `place_actor` looks: a worker is started there.
+                let only = self.effective_node(job, need, &task.spec).to_string();
                 if !self.place_actor(id) {
                     skipped.push(id);
-                    wanted.push((job, need, String::new()));
+                    wanted.push((job, need, only, res));
                 }
                 continue;
             }
-            if let Some(s) = stuck.iter_mut().find(|s| s.fits(job, need, &task.spec)) {
+            let only = self.effective_node(job, need, &task.spec);
+            let function_id = self.function_id(&task.spec.function);
+            if let Some(s) = stuck
+                .iter_mut()
+                .find(|s| s.fits(job, need, function_id, &task.spec, only))
+            {
                 s.count += 1;
                 skipped.push(id);
                 misses += 1;
@@ -402,8 +466,9 @@ impl State {
                 continue;
             }
             let near = self.preferred_node(&task.spec);
-            let only = task.spec.node.clone();
-            let idle = self.idle_worker(job, need, near.as_deref(), &only);
+            let only = only.to_string();
+            let res = task.spec.resources.clone();
+            let idle = self.idle_worker(job, need, near.as_deref(), &only, &res);
             let target = idle.or_else(|| {
                 let depth = self.pipeline_depth(&task.spec.function);
                 self.workers
@@ -413,8 +478,12 @@ impl State {
                             && (only.is_empty() || w.node == only)
                             && !w.blocked
                             && w.queue.len() < depth
-                            && w.function == task.spec.function
+                            && same_function(
+                                (w.function_id, &w.function),
+                                (function_id, &task.spec.function),
+                            )
                             && (w.lease - need).abs() < EPS
+                            && w.held == task.spec.resources
                     })
                     .min_by_key(|(_, w)| w.queue.len())
                     .map(|(c, _)| *c)
@@ -425,16 +494,23 @@ impl State {
                     if idle.is_some() {
                         let node = self.workers[&c].node.clone();
                         self.take_cpus(&node, need);
+                        self.take_resources(&node, &res);
                     }
-                    self.assign(c, id, need);
+                    self.assign(c, id, need, res);
                 }
                 None => {
-                    let function = self.tasks.get(&id).map(|t| t.spec.function.clone());
+                    // A name is kept only where there is no id to compare.
+                    let function = match function_id {
+                        0 => self.tasks.get(&id).map(|t| t.spec.function.clone()),
+                        _ => None,
+                    };
                     stuck.push(Shape {
                         job,
                         need,
+                        function_id,
                         function: function.unwrap_or_default(),
                         only,
+                        resources: res,
                         count: 1,
                     });
                     skipped.push(id);
@@ -463,14 +539,16 @@ impl State {
         // once no node has room.
         let wanted = wanted
             .into_iter()
-            .map(|(job, need, only)| (job, need, only, 1));
-        let stuck = stuck.into_iter().map(|s| (s.job, s.need, s.only, s.count));
-        for (job, need, only, count) in wanted.chain(stuck) {
+            .map(|(job, need, only, res)| (job, need, only, res, 1));
+        let stuck = stuck
+            .into_iter()
+            .map(|s| (s.job, s.need, s.only, s.resources, s.count));
+        for (job, need, only, res, count) in wanted.chain(stuck) {
             if !self.jobs.contains_key(&job) {
                 continue;
             }
             for _ in 0..count {
-                match self.node_for_worker(job, need, &only) {
+                match self.node_for_worker(job, need, &only, &res) {
                     Some(node) => self.request_worker(&node, job),
                     None => break,
                 }
@@ -517,7 +595,7 @@ impl State {
         }
     }
 
-    fn assign(&mut self, client: u32, id: u64, need: f64) {
+    fn assign(&mut self, client: u32, id: u64, need: f64, res: Vec<proto::Resource>) {
         let Some(task) = self.tasks.get_mut(&id) else {
             return;
         };
@@ -529,10 +607,13 @@ impl State {
         };
         // One copy of the spec, made as the worker receives it.
         let spec = self.resolved(&task.spec);
+        let function_id = self.function_id(&spec.function);
         if let Some(w) = self.workers.get_mut(&client) {
             if w.queue.is_empty() {
                 w.lease = need;
+                w.held = res;
                 spec.function.clone_into(&mut w.function);
+                w.function_id = function_id;
                 self.control.busy_seq += 1;
                 w.busy_since = self.control.busy_seq;
             }
@@ -556,7 +637,7 @@ impl State {
                         Some(proto::arg::Kind::Value(b.clone()))
                     }
                     Some(ObjState::Done(Payload::Stored(loc))) => {
-                        Some(proto::arg::Kind::Stored(loc.clone()))
+                        Some(proto::arg::Kind::Stored((**loc).clone()))
                     }
                     _ => a.kind.take(),
                 };

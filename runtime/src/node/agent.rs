@@ -47,6 +47,9 @@ pub struct NodeOptions {
     /// Port of the agent's `/healthz` on `node_ip` (`None`: not served;
     /// 0: any free port).
     pub health_port: Option<u16>,
+    /// Custom resources it offers (`--resources gpu=2,license=1`); a
+    /// `memory` entry replaces the machine's RAM as its memory capacity.
+    pub resources: Vec<(String, f64)>,
 }
 
 /// The ELF machine number of an executable, if it is one.
@@ -262,6 +265,8 @@ async fn serve(
             // Set by the autoscaler's node jobs, so the head knows which
             // job this node is.
             node_job: std::env::var("FLEET_NODE_JOB").unwrap_or_default(),
+            resources: crate::resources::to_proto(&opts.resources),
+            memory_bytes: crate::resources::machine_memory(),
         }),
         ..Default::default()
     };

@@ -56,7 +56,7 @@ impl State {
         children
     }
 
-    fn cancel_one(&mut self, id: u64, force: bool, how: &'static str) {
+    pub(super) fn cancel_one(&mut self, id: u64, force: bool, how: &'static str) {
         let Some(t) = self.tasks.get(&id) else {
             return; // finished (or never existed): nothing to do
         };
@@ -66,7 +66,7 @@ impl State {
         match t.worker {
             None => {
                 let e = self.cancelled_error(id, how);
-                self.complete(id, Payload::Error(e), Vec::new());
+                self.complete(id, Payload::Error(Box::new(e)), Vec::new());
             }
             Some(worker) => {
                 // Actor calls stop only cooperatively: killing the process
