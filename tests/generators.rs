@@ -417,3 +417,97 @@ fn async_code_awaits_the_items() {
     });
     assert_eq!(got, (0..50u64).map(|i| i * i).collect::<Vec<_>>());
 }
+
+/// Takes one item of an endless stream, then its process exits.
+#[remote(max_retries = 0)]
+fn consumer_that_dies(dir: String) -> u64 {
+    let mut stream = endless::remote(dir);
+    stream.next().expect("an item").expect("ok");
+    std::process::exit(4);
+}
+
+#[test]
+fn a_stream_whose_consumer_dies_is_cancelled() {
+    let _c = cluster(3);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = consumer_that_dies::remote(dir.path().to_str().expect("utf-8"));
+    assert!(matches!(fleet::get(&r), Err(Error::WorkerDied { .. })));
+    let stopped = wait_until("the orphaned generator to stop", GENEROUS, || {
+        std::fs::read_to_string(dir.path().join("stopped")).ok()
+    });
+    assert_eq!(stopped, "cancelled");
+}
+
+/// Rates of streams, printed (no timing is asserted). Run with
+/// `cargo nextest run --release --test generators --run-ignored all -E
+/// 'test(figures)' --no-capture`.
+#[test]
+#[ignore = "a measurement: run by hand"]
+fn figures() {
+    let _c = cluster(2);
+    let time = |what: &str, n: u64, unit: &str, f: &mut dyn FnMut()| {
+        let t = std::time::Instant::now();
+        f();
+        let s = t.elapsed().as_secs_f64();
+        println!("{what}: {:.0} {unit}/s ({s:.3} s)", n as f64 / s);
+    };
+    let n = 20_000u64;
+    // Warm the workers up.
+    assert_eq!(squares::remote(100).count(), 100);
+    for bp in [16u32, 256, 0] {
+        time(
+            &format!("{n} u64 items, backpressure {bp}"),
+            n,
+            "items",
+            &mut || {
+                let c = squares::options()
+                    .generator_backpressure(bp)
+                    .remote(n)
+                    .filter(|r| r.is_ok())
+                    .count();
+                assert_eq!(c as u64, n);
+            },
+        );
+    }
+    time(
+        &format!("{n} plain tasks (for comparison)"),
+        n,
+        "tasks",
+        &mut || {
+            let refs = double::map(0..n);
+            fleet::wait(&refs, refs.len(), None).expect("wait");
+        },
+    );
+    let (parts, mib) = (64u64, 4usize);
+    time(
+        &format!("{parts} items of {mib} MiB"),
+        parts * mib as u64,
+        "MiB",
+        &mut || {
+            for r in big_parts::remote(parts, mib) {
+                let v = fleet::get(&r.expect("item")).expect("value");
+                assert_eq!(v.len(), mib << 20);
+            }
+        },
+    );
+}
+
+#[test]
+fn a_cancelled_stream_ends_with_cancelled() {
+    let _c = cluster(2);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut stream = endless::remote(dir.path().to_str().expect("utf-8"));
+    let first = stream.next().expect("an item").expect("ok");
+    stream.cancel().expect("cancel");
+    // What arrived before the task stopped, then the error, then the end.
+    let rest: Vec<_> = stream.by_ref().collect();
+    assert!(rest.len() <= 5, "at most backpressure more: {}", rest.len());
+    let (last, items) = rest.split_last().expect("the error at least");
+    assert!(items.iter().all(Result::is_ok));
+    assert!(
+        matches!(last, Err(Error::Cancelled { .. })),
+        "expected Cancelled, got {last:?}"
+    );
+    assert!(stream.next().is_none());
+    assert_eq!(fleet::get(&first).expect("first"), 0);
+}

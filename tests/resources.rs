@@ -310,6 +310,24 @@ fn a_task_no_node_can_satisfy_waits_until_a_node_with_it_joins() {
         usage(&base, &node, "gpu").filter(|(used, _)| *used == 1.0)
     });
     assert_eq!((used, total), (1.0, 2.0));
+    // `fleet list nodes` says so too.
+    let out = Command::new(fleet_bin())
+        .args(["list", "nodes", "--json", "--address", &c.address])
+        .env("FLEET_TOKEN", &c.token)
+        .output()
+        .expect("running fleet list");
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).expect("fleet list nodes --json");
+    let row = rows
+        .iter()
+        .find(|r| r["name"] == node.as_str())
+        .expect("the gpu node's row");
+    assert!(
+        row["resources"]
+            .as_str()
+            .is_some_and(|r| r.contains("gpu 1/2")),
+        "{row}"
+    );
     // The dashboard page shows it too, in a real browser.
     let dom = run_chromium(
         &["--virtual-time-budget=10000".into(), "--dump-dom".into()],

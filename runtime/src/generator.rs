@@ -64,6 +64,19 @@ impl<T> ObjectRefStream<T> {
             || self.handle.client.is_ready(self.handle.id)
     }
 
+    /// Cancels the generator task (and what it submitted) as
+    /// [`crate::cancel`] does, keeping the stream: the items that arrived
+    /// before it stopped are still yielded, then `Error::Cancelled`.
+    /// Dropping the stream cancels it too.
+    pub fn cancel(&self) -> Result<()> {
+        self.handle.client.send(Op::Cancel(proto::Cancel {
+            task_id: self.handle.id,
+            force: false,
+            recursive: true,
+        }));
+        Ok(())
+    }
+
     /// How the stream ended, once its task finished: `None` after every
     /// item, or the error that ended it.
     fn outcome(&self) -> Option<Error> {

@@ -182,7 +182,6 @@ impl State {
             );
         }
         let mut freed = None;
-        let mut held = Vec::new();
         if let Some(w) = self.workers.get_mut(&client) {
             w.queue.retain(|t| *t != id);
             if w.queue.is_empty() {
@@ -192,13 +191,12 @@ impl State {
                 w.lease = 0.0;
                 w.function.clear();
                 if !w.held.is_empty() {
-                    held = std::mem::take(&mut w.held);
+                    let held = std::mem::take(&mut w.held);
                     let node = w.node.clone();
                     self.give_resources(&node, &held);
                 }
             }
         }
-        drop(held);
         if let Some((node, lease)) = freed {
             self.give_cpus(&node, lease);
         }

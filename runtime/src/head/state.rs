@@ -213,6 +213,7 @@ impl State {
                 }
             }
         }
+        self.consumer_gone(client);
     }
 
     /// Counts for the dashboard, `fleet status` and tests.

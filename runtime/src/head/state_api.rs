@@ -168,6 +168,8 @@ impl State {
                     "workers": n.workers,
                     "store_used": n.store_used,
                     "store_capacity": n.info.store_capacity,
+                    // Used/total of memory and custom resources.
+                    "resources": n.resources.summary(),
                 })
             })
             .collect()

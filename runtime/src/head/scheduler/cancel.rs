@@ -36,7 +36,7 @@ impl State {
         }
     }
 
-    fn cancel_one(&mut self, id: u64, force: bool, how: &'static str) {
+    pub(super) fn cancel_one(&mut self, id: u64, force: bool, how: &'static str) {
         let Some(t) = self.tasks.get(&id) else {
             return; // finished (or never existed): nothing to do
         };

@@ -52,6 +52,30 @@ impl State {
         self.control.generators.streams.remove(&id);
     }
 
+    /// A session ended: the streams it consumed have nobody to yield to,
+    /// so their tasks are cancelled (else a generator waiting for its
+    /// consumer would hold its worker for good).
+    pub(in crate::head) fn consumer_gone(&mut self, client: u32) {
+        if self.control.generators.streams.is_empty() {
+            return;
+        }
+        let orphans: Vec<u64> = self
+            .control
+            .generators
+            .streams
+            .iter()
+            .filter(|(_, s)| s.consumer == client)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in orphans {
+            self.cancel_one(
+                id,
+                false,
+                "was cancelled: the process consuming its stream ended",
+            );
+        }
+    }
+
     /// A generator task was sent to `worker` (again, after a retry): it
     /// learns how far the consumer got, so its backpressure starts there.
     pub(in crate::head) fn stream_started(&mut self, worker: u32, id: u64) {

@@ -87,6 +87,24 @@ impl NodeResources {
         }
     }
 
+    /// Used/total per resource for `fleet list nodes`: `gpu 1/2, memory
+    /// 0.0/15.6GiB`.
+    pub(in crate::head) fn summary(&self) -> String {
+        let gib = |b: f64| b / f64::from(1u32 << 30);
+        self.slots
+            .iter()
+            .map(|s| {
+                let used = (s.total - s.available).max(0.0);
+                if s.name == MEMORY {
+                    format!("memory {:.1}/{:.1}GiB", gib(used), gib(s.total))
+                } else {
+                    format!("{} {used}/{}", s.name, s.total)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// For `fleet status` and the dashboard.
     pub(in crate::head) fn usage(&self) -> Vec<proto::ResourceUse> {
         self.slots
