@@ -229,14 +229,14 @@ fn task_spec(id: u64) -> TaskSpec {
         num_cpus: 1.0,
         max_retries: 3,
         actor_id: 0,
-        create: Some(ActorSpec {
+        create: Some(Box::new(ActorSpec {
             class: "fuzz_inputs::Actor".into(),
             name: "named".into(),
             max_restarts: 2,
             max_task_retries: 1,
             max_concurrency: 4,
             detached: true,
-        }),
+        })),
         node: "127.0.0.2:1234".into(),
         retry_on_error: true,
         parent_task: id + 4,
@@ -310,7 +310,7 @@ fn client_ops() -> Vec<ClientOp> {
         op(client_op::Op::Result(TaskResult {
             value: Some(ObjectValue {
                 object_id: 9,
-                payload: Some(object_value::Payload::Error(err)),
+                payload: Some(object_value::Payload::Error(Box::new(err))),
             }),
             ..Default::default()
         })),
@@ -348,11 +348,11 @@ fn client_ops() -> Vec<ClientOp> {
             index: u64::MAX,
             value: Some(ObjectValue {
                 object_id: 1 << 40 | 9,
-                payload: Some(object_value::Payload::Stored(StoreLocation {
+                payload: Some(object_value::Payload::Stored(Box::new(StoreLocation {
                     path: "/etc/passwd".into(),
                     size: u64::MAX,
                     node: "127.0.0.1:1".into(),
-                })),
+                }))),
             }),
             nested_refs: vec![1 << 40 | 1, u64::MAX],
         })),
@@ -435,11 +435,11 @@ fn head_frames() -> Vec<HeadFrame> {
         hop(head_op::Op::Ready(inline(42, b"\x01\x02"))),
         hop(head_op::Op::Ready(ObjectValue {
             object_id: 43,
-            payload: Some(object_value::Payload::Stored(StoreLocation {
+            payload: Some(object_value::Payload::Stored(Box::new(StoreLocation {
                 path: "/dev/shm/fleet-1-2/000000000000002b".into(),
                 size: 12345,
                 node: "127.0.0.1:6380".into(),
-            })),
+            }))),
         })),
         hop(head_op::Op::DestroyActor(44)),
         hop(head_op::Op::Reply(Reply {
@@ -1164,13 +1164,15 @@ fn random_op(rng: &mut Rng, ids: &[u64]) -> ClientOp {
                     }),
                 })
                 .collect();
-            let create = (rng.below(4) == 0).then(|| ActorSpec {
-                class: name(rng),
-                name: name(rng),
-                max_restarts: rng.below(3) as u32,
-                max_task_retries: rng.below(3) as u32,
-                max_concurrency: rng.below(3) as u32,
-                detached: false,
+            let create = (rng.below(4) == 0).then(|| {
+                Box::new(ActorSpec {
+                    class: name(rng),
+                    name: name(rng),
+                    max_restarts: rng.below(3) as u32,
+                    max_task_retries: rng.below(3) as u32,
+                    max_concurrency: rng.below(3) as u32,
+                    detached: false,
+                })
             });
             let mut spec = TaskSpec {
                 task_id: id(rng),

@@ -312,8 +312,9 @@ enum Command {
         scale_object_gib: u64,
         /// Runs tasks of fixed compute sequentially, with rayon and with
         /// Fleet, then measures the head's CPU per task with node agents
-        /// on 127.0.0.2.. (`--nodes`).
-        #[arg(long, conflicts_with = "scale")]
+        /// on 127.0.0.2.. (`--nodes`). With --scale as well, the scale
+        /// rows follow (all of issue 15's figures in one run).
+        #[arg(long)]
         efficiency: bool,
         /// With --efficiency: workloads as MICROSxCOUNT (default: the
         /// four of issue 15); `none` skips the comparison with rayon.
@@ -589,6 +590,7 @@ fn main() -> anyhow::Result<()> {
         ),
         Command::Microbenchmark {
             scale: true,
+            efficiency: false,
             scale_tasks,
             scale_object_gib,
             num_cpus,
@@ -607,6 +609,9 @@ fn main() -> anyhow::Result<()> {
             repeat,
             value_mib,
             num_cpus,
+            scale,
+            scale_tasks,
+            scale_object_gib,
             ..
         } => {
             let parse = |v: &[String]| -> anyhow::Result<Vec<fleet_cli::bench::efficiency::Size>> {
@@ -628,6 +633,13 @@ fn main() -> anyhow::Result<()> {
                 o.sizes = parse(&sizes)?;
             }
             fleet_cli::bench::run_efficiency(&o, rayon_sum)?;
+            if scale {
+                fleet_cli::bench::run_scale(&fleet_cli::bench::ScaleOptions {
+                    tasks: scale_tasks,
+                    big_object_gib: scale_object_gib,
+                    num_cpus,
+                })?;
+            }
         }
         Command::Microbenchmark {
             rounds,

@@ -244,14 +244,14 @@ impl ActorOptions {
             resources: self.resources.clone(),
             spread: self.spread,
             node_soft: self.node_soft.clone().unwrap_or_default(),
-            create: Some(proto::ActorSpec {
+            create: Some(Box::new(proto::ActorSpec {
                 class: self.class.to_string(),
                 name: self.name.clone().unwrap_or_default(),
                 max_restarts: self.max_restarts,
                 max_task_retries: self.max_task_retries,
                 max_concurrency: self.max_concurrency,
                 detached: self.detached,
-            }),
+            })),
             ..Default::default()
         };
         let handle = ActorHandle {

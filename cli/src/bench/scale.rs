@@ -155,11 +155,23 @@ impl HeadProcess {
     }
 }
 
+impl HeadProcess {
+    /// Stops the head (SIGTERM, then waits for it): a head told to stop
+    /// ends its sessions without reporting their nodes or workers lost.
+    /// Does nothing the second time.
+    pub(super) fn stop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // SAFETY: SIGTERM to our own child, which is not reaped yet
+            // (try_wait just saw it running).
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Drop for HeadProcess {
     fn drop(&mut self) {
-        // SAFETY: SIGTERM to our own child, which is not reaped yet.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
+        self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -132,7 +132,7 @@ impl Client {
             };
             let payload = match writer.finish()? {
                 Written::Inline(b) => Payload::Inline(b.into()),
-                Written::Stored(loc) => Payload::Stored(loc),
+                Written::Stored(loc) => Payload::Stored(Box::new(loc)),
             };
             return Ok(self.publish(id, payload, nested));
         }
@@ -145,7 +145,7 @@ impl Client {
         };
         let payload = match writer.finish()? {
             Written::Inline(b) => Payload::Inline(b.into()),
-            Written::Stored(loc) => Payload::Stored(loc),
+            Written::Stored(loc) => Payload::Stored(Box::new(loc)),
         };
         Ok(self.publish(id, payload, nested))
     }
@@ -171,8 +171,8 @@ impl Client {
         let id = self.next_id();
         let payload = if bytes.len() > INLINE_MAX {
             match &self.remote {
-                Some(remote) => Payload::Stored(remote.write(id, bytes)?),
-                None => Payload::Stored(self.store.write(id, &bytes)?),
+                Some(remote) => Payload::Stored(Box::new(remote.write(id, bytes)?)),
+                None => Payload::Stored(Box::new(self.store.write(id, &bytes)?)),
             }
         } else {
             Payload::Inline(bytes.into())

@@ -58,10 +58,10 @@ impl State {
         let opts = spec.create.as_ref().expect("checked by the caller");
         if !opts.name.is_empty() {
             if self.names.contains_key(&opts.name) {
-                return Err(Payload::Error(died(
+                return Err(Payload::Error(Box::new(died(
                     spec,
                     format!("an actor named `{}` already exists", opts.name),
-                )));
+                ))));
             }
             self.names.insert(opts.name.clone(), spec.task_id);
             // The name holds the actor alive until it is killed.
@@ -87,7 +87,7 @@ impl State {
         let max_task_retries = match self.actors.get_mut(&actor) {
             None => return Some(Self::lost(actor, "the actor is gone")),
             Some(a) => match &a.life {
-                Life::Dead(e) => return Some(Payload::Error(e.clone())),
+                Life::Dead(e) => return Some(Payload::Error(Box::new(e.clone()))),
                 _ => {
                     a.queue.push_back(id);
                     a.opts().max_task_retries
@@ -108,7 +108,7 @@ impl State {
             return true;
         };
         if let Life::Dead(e) = &a.life {
-            let e = Payload::Error(e.clone());
+            let e = Payload::Error(Box::new(e.clone()));
             self.complete(id, e, Vec::new());
             return true;
         }
@@ -259,7 +259,7 @@ impl State {
             }
             let err = died(&a.create, "its worker process died".into());
             for c in fail {
-                self.complete(c, Payload::Error(err.clone()), Vec::new());
+                self.complete(c, Payload::Error(Box::new(err.clone())), Vec::new());
             }
             let a = self.actors.get_mut(&id).expect("still there");
             if matches!(a.life, Life::Dead(_)) {
@@ -298,7 +298,7 @@ impl State {
                 self.actor_dead(id, e.clone());
                 if self.tasks.contains_key(&id) {
                     // It died while its constructor ran.
-                    self.complete(id, Payload::Error(e), Vec::new());
+                    self.complete(id, Payload::Error(Box::new(e)), Vec::new());
                 }
             }
         }
@@ -335,7 +335,7 @@ impl State {
             self.out.push(w, Op::DestroyActor(id));
         }
         for c in queued {
-            self.complete(c, Payload::Error(err.clone()), Vec::new());
+            self.complete(c, Payload::Error(Box::new(err.clone())), Vec::new());
         }
         for r in args {
             self.unpin(r);

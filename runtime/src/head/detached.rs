@@ -69,7 +69,11 @@ impl State {
         e.set_kind(proto::ErrorKind::ActorDied);
         if self.tasks.contains_key(&actor) {
             // Its creation fails, which marks it dead and ends its job.
-            self.complete(actor, proto::object_value::Payload::Error(e), Vec::new());
+            self.complete(
+                actor,
+                proto::object_value::Payload::Error(Box::new(e)),
+                Vec::new(),
+            );
         } else {
             self.actor_dead(actor, e);
         }

@@ -27,8 +27,8 @@ impl State {
                 state,
                 holders: 1,
                 pins: 0,
-                subscribers: Vec::new(),
-                dependents: Vec::new(),
+                subscribers: Default::default(),
+                dependents: Default::default(),
                 contains: Vec::new(),
                 last_used: 0,
                 spilled: false,
@@ -78,7 +78,7 @@ impl State {
     pub(super) fn subscribe(&mut self, client: u32, id: u64) {
         self.touch(id);
         let payload = match self.objects.get_mut(&id) {
-            None => Payload::Error(lost_error(id, "it was freed or never existed")),
+            None => Payload::Error(Box::new(lost_error(id, "it was freed or never existed"))),
             Some(o) => match &o.state {
                 ObjState::Pending => {
                     o.subscribers.push(client);
@@ -225,7 +225,7 @@ impl State {
     }
 
     pub(super) fn lost(id: u64, why: &str) -> Payload {
-        Payload::Error(lost_error(id, why))
+        Payload::Error(Box::new(lost_error(id, why)))
     }
 }
 

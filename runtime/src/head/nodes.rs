@@ -261,7 +261,7 @@ impl State {
                     };
                     e.set_kind(proto::ErrorKind::ObjectLost);
                     if let Some(o) = self.objects.get_mut(&id) {
-                        o.state = ObjState::Done(Payload::Error(e));
+                        o.state = ObjState::Done(Payload::Error(Box::new(e)));
                     }
                 }
             }
@@ -290,7 +290,7 @@ impl State {
                 ..Default::default()
             };
             e.set_kind(proto::ErrorKind::WorkerDied);
-            self.complete(id, Payload::Error(e), Vec::new());
+            self.complete(id, Payload::Error(Box::new(e)), Vec::new());
         }
         for n in self.nodes.values_mut() {
             n.starting.remove(&job);

@@ -206,8 +206,13 @@ impl State {
         start_us: u64,
         dur_us: u64,
     ) {
-        let name = short(function).to_string();
-        let counts = self.finished.entry(name.clone()).or_default();
+        let name = short(function);
+        if !self.finished.contains_key(name) {
+            self.finished.insert(name.to_string(), Default::default());
+        }
+        let Some(counts) = self.finished.get_mut(name) else {
+            return;
+        };
         if ok {
             counts.finished += 1;
         } else {
@@ -224,7 +229,7 @@ impl State {
         self.events.push_back(TaskEvent {
             seq: self.event_seq,
             id,
-            function: name,
+            function: name.to_string(),
             node,
             pid,
             start_us,

@@ -16,7 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use crate::proto::{self, head_op::Op, object_value::Payload};
 
 use super::directory::arg_ref;
-use super::state::{ObjState, State, Task, Worker};
+use super::state::{same_function, ObjState, State, Task, Worker};
 pub(super) use control::Control;
 pub(crate) use deaths::describe_exit;
 pub(super) use deaths::Later;
@@ -37,6 +37,8 @@ const EPS: f64 = 1e-9;
 struct Shape {
     job: u32,
     need: f64,
+    /// Interned id of its function (0: none, then `function` is compared).
+    function_id: u32,
     function: String,
     /// The node it must go to in this pass (empty: any).
     only: String,
@@ -47,10 +49,20 @@ struct Shape {
 }
 
 impl Shape {
-    fn fits(&self, job: u32, need: f64, spec: &proto::TaskSpec, only: &str) -> bool {
+    fn fits(
+        &self,
+        job: u32,
+        need: f64,
+        function_id: u32,
+        spec: &proto::TaskSpec,
+        only: &str,
+    ) -> bool {
         self.job == job
             && self.need.to_bits() == need.to_bits()
-            && self.function == spec.function
+            && same_function(
+                (self.function_id, &self.function),
+                (function_id, &spec.function),
+            )
             && self.only == only
             && self.resources == spec.resources
     }
@@ -61,6 +73,9 @@ impl State {
         let id = spec.task_id;
         if !self.new_object(id, ObjState::Pending, client) {
             return;
+        }
+        if spec.actor_id == 0 {
+            self.intern_function(&spec.function);
         }
         let mut failed = None;
         if spec.num_returns > 1 {
@@ -88,11 +103,11 @@ impl State {
                 ..Default::default()
             };
             e.set_kind(proto::ErrorKind::Task);
-            failed = Some(Payload::Error(e));
+            failed = Some(Payload::Error(Box::new(e)));
         }
         if !spec.resources.is_empty() {
             if let Some(e) = resources::bad_request(&spec) {
-                failed = Some(Payload::Error(e));
+                failed = Some(Payload::Error(Box::new(e)));
             }
         }
         for a in spec.args.iter().filter_map(arg_ref) {
@@ -190,6 +205,7 @@ impl State {
                 }
                 w.lease = 0.0;
                 w.function.clear();
+                w.function_id = 0;
                 if !w.held.is_empty() {
                     let held = std::mem::take(&mut w.held);
                     let node = w.node.clone();
@@ -202,11 +218,13 @@ impl State {
         }
         let mut lineage = None;
         if let Some(t) = self.tasks.get(&id) {
-            let m = self
-                .run_micros
-                .entry(t.spec.function.clone())
-                .or_insert(result.exec_micros as f64);
-            *m = 0.8 * *m + 0.2 * result.exec_micros as f64;
+            let us = result.exec_micros as f64;
+            match self.run_micros.get_mut(&t.spec.function) {
+                Some(m) => *m = 0.8 * *m + 0.2 * us,
+                None => {
+                    self.run_micros.insert(t.spec.function.clone(), us);
+                }
+            }
             let plain = t.spec.actor_id == 0 && t.spec.create.is_none() && t.spec.num_returns <= 1;
             if plain && matches!(payload, Payload::Stored(_)) {
                 lineage = Some(Box::new(t.spec.clone()));
@@ -235,6 +253,7 @@ impl State {
                 queue: VecDeque::new(),
                 lease: 0.0,
                 function: String::new(),
+                function_id: 0,
                 blocked: false,
                 actors: 0,
                 node,
@@ -267,7 +286,7 @@ impl State {
             if let Some(how) = self.control.cancelled.remove(id) {
                 // Cancelled while sent there: it ends here, whatever killed it.
                 let e = self.cancelled_error(*id, how);
-                self.complete(*id, Payload::Error(e), Vec::new());
+                self.complete(*id, Payload::Error(Box::new(e)), Vec::new());
             } else if i > 0 {
                 requeue.push(*id);
             } else {
@@ -297,7 +316,7 @@ impl State {
         for id in b.returned.iter().rev() {
             if let Some(how) = self.control.cancelled.remove(id) {
                 let e = self.cancelled_error(*id, how);
-                self.complete(*id, Payload::Error(e), Vec::new());
+                self.complete(*id, Payload::Error(Box::new(e)), Vec::new());
                 continue;
             }
             if let Some(t) = self.tasks.get_mut(id) {
@@ -437,9 +456,10 @@ impl State {
                 continue;
             }
             let only = self.effective_node(job, need, &task.spec);
+            let function_id = self.function_id(&task.spec.function);
             if let Some(s) = stuck
                 .iter_mut()
-                .find(|s| s.fits(job, need, &task.spec, only))
+                .find(|s| s.fits(job, need, function_id, &task.spec, only))
             {
                 s.count += 1;
                 skipped.push(id);
@@ -462,7 +482,10 @@ impl State {
                             && (only.is_empty() || w.node == only)
                             && !w.blocked
                             && w.queue.len() < depth
-                            && w.function == task.spec.function
+                            && same_function(
+                                (w.function_id, &w.function),
+                                (function_id, &task.spec.function),
+                            )
                             && (w.lease - need).abs() < EPS
                             && w.held == task.spec.resources
                     })
@@ -480,10 +503,15 @@ impl State {
                     self.assign(c, id, need, res);
                 }
                 None => {
-                    let function = self.tasks.get(&id).map(|t| t.spec.function.clone());
+                    // A name is kept only where there is no id to compare.
+                    let function = match function_id {
+                        0 => self.tasks.get(&id).map(|t| t.spec.function.clone()),
+                        _ => None,
+                    };
                     stuck.push(Shape {
                         job,
                         need,
+                        function_id,
                         function: function.unwrap_or_default(),
                         only,
                         resources: res,
@@ -583,11 +611,13 @@ impl State {
         };
         // One copy of the spec, made as the worker receives it.
         let spec = self.resolved(&task.spec);
+        let function_id = self.function_id(&spec.function);
         if let Some(w) = self.workers.get_mut(&client) {
             if w.queue.is_empty() {
                 w.lease = need;
                 w.held = res;
                 spec.function.clone_into(&mut w.function);
+                w.function_id = function_id;
                 self.control.busy_seq += 1;
                 w.busy_since = self.control.busy_seq;
             }
@@ -611,7 +641,7 @@ impl State {
                         Some(proto::arg::Kind::Value(b.clone()))
                     }
                     Some(ObjState::Done(Payload::Stored(loc))) => {
-                        Some(proto::arg::Kind::Stored(loc.clone()))
+                        Some(proto::arg::Kind::Stored((**loc).clone()))
                     }
                     _ => a.kind.take(),
                 };

@@ -13,6 +13,19 @@ pub(super) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 pub(super) type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 
 use super::actors::ActorEntry;
+
+/// Most function names the head numbers (see [`State::intern_function`]).
+const MAX_FUNCTION_IDS: usize = 1 << 16;
+
+/// Whether two functions are the same: by id where both have one, else by
+/// name.
+pub(super) fn same_function(a: (u32, &str), b: (u32, &str)) -> bool {
+    if a.0 != 0 && b.0 != 0 {
+        a.0 == b.0
+    } else {
+        a.1 == b.1
+    }
+}
 pub(crate) use super::nodes::{Job, Node};
 use crate::proto::{self, head_op, object_value::Payload};
 
@@ -23,9 +36,11 @@ pub(super) struct Obj {
     pub(super) holders: u32,
     /// Pending tasks using it as an argument plus objects that contain it.
     pub(super) pins: u32,
-    pub(super) subscribers: Vec<u32>,
+    /// Inline up to two: usually one driver subscribes, and a heap
+    /// allocation per object cost ~32 bytes of a million queued tasks each.
+    pub(super) subscribers: smallvec::SmallVec<[u32; 2]>,
     /// Tasks waiting for it.
-    pub(super) dependents: Vec<u64>,
+    pub(super) dependents: smallvec::SmallVec<[u64; 1]>,
     /// Refs nested inside this object's value.
     pub(super) contains: Vec<u64>,
     /// Logical time of the last use, for spilling the least recently used.
@@ -62,6 +77,9 @@ pub(super) struct Worker {
     pub(super) lease: f64,
     /// The function its queue runs, for pipelining.
     pub(super) function: String,
+    /// Its interned id ([`State::function_id`]; 0: none), so that
+    /// dispatch compares numbers, not names, with every worker.
+    pub(super) function_id: u32,
     /// Its running task waits in `get` and has lent its CPUs back.
     pub(super) blocked: bool,
     /// Actors it hosts.
@@ -118,7 +136,10 @@ pub(crate) struct State {
     /// The head's own node.
     pub(super) local_node: String,
     /// Mean run time per function, in microseconds.
-    pub(super) run_micros: HashMap<String, f64>,
+    pub(super) run_micros: FastMap<String, f64>,
+    /// Function names seen in submits, numbered from 1 (see
+    /// [`State::function_id`]).
+    pub(super) function_ids: FastMap<String, u32>,
     pub(super) out: Outbox,
     pub(super) actors: HashMap<u64, ActorEntry>,
     pub(super) names: HashMap<String, u64>,
@@ -156,7 +177,8 @@ impl State {
             nodes: HashMap::new(),
             jobs: HashMap::new(),
             local_node: node,
-            run_micros: HashMap::new(),
+            run_micros: FastMap::default(),
+            function_ids: FastMap::default(),
             out: Outbox::default(),
             actors: HashMap::new(),
             names: HashMap::new(),
@@ -176,6 +198,26 @@ impl State {
             control: Default::default(),
             placement: Default::default(),
         }
+    }
+
+    /// Numbers a function name the first time a task of it is submitted.
+    /// Ids are never reused; past [`MAX_FUNCTION_IDS`] names (a client
+    /// sending made-up names) new ones get 0 and are compared by name.
+    pub(super) fn intern_function(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.function_ids.get(name) {
+            return *id;
+        }
+        if self.function_ids.len() >= MAX_FUNCTION_IDS {
+            return 0;
+        }
+        let id = self.function_ids.len() as u32 + 1;
+        self.function_ids.insert(name.to_string(), id);
+        id
+    }
+
+    /// The id of an interned function name, 0 if it has none.
+    pub(super) fn function_id(&self, name: &str) -> u32 {
+        self.function_ids.get(name).copied().unwrap_or(0)
     }
 
     pub(super) fn take_outbox(&mut self) -> Outbox {
@@ -260,4 +302,51 @@ pub struct Counts {
     pub store_used: u64,
     /// Bytes the store holds before spilling.
     pub store_capacity: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The head keeps one `Obj` and one `Task` per queued task (a million
+    /// at once in `fleet microbenchmark --scale`): these bounds keep a
+    /// field added without thought from costing every queued task.
+    #[test]
+    fn per_task_records_stay_small() {
+        let sizes = [
+            ("Payload", std::mem::size_of::<Payload>()),
+            ("TaskSpec", std::mem::size_of::<proto::TaskSpec>()),
+            ("Obj", std::mem::size_of::<Obj>()),
+            ("Task", std::mem::size_of::<Task>()),
+        ];
+        eprintln!("{sizes:?}");
+        assert!(sizes[0].1 <= 40, "{sizes:?}");
+        assert!(sizes[2].1 <= 160, "{sizes:?}");
+        // 192 before TaskSpec's resources, spread and node_soft (48 bytes,
+        // set on few tasks) came in.
+        assert!(sizes[3].1 <= 240, "{sizes:?}");
+    }
+
+    /// Dispatch compares function ids instead of names; a name gets one id
+    /// for good, and names past the cap are still told apart by name.
+    #[test]
+    fn function_ids_are_stable_and_capped() {
+        let mut st = State::new("n".into());
+        let a = st.intern_function("m::a");
+        let b = st.intern_function("m::b");
+        assert!(a != 0 && b != 0 && a != b);
+        assert_eq!(st.intern_function("m::a"), a);
+        assert_eq!(st.function_id("m::b"), b);
+        assert_eq!(st.function_id("m::never"), 0);
+        assert!(same_function((a, "m::a"), (a, "m::a")));
+        assert!(!same_function((a, "m::a"), (b, "m::b")));
+        for i in 0..MAX_FUNCTION_IDS {
+            st.intern_function(&format!("flood::{i}"));
+        }
+        assert_eq!(st.function_ids.len(), MAX_FUNCTION_IDS);
+        assert_eq!(st.intern_function("late::x"), 0);
+        assert!(same_function((0, "late::x"), (0, "late::x")));
+        assert!(!same_function((0, "late::x"), (0, "late::y")));
+        assert!(!same_function((0, "late::x"), (a, "m::a")));
+    }
 }

@@ -145,13 +145,13 @@ pub(crate) fn send_result(
     let store = |id: u64, enc: crate::codec::Encoded| {
         let payload = if enc.bytes.len() > INLINE_MAX {
             match client.store().write(id, &enc.bytes) {
-                Ok(loc) => Payload::Stored(loc),
-                Err(e) => Payload::Error(task_error(
+                Ok(loc) => Payload::Stored(Box::new(loc)),
+                Err(e) => Payload::Error(Box::new(task_error(
                     client,
                     spec,
                     ErrorKind::Task,
                     format!("storing the result: {e}"),
-                )),
+                ))),
             }
         } else {
             Payload::Inline(enc.bytes.into())
@@ -174,7 +174,7 @@ pub(crate) fn send_result(
             }
             store(id, enc)
         }
-        Err(e) => (Payload::Error(e), Vec::new()),
+        Err(e) => (Payload::Error(Box::new(e)), Vec::new()),
     };
     client.send(Op::Result(proto::TaskResult {
         value: Some(proto::ObjectValue {

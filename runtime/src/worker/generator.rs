@@ -101,7 +101,7 @@ fn send_item<T: Serialize>(task: u64, index: u64, item: &T) -> Result<(), Failur
             .store()
             .write(id, &enc.bytes)
             .map_err(|e| Failure::User(format!("storing item {index}: {e}")))?;
-        Payload::Stored(loc)
+        Payload::Stored(Box::new(loc))
     } else {
         Payload::Inline(enc.bytes.into())
     };

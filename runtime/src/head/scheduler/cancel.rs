@@ -46,7 +46,7 @@ impl State {
         match t.worker {
             None => {
                 let e = self.cancelled_error(id, how);
-                self.complete(id, Payload::Error(e), Vec::new());
+                self.complete(id, Payload::Error(Box::new(e)), Vec::new());
             }
             Some(worker) => {
                 // Actor calls stop only cooperatively: killing the process

@@ -58,7 +58,7 @@ impl State {
     pub(in crate::head) fn finish_attempt(&mut self, id: u64, payload: Payload) -> Option<Payload> {
         if !self.control.cancelled.is_empty() {
             if let Some(how) = self.control.cancelled.remove(&id) {
-                return Some(Payload::Error(self.cancelled_error(id, how)));
+                return Some(Payload::Error(Box::new(self.cancelled_error(id, how))));
             }
         }
         let Payload::Error(e) = &payload else {

@@ -211,7 +211,7 @@ impl State {
         );
         let now = super::super::observe::now_us();
         self.record((d.node, d.pid), d.task, &function, false, now, 0);
-        self.complete(d.task, Payload::Error(e), Vec::new());
+        self.complete(d.task, Payload::Error(Box::new(e)), Vec::new());
     }
 }
 

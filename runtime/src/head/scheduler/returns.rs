@@ -52,7 +52,7 @@ impl State {
                 ..Default::default()
             };
             e.set_kind(proto::ErrorKind::Task);
-            return Err(Payload::Error(e));
+            return Err(Payload::Error(Box::new(e)));
         }
         for k in 1..n {
             let id = spec.task_id + k;
@@ -113,7 +113,7 @@ impl State {
                             ..Default::default()
                         };
                         e.set_kind(proto::ErrorKind::Codec);
-                        (Payload::Error(e), Vec::new())
+                        (Payload::Error(Box::new(e)), Vec::new())
                     }
                 },
             };
