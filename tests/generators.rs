@@ -511,3 +511,22 @@ fn a_cancelled_stream_ends_with_cancelled() {
     assert!(stream.next().is_none());
     assert_eq!(fleet::get(&first).expect("first"), 0);
 }
+
+#[test]
+fn a_producer_waiting_for_its_consumer_lends_its_cpu() {
+    // One CPU: held by a generator that waits for its consumer, the task
+    // below could never run.
+    let _c = cluster(1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let progress = dir.path().join("progress");
+    let stream = endless::remote(dir.path().to_str().expect("utf-8"));
+    wait_until("the generator to fill its window", GENEROUS, || {
+        (read_count(&progress) >= 4).then_some(())
+    });
+    let r = double::remote(21);
+    assert_eq!(
+        fleet::get_timeout(&r, GENEROUS).expect("the task runs meanwhile"),
+        42
+    );
+    drop(stream);
+}

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::browser::run_chromium;
-use common::cli::{fleet_bin, CliCluster};
+use common::cli::{fleet_bin, Child, CliCluster};
 use common::{wait_until, Gate, GENEROUS};
 use fleet::{remote, ObjectRef};
 
@@ -519,6 +519,52 @@ fn a_dead_worker_gives_its_resources_back() {
         Some(()),
         "a licensed task runs again"
     );
+}
+
+#[test]
+fn the_autoscaler_does_not_ask_nodes_for_a_custom_resource() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token = common::cli::fresh_token();
+    // Scale-up only records that it was asked; no node joins.
+    let ups = dir.path().join("ups");
+    let scale_up = format!("echo {{job}} >> {}", ups.display());
+    let head = Child::spawn(
+        Command::new(fleet_bin())
+            .args(["start", "--head", "--port", "0", "--no-dashboard"])
+            .args(["--block", "--num-cpus", "0", "--token-file"])
+            .arg(dir.path().join("token"))
+            .args(["--autoscale", "command", "--max-nodes", "3"])
+            .args(["--upscale-after", "1", "--node-cpus", "1"])
+            .args(["--scale-up", &scale_up, "--scale-down", "true"])
+            .env("FLEET_TOKEN", &token)
+            .env("FLEET_AUTOSCALE_INTERVAL_MS", "100"),
+    );
+    let address = head.serving_address();
+    let _driver = fleet::init_with(fleet::Config {
+        address: Some(address.clone()),
+        token: Some(token.clone()),
+        ..Default::default()
+    })
+    .expect("join");
+    // Both wait for a CPU; only the plain one is demand for a new node.
+    let gpu = train::remote(String::new());
+    let cpu = plain::remote(0);
+    let events = wait_until("the autoscaler to ask for a node", GENEROUS, || {
+        let a = fleet::daemon::status(&address, &token)
+            .expect("status")
+            .autoscale
+            .expect("the head has an autoscaler");
+        (a.requested > 0).then_some(a.events)
+    });
+    let asked = events
+        .iter()
+        .find(|e| e.contains("CPUs of ready tasks waited"))
+        .unwrap_or_else(|| panic!("no scale-up event in {events:?}"));
+    assert!(
+        asked.contains(" 1 CPUs of ready tasks") && asked.ends_with("asking for 1"),
+        "the gpu task was counted as demand: {asked:?}"
+    );
+    drop((gpu, cpu));
 }
 
 #[test]

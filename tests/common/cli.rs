@@ -86,9 +86,41 @@ impl Drop for Child {
     }
 }
 
+/// The newest modification time of the files the `fleet` binary is built
+/// from (the CLI's and the library's sources, the proto).
+fn newest_source() -> Option<std::time::SystemTime> {
+    fn walk(path: &std::path::Path, newest: &mut Option<std::time::SystemTime>) {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+                walk(&entry.path(), newest);
+            }
+        } else if let Ok(t) = meta.modified() {
+            *newest = (*newest).max(Some(t));
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut newest = None;
+    for part in [
+        "cli/src",
+        "cli/Cargo.toml",
+        "runtime/src",
+        "runtime/Cargo.toml",
+        "runtime/build.rs",
+        "macros/src",
+        "proto",
+    ] {
+        walk(&root.join(part), &mut newest);
+    }
+    newest
+}
+
 /// The `fleet` CLI next to the test binary's `deps/` folder, built first
-/// if it is not there: the tests live in another package than the CLI, so
-/// `cargo nextest run` does not build it by itself.
+/// if it is missing or older than its sources: the tests live in another
+/// package than the CLI (`fleet-cli`, in `cli/`), so `cargo nextest run`
+/// does not build it by itself, and a stale one would test old code.
 pub(crate) fn fleet_bin() -> PathBuf {
     static BUILT: std::sync::Once = std::sync::Once::new();
     let exe = std::env::current_exe().expect("test executable");
@@ -99,7 +131,8 @@ pub(crate) fn fleet_bin() -> PathBuf {
         .to_path_buf();
     let bin = profile_dir.join("fleet");
     BUILT.call_once(|| {
-        if bin.is_file() {
+        let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+        if built.is_some() && built >= newest_source() {
             return;
         }
         let target_dir = profile_dir.parent().expect("target dir");

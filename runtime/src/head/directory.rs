@@ -161,7 +161,6 @@ impl State {
             let Some(task) = self.tasks.remove(&id) else {
                 continue;
             };
-            self.forget_children(id);
             if task.spec.num_returns > 1 {
                 let failed = self.close_returns(&task.spec, &payload);
                 work.extend(failed.into_iter().map(|(d, p)| (d, p, Vec::new())));

@@ -140,7 +140,6 @@ impl State {
         }
         let retries_left = spec.max_retries;
         let actor = spec.actor_id;
-        let parent = spec.parent_task;
         self.tasks.insert(
             id,
             Box::new(Task {
@@ -152,9 +151,6 @@ impl State {
                 ready_at: std::time::Instant::now(),
             }),
         );
-        if parent != 0 {
-            self.note_parent(id, parent);
-        }
         if failed.is_none() && actor != 0 {
             failed = self.enqueue_call(id, actor);
         }

@@ -72,6 +72,13 @@ pub(crate) fn wake() {
     MOVED.notify_all();
 }
 
+/// A producer that has waited this long for its consumer lends its CPU
+/// to the cluster until it may go on (as a task waiting in `get` does), so
+/// generators waiting for a slow consumer cannot starve the work that
+/// consumer waits for. Shorter waits keep it, so a fast stream does not
+/// pay two messages per item.
+const LEND_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Waits until item `index` is within the backpressure window; false if
 /// the task was cancelled (its consumer dropped the stream).
 fn room_for(task: u64, index: u64, backpressure: u32) -> bool {
@@ -79,15 +86,24 @@ fn room_for(task: u64, index: u64, backpressure: u32) -> bool {
         return !crate::worker::cancel::is_cancelled();
     }
     let mut m = CONSUMED.lock();
+    let mut lent = None;
     loop {
         if crate::worker::cancel::is_cancelled() {
             return false;
         }
         let consumed = m.as_ref().and_then(|m| m.get(&task)).copied().unwrap_or(0);
         if index < consumed.saturating_add(u64::from(backpressure)) {
+            drop(m);
+            drop(lent);
             return true;
         }
-        MOVED.wait(&mut m);
+        if lent.is_some() {
+            MOVED.wait(&mut m);
+        } else if MOVED.wait_for(&mut m, LEND_AFTER).timed_out() {
+            lent = Some(parking_lot::MutexGuard::unlocked(&mut m, || {
+                crate::worker::executor::lend_cpu()
+            }));
+        }
     }
 }
 

@@ -64,6 +64,16 @@ pub(super) fn demand(head: &Head, opts: &AutoscaleOptions) -> Demand {
         if !t.spec.node.is_empty() {
             continue;
         }
+        // Nor tasks that need a custom resource: the autoscaler's nodes
+        // bring CPUs and memory only, so asking for more would not help.
+        if !t.spec.resources.is_empty()
+            && t.spec
+                .resources
+                .iter()
+                .any(|r| r.name != crate::resources::MEMORY && r.amount > 0.0)
+        {
+            continue;
+        }
         waiting += t.spec.num_cpus.max(0.0);
         if waiting > enough {
             break;

@@ -9,6 +9,8 @@
 //! that depend on a cancelled result fail with the same error, and a
 //! recursive cancel reaches every task the cancelled ones submitted.
 
+use std::collections::HashMap;
+
 use crate::proto::{self, head_op::Op, object_value::Payload};
 
 use super::super::state::State;
@@ -20,12 +22,18 @@ impl State {
         if self.tasks.get(&c.task_id).is_none_or(|t| t.job != job) {
             return;
         }
+        // Who submitted what is found now, from the unfinished tasks' specs,
+        // rather than kept per task on the way in: cancels are rare, and
+        // the submit path stays free of it.
+        let mut children = if c.recursive {
+            self.children_of_unfinished()
+        } else {
+            HashMap::new()
+        };
         let mut work = vec![(c.task_id, true)];
         while let Some((id, root)) = work.pop() {
-            if c.recursive {
-                if let Some(kids) = self.control.children.remove(&id) {
-                    work.extend(kids.into_iter().map(|k| (k, false)));
-                }
+            if let Some(kids) = children.remove(&id) {
+                work.extend(kids.into_iter().map(|k| (k, false)));
             }
             let how = match (root, c.force) {
                 (true, false) => "was cancelled (fleet::cancel)",
@@ -34,6 +42,18 @@ impl State {
             };
             self.cancel_one(id, c.force, how);
         }
+    }
+
+    /// Unfinished tasks by the unfinished task that submitted them.
+    fn children_of_unfinished(&self) -> HashMap<u64, Vec<u64>> {
+        let mut children: HashMap<u64, Vec<u64>> = HashMap::new();
+        for (id, t) in &self.tasks {
+            let parent = t.spec.parent_task;
+            if parent != 0 && self.tasks.contains_key(&parent) {
+                children.entry(parent).or_default().push(*id);
+            }
+        }
+        children
     }
 
     pub(super) fn cancel_one(&mut self, id: u64, force: bool, how: &'static str) {

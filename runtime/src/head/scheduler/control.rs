@@ -1,7 +1,6 @@
 //! The scheduler's part in controlling running work: which tasks were
-//! cancelled while a worker had them, which task submitted which (for a
-//! recursive cancel), workers the memory monitor killed, and whether a
-//! failed attempt is retried (`retry_on_error`).
+//! cancelled while a worker had them, workers the memory monitor killed,
+//! and whether a failed attempt is retried (`retry_on_error`).
 
 use std::collections::HashMap;
 
@@ -18,8 +17,6 @@ pub(in crate::head) struct Control {
     /// Tasks cancelled while sent to a worker: whatever they return, they
     /// finish as `Cancelled`. The value says how (for the message).
     pub(in crate::head) cancelled: HashMap<u64, &'static str>,
-    /// Unfinished tasks that submitted tasks, and what they submitted.
-    pub(in crate::head) children: HashMap<u64, Vec<u64>>,
     /// By worker id: why the memory monitor killed it, and its node.
     pub(in crate::head) oom_kills: HashMap<u64, (String, String)>,
     /// By node: when the memory monitor last killed a worker there.
@@ -74,19 +71,5 @@ impl State {
             return None;
         }
         Some(payload)
-    }
-
-    /// Remembers which task submitted `id`, for a recursive cancel.
-    pub(in crate::head) fn note_parent(&mut self, id: u64, parent: u64) {
-        if parent != 0 && self.tasks.contains_key(&parent) {
-            self.control.children.entry(parent).or_default().push(id);
-        }
-    }
-
-    /// A task finished: it has no children to cancel any more.
-    pub(in crate::head) fn forget_children(&mut self, id: u64) {
-        if !self.control.children.is_empty() {
-            self.control.children.remove(&id);
-        }
     }
 }
