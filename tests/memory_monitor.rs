@@ -138,3 +138,33 @@ fn a_bad_threshold_is_refused_with_the_fix() {
         "{text}"
     );
 }
+
+/// The same on a node agent of a CLI cluster (`fleet start --address`): the
+/// agent's own monitor kills the worker, and the head, which runs no
+/// workers itself, turns that into `OutOfMemory` naming the agent's node.
+#[test]
+fn a_node_agent_kills_a_task_over_the_threshold() {
+    // The agent inherits the threshold from this process's environment.
+    set_threshold_near();
+    let mut c = common::cli::CliCluster::start(0, &[]);
+    let node = c.add_node("127.0.0.2", 1);
+    let _driver = c.join();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let r = hog::options()
+        .max_retries(1)
+        .remote(dir.path().to_string_lossy().into_owned(), true);
+    match fleet::get_timeout(&r, Some(GENEROUS)) {
+        Err(Error::OutOfMemory {
+            function,
+            node: on,
+            message,
+        }) => {
+            assert!(function.ends_with("hog"), "{function}");
+            assert_eq!(on, node, "the node agent's name");
+            assert!(message.contains("FLEET_MEMORY_THRESHOLD"), "{message}");
+        }
+        other => panic!("expected Error::OutOfMemory, got {other:?}"),
+    }
+    assert!(dir.path().join("attempt-2").exists(), "retried once");
+    assert!(!dir.path().join("attempt-3").exists());
+}

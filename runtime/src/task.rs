@@ -82,13 +82,30 @@ impl TaskOptions {
     }
 
     /// Fills in what these options say about placement.
-    pub(crate) fn place(&self, spec: &mut proto::TaskSpec) {
+    fn place(&self, spec: &mut proto::TaskSpec) {
         if self.resources.is_empty() && !self.spread && self.node_soft.is_none() {
             return;
         }
         spec.resources.clone_from(&self.resources);
         spec.spread = self.spread;
         spec.node_soft = self.node_soft.clone().unwrap_or_default();
+    }
+
+    /// The spec of a call made with these options: the function, its
+    /// placement and retries, and the task that submits it (for recursive
+    /// cancel). Ids and generator settings are the caller's to fill in.
+    pub(crate) fn spec(&self) -> proto::TaskSpec {
+        let mut spec = proto::TaskSpec {
+            function: self.function.to_string(),
+            num_cpus: self.num_cpus,
+            max_retries: self.max_retries,
+            node: self.node.clone().unwrap_or_default(),
+            retry_on_error: self.retry_on_error,
+            parent_task: crate::worker::cancel::current(),
+            ..Default::default()
+        };
+        self.place(&mut spec);
+        spec
     }
 
     /// The arguments, with the error of a bad option first if there is one

@@ -158,17 +158,10 @@ impl Client {
         opts: &TaskOptions,
         args: Vec<Result<ArgValue>>,
     ) -> (Arc<Handle>, Arc<Inbox>) {
-        let mut spec = proto::TaskSpec {
-            function: opts.function.to_string(),
-            num_cpus: opts.num_cpus,
-            max_retries: opts.max_retries,
-            node: opts.node.clone().unwrap_or_default(),
-            retry_on_error: opts.retry_on_error,
-            parent_task: crate::worker::cancel::current(),
+        let spec = proto::TaskSpec {
             generator_backpressure: opts.generator_backpressure,
-            ..Default::default()
+            ..opts.spec()
         };
-        opts.place(&mut spec);
         self.submit_stream(spec, args)
     }
 

@@ -17,18 +17,11 @@ impl Client {
         let more: Vec<Arc<Handle>> = (1..u64::from(n))
             .map(|k| self.new_handle(base + k, State::Pending))
             .collect();
-        let mut spec = proto::TaskSpec {
+        let spec = proto::TaskSpec {
             task_id: base,
-            function: opts.function.to_string(),
-            num_cpus: opts.num_cpus,
-            max_retries: opts.max_retries,
-            node: opts.node.clone().unwrap_or_default(),
-            retry_on_error: opts.retry_on_error,
-            parent_task: crate::worker::cancel::current(),
             num_returns: n,
-            ..Default::default()
+            ..opts.spec()
         };
-        opts.place(&mut spec);
         let first = self.submit(spec, args);
         if let Some(Ok(err)) = self.slots.get(&first.id).map(|s| match &s.state {
             State::Ready(Payload::Error(e)) => Ok(e.clone()),
@@ -47,17 +40,7 @@ impl Client {
         opts: &TaskOptions,
         args: Vec<Result<ArgValue>>,
     ) -> Arc<Handle> {
-        let mut spec = proto::TaskSpec {
-            function: opts.function.to_string(),
-            num_cpus: opts.num_cpus,
-            max_retries: opts.max_retries,
-            node: opts.node.clone().unwrap_or_default(),
-            retry_on_error: opts.retry_on_error,
-            parent_task: crate::worker::cancel::current(),
-            ..Default::default()
-        };
-        opts.place(&mut spec);
-        self.submit(spec, args)
+        self.submit(opts.spec(), args)
     }
 
     /// Submits `spec` (a task, an actor's creation or a method call) with
