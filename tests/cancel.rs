@@ -281,19 +281,7 @@ fn a_queued_actor_call_is_dropped() {
 
 /// `/api/snapshot` of the dashboard at `base` (`http://host:port`).
 fn snapshot(base: &str) -> serde_json::Value {
-    use std::io::{Read, Write};
-    let host = base.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(host).expect("connecting to the dashboard");
-    s.set_read_timeout(Some(GENEROUS)).expect("read timeout");
-    write!(
-        s,
-        "GET /api/snapshot HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("sending the request");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("reading the response");
-    assert!(text.starts_with("HTTP/1.1 200"), "response: {text:.200}");
-    serde_json::from_str(text.split_once("\r\n\r\n").expect("a body").1).expect("JSON")
+    serde_json::from_str(&common::http::get_ok(base, "/api/snapshot")).expect("JSON")
 }
 
 #[test]

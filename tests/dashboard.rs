@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -167,18 +166,7 @@ fn section<'a>(dom: &'a str, id: &str, tag: &str) -> &'a str {
 
 /// `/api/snapshot` of the dashboard at `base` (`http://host:port`).
 fn snapshot(base: &str) -> String {
-    let host = base.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(host).expect("connecting to the dashboard");
-    s.set_read_timeout(Some(GENEROUS)).expect("read timeout");
-    write!(
-        s,
-        "GET /api/snapshot HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("sending the request");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("reading the response");
-    assert!(text.starts_with("HTTP/1.1 200"), "response: {text:.200}");
-    text.split_once("\r\n\r\n").expect("a body").1.to_string()
+    common::http::get_ok(base, "/api/snapshot")
 }
 
 fn finished_of(snapshot: &str, function: &str) -> u64 {
