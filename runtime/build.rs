@@ -19,6 +19,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // the head keeps one per object and a driver one per ref.
         .boxed(".fleet.v1.ObjectValue.payload.stored")
         .boxed(".fleet.v1.ObjectValue.payload.error")
+        // Only the head's copy for a worker has store locations: boxed, an
+        // argument is 40 bytes instead of 64 (a queued task keeps its
+        // arguments).
+        .boxed(".fleet.v1.Arg.kind.stored")
         .compile_protos(&["../proto/fleet.proto"], &["../proto"])?;
     Ok(())
 }
