@@ -28,11 +28,9 @@ impl State {
                 holders: 1,
                 pins: 0,
                 subscribers: Default::default(),
-                dependents: Default::default(),
-                contains: Box::default(),
                 last_used: 0,
                 spilled: false,
-                lineage: None,
+                more: None,
                 job: 0,
                 creator: 0,
             }),
@@ -71,7 +69,7 @@ impl State {
         if self.new_object(id, ObjState::Done(payload), client) {
             self.pin_all(&put.nested_refs);
             if let Some(o) = self.objects.get_mut(&id) {
-                o.contains = put.nested_refs.into_boxed_slice();
+                o.set_contains(put.nested_refs);
             }
             self.stored(id);
         }
@@ -157,7 +155,8 @@ impl State {
                 }
                 self.free_everywhere(&loc.path);
             }
-            for c in o.contains {
+            let mut o = o;
+            for c in o.take_contains() {
                 if let Some(inner) = self.objects.get_mut(&c) {
                     inner.pins = inner.pins.saturating_sub(1);
                     work.push(c);
@@ -191,10 +190,10 @@ impl State {
             let (subscribers, dependents) = match self.objects.get_mut(&id) {
                 Some(o) => {
                     o.state = ObjState::Done(payload.clone());
-                    o.contains = nested.into_boxed_slice();
+                    o.set_contains(nested);
                     (
                         std::mem::take(&mut o.subscribers),
-                        std::mem::take(&mut o.dependents),
+                        o.take_dependents(),
                     )
                 }
                 None => Default::default(),

@@ -217,7 +217,7 @@ impl State {
             .map(|(id, _)| *id)
             .collect();
         for id in on_node {
-            let lineage = self.objects.get_mut(&id).and_then(|o| o.lineage.take());
+            let lineage = self.objects.get_mut(&id).and_then(|o| o.take_lineage());
             let rebuildable = lineage.as_ref().is_some_and(|spec| {
                 spec.args
                     .iter()

@@ -120,7 +120,7 @@ impl State {
                     match &o.state {
                         ObjState::Pending => {
                             missing += 1;
-                            o.dependents.push(id);
+                            o.more().dependents.push(id);
                         }
                         ObjState::Done(Payload::Error(e)) => {
                             failed = Some(Payload::Error(e.clone()))
@@ -184,7 +184,12 @@ impl State {
         }
         let mut freed = None;
         if let Some(w) = self.workers.get_mut(&client) {
-            w.queue.retain(|t| *t != id);
+            // Results come in the order the queue ran: the front, usually.
+            if w.queue.front() == Some(&id) {
+                w.queue.pop_front();
+            } else {
+                w.queue.retain(|t| *t != id);
+            }
             if w.queue.is_empty() {
                 if !w.blocked {
                     freed = Some((w.node_label.clone(), w.lease));
@@ -221,7 +226,7 @@ impl State {
         self.stash_returns(id, result.more_returns);
         self.complete(id, payload, result.nested_refs);
         if let Some(o) = self.objects.get_mut(&id) {
-            o.lineage = lineage;
+            o.set_lineage(lineage);
         }
     }
 

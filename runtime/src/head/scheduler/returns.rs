@@ -154,9 +154,9 @@ impl State {
             return Vec::new();
         };
         o.state = ObjState::Done(payload.clone());
-        o.contains = nested.into_boxed_slice();
+        o.set_contains(nested);
         let subscribers = std::mem::take(&mut o.subscribers);
-        let dependents = std::mem::take(&mut o.dependents);
+        let dependents = o.take_dependents();
         for c in subscribers {
             self.out.push(
                 c,
