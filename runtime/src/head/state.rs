@@ -366,8 +366,8 @@ impl State {
                 // objects and still holds some.
                 for (id, o) in self.objects.iter_mut() {
                     if o.creator == client {
+                        // Its hold is in `holders`: released below.
                         o.creator = 0;
-                        o.holders = o.holders.saturating_add(1);
                         held.push(*id);
                     }
                 }
