@@ -2,18 +2,21 @@
 //! workers: submits tasks and puts, and keeps this process's table of
 //! object handles and finished values.
 
+mod backlog;
 mod remote;
+mod slots;
 mod streams;
 mod submit;
 pub(crate) mod transport;
 mod waiter;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
 use serde::de::DeserializeOwned;
+use slots::Slots;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::codec::{self, INLINE_MAX};
@@ -23,6 +26,7 @@ use crate::object_ref::{lost, ArgKind, ArgValue, Handle};
 use crate::proto::{self, arg, client_op::Op, object_value::Payload};
 use crate::task::TaskOptions;
 
+pub(crate) use backlog::Backlog;
 pub(crate) use streams::Inbox;
 pub(crate) use waiter::Waiter;
 
@@ -36,28 +40,33 @@ thread_local! {
 /// What this process knows of one object it holds handles to.
 struct Slot {
     handles: u32,
-    state: State,
     subscribed: bool,
-    /// Inline for one: a driver's `get_all` of a million refs registers
-    /// one waiter on each, and an allocation per slot cost ~32 bytes each.
-    waiters: smallvec::SmallVec<[Arc<Waiter>; 1]>,
+    state: State,
 }
 
+/// Waiters are kept only while the object is pending, and the value only
+/// once it is ready, so the two share their bytes.
 enum State {
-    Pending,
+    /// Inline for one: a driver's `get_all` of a million refs registers
+    /// one waiter on each, and an allocation per slot cost ~32 bytes each.
+    Pending(smallvec::SmallVec<[Arc<Waiter>; 1]>),
     Ready(Payload),
+}
+
+impl State {
+    fn pending() -> Self {
+        State::Pending(Default::default())
+    }
 }
 
 /// One process's session with the head.
 pub(crate) struct Client {
-    id: u32,
     node: String,
-    seq: AtomicU64,
     out: UnboundedSender<proto::ClientOp>,
-    /// Boxed: the table has about as many empty buckets again as entries
-    /// (a million refs: two million buckets), and an empty bucket costs
-    /// what its entry does; a box makes a bucket 16 bytes instead of 80.
-    slots: DashMap<u64, Box<Slot>>,
+    /// Also numbers this session's objects (see `next_id`).
+    slots: Slots<Slot>,
+    /// A driver's unsent operations, which its submits wait on.
+    backlog: OnceLock<Arc<Backlog>>,
     store: ObjectStore,
     /// Set when this process shares no node's store (a driver on another
     /// machine): large values then travel as streams.
@@ -94,11 +103,10 @@ impl Client {
     ) -> Arc<Self> {
         let (store, remote) = Self::choose_store(welcome, token);
         Arc::new(Client {
-            id: welcome.client_id,
             node: store.node().to_string(),
-            seq: AtomicU64::new(0),
             out,
-            slots: DashMap::new(),
+            slots: Slots::new(welcome.client_id),
+            backlog: OnceLock::new(),
             store,
             remote,
             token: token.to_string(),
@@ -176,6 +184,19 @@ impl Client {
         self.new_handle(self.next_id(), State::Ready(Payload::Error(Box::new(wire))))
     }
 
+    /// Makes this driver's submits wait while `backlog` is long.
+    pub(crate) fn set_backlog(&self, backlog: Arc<Backlog>) {
+        let _ = self.backlog.set(backlog);
+    }
+
+    /// Waits while too many operations are unsent (a driver only; see
+    /// `client/backlog.rs`). Call only where no lock is held.
+    fn wait_for_room(&self) {
+        if let Some(b) = self.backlog.get() {
+            b.wait_for_room(|| self.closed.load(Ordering::Acquire));
+        }
+    }
+
     pub(crate) fn node(&self) -> &str {
         &self.node
     }
@@ -196,6 +217,9 @@ impl Client {
         if let Some(op) = op {
             if self.holding.load(Ordering::Acquire) {
                 self.flush_held();
+            }
+            if let Some(b) = self.backlog.get() {
+                b.added(1);
             }
             // A closed session fails every pending object; nothing else to do.
             let _ = self.out.send(op);
@@ -239,6 +263,9 @@ impl Client {
         // Sent under the lock, so two flushers cannot reorder them.
         let mut h = self.held.lock();
         self.holding.store(false, Ordering::Release);
+        if let Some(b) = self.backlog.get() {
+            b.added(h.ops.len());
+        }
         for op in h.ops.drain(..) {
             let _ = self.out.send(op);
         }
@@ -249,26 +276,25 @@ impl Client {
     /// Ids are unique cluster-wide: the head hands each session its own
     /// prefix, so no round trip is needed to name a new object.
     pub(crate) fn next_id(&self) -> u64 {
-        (u64::from(self.id) << 40) | (self.seq.fetch_add(1, Ordering::Relaxed) + 1)
+        self.slots.reserve(1)
     }
 
     fn new_handle(self: &Arc<Self>, id: u64, state: State) -> Arc<Handle> {
         // Work submitted after the head went away fails at once, as the
         // work pending then did.
         let state = match (state, self.gone.get()) {
-            (State::Pending, Some(why)) => State::Ready(Payload::Error(Box::new(
+            (State::Pending(_), Some(why)) => State::Ready(Payload::Error(Box::new(
                 Error::Connection(why.clone()).to_wire(),
             ))),
             (state, _) => state,
         };
         self.slots.insert(
             id,
-            Box::new(Slot {
+            Slot {
                 handles: 1,
-                state,
                 subscribed: false,
-                waiters: Default::default(),
-            }),
+                state,
+            },
         );
         Arc::new(Handle {
             id,
@@ -278,19 +304,15 @@ impl Client {
 
     /// A handle for an id received inside a value.
     pub(crate) fn adopt(self: &Arc<Self>, id: u64) -> Arc<Handle> {
-        let mut new = false;
-        self.slots
-            .entry(id)
-            .and_modify(|s| s.handles += 1)
-            .or_insert_with(|| {
-                new = true;
-                Box::new(Slot {
-                    handles: 1,
-                    state: State::Pending,
-                    subscribed: false,
-                    waiters: Default::default(),
-                })
-            });
+        let new = self.slots.upsert(
+            id,
+            || Slot {
+                handles: 1,
+                subscribed: false,
+                state: State::pending(),
+            },
+            |s| s.handles += 1,
+        );
         if new {
             self.send(Op::Acquire(id));
         }
@@ -325,14 +347,14 @@ impl Client {
         if deferred {
             return;
         }
-        let last = match self.slots.get_mut(&id) {
-            Some(mut s) => {
+        let last = self
+            .slots
+            .with(id, |s| {
                 s.handles -= 1;
                 s.handles == 0
-            }
-            None => false,
-        };
-        if last && self.slots.remove_if(&id, |_, s| s.handles == 0).is_some() {
+            })
+            .unwrap_or(false);
+        if last && self.slots.remove_if(id, |s| s.handles == 0).is_some() {
             self.send(Op::Release(id));
         }
     }
@@ -346,7 +368,7 @@ impl Client {
 
     /// Asks the head which actor has `name`: (id, class), or `None`.
     pub(crate) fn lookup_actor(&self, name: &str) -> Result<Option<(u64, String)>> {
-        let request_id = self.seq.fetch_add(1, Ordering::Relaxed);
+        let request_id = self.slots.reserve(1);
         let (tx, rx) = std::sync::mpsc::channel();
         self.replies.insert(request_id, tx);
         if let Some(why) = self.gone.get() {
@@ -379,11 +401,11 @@ impl Client {
         let Some(payload) = value.payload else {
             return;
         };
-        let waiters = match self.slots.get_mut(&value.object_id) {
-            Some(mut s) => {
-                s.state = State::Ready(payload);
-                std::mem::take(&mut s.waiters)
-            }
+        let waiters = match self.slots.with(value.object_id, |s| {
+            std::mem::replace(&mut s.state, State::Ready(payload))
+        }) {
+            Some(State::Pending(waiters)) => waiters,
+            Some(State::Ready(_)) => Default::default(),
             None => return,
         };
         for w in waiters {
@@ -412,12 +434,17 @@ impl Client {
         self.replies.clear();
         let err = Error::Connection(why).to_wire();
         let mut waiters = Vec::new();
-        for mut s in self.slots.iter_mut() {
-            if matches!(s.state, State::Pending) {
-                s.state = State::Ready(Payload::Error(Box::new(err.clone())));
-                waiters.extend(s.waiters.drain(..));
+        self.slots.for_each(|s| {
+            if matches!(s.state, State::Pending(_)) {
+                let was = std::mem::replace(
+                    &mut s.state,
+                    State::Ready(Payload::Error(Box::new(err.clone()))),
+                );
+                if let State::Pending(w) = was {
+                    waiters.extend(w);
+                }
             }
-        }
+        });
         for w in waiters {
             w.wake();
         }
@@ -428,25 +455,31 @@ impl Client {
     /// them; returns how many were already finished.
     fn register(&self, ids: &[u64], waiter: &Arc<Waiter>) -> usize {
         let mut done = 0;
+        let mut subscribe = Vec::new();
         for &id in ids {
-            match self.slots.get_mut(&id) {
-                Some(mut s) => {
-                    if matches!(s.state, State::Ready(_)) {
-                        done += 1;
-                        waiter.count_down(id);
-                    } else {
-                        s.waiters.push(waiter.clone());
-                        if !s.subscribed {
-                            s.subscribed = true;
-                            self.send(Op::Subscribe(id));
-                        }
+            let pending = self.slots.with(id, |s| match &mut s.state {
+                State::Ready(_) => false,
+                State::Pending(waiters) => {
+                    waiters.push(waiter.clone());
+                    if !s.subscribed {
+                        s.subscribed = true;
+                        subscribe.push(id);
                     }
+                    true
                 }
-                None => {
-                    done += 1;
-                    waiter.count_down(id);
-                }
+            });
+            if pending != Some(true) {
+                done += 1;
+                waiter.count_down(id);
             }
+        }
+        // Sent outside the table's locks, so a driver may wait for room
+        // between them (a `get_all` of a million refs).
+        for (i, id) in subscribe.into_iter().enumerate() {
+            if i % 4096 == 0 {
+                self.wait_for_room();
+            }
+            self.send(Op::Subscribe(id));
         }
         if self.closed.load(Ordering::Acquire) {
             waiter.wake();
@@ -456,8 +489,8 @@ impl Client {
 
     pub(crate) fn is_ready(&self, id: u64) -> bool {
         self.slots
-            .get(&id)
-            .is_none_or(|s| matches!(s.state, State::Ready(_)))
+            .with(id, |s| matches!(s.state, State::Ready(_)))
+            .unwrap_or(true)
     }
 
     /// Blocks until `needed` of `ids` are finished or the timeout passes.
@@ -490,16 +523,17 @@ impl Client {
 
     /// The bytes of a finished object.
     pub(crate) fn bytes(&self, id: u64) -> Result<Bytes> {
-        let payload = match self.slots.get(&id) {
-            Some(s) => match &s.state {
-                State::Ready(p) => p.clone(),
-                State::Pending => {
-                    return Err(match self.gone.get() {
-                        Some(why) => Error::Connection(why.clone()),
-                        None => lost(id, "not finished"),
-                    })
-                }
-            },
+        let payload = match self.slots.with(id, |s| match &s.state {
+            State::Ready(p) => Some(p.clone()),
+            State::Pending(_) => None,
+        }) {
+            Some(Some(p)) => p,
+            Some(None) => {
+                return Err(match self.gone.get() {
+                    Some(why) => Error::Connection(why.clone()),
+                    None => lost(id, "not finished"),
+                })
+            }
             None => return Err(lost(id, "no handle to it in this process")),
         };
         match payload {
@@ -529,7 +563,7 @@ mod tests {
     /// thought from costing every ref.
     #[test]
     fn a_slot_stays_small() {
-        let size = std::mem::size_of::<super::Slot>();
-        assert!(size <= 80, "Slot is {size} bytes");
+        let size = std::mem::size_of::<Option<super::Slot>>();
+        assert!(size <= 56, "Slot is {size} bytes");
     }
 }

@@ -148,6 +148,7 @@ pub(crate) fn runtime(name: &str, threads: usize) -> Result<Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .thread_name(name)
+        .on_thread_start(crate::latency::short_slice)
         .enable_all()
         .build()
         .map_err(|e| Error::Startup(format!("tokio runtime: {e}")))
@@ -409,10 +410,11 @@ fn join(address: &str, config: &Config) -> Result<Inner> {
     let addr = address.to_string();
     let client = block_on(&rt, async move {
         upload(addr.clone(), token.clone(), exe, hash.clone()).await?;
-        let (out, mut inbound) = transport::connect(&addr).await?;
+        let (out, mut inbound, backlog) = transport::connect_driver(&addr).await?;
         let (welcome, leftover) =
             transport::handshake(&out, &mut inbound, hello(token.clone(), hash)).await?;
         let client = Client::new(&welcome, out, &token);
+        client.set_backlog(backlog);
         tokio::spawn(transport::receive(client.clone(), leftover, inbound, None));
         Ok::<_, Error>(client)
     })?;

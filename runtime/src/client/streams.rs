@@ -178,12 +178,13 @@ impl Client {
         spec.generator = true;
         let handle = self.submit(spec, args);
         // Hear of the task's end.
-        if let Some(mut s) = self.slots.get_mut(&id) {
-            if matches!(s.state, State::Pending) && !s.subscribed {
-                s.subscribed = true;
-                drop(s);
-                self.send(Op::Subscribe(id));
-            }
+        let subscribe = self.slots.with(id, |s| {
+            let first = matches!(s.state, State::Pending(_)) && !s.subscribed;
+            s.subscribed = true;
+            first
+        });
+        if subscribe == Some(true) {
+            self.send(Op::Subscribe(id));
         }
         if self.is_ready(id) {
             inbox.end();

@@ -12,10 +12,9 @@ impl Client {
         args: Vec<Result<ArgValue>>,
     ) -> Vec<Arc<Handle>> {
         let n = n.max(1);
-        let base =
-            (u64::from(self.id) << 40) | (self.seq.fetch_add(u64::from(n), Ordering::Relaxed) + 1);
+        let base = self.slots.reserve(u64::from(n));
         let more: Vec<Arc<Handle>> = (1..u64::from(n))
-            .map(|k| self.new_handle(base + k, State::Pending))
+            .map(|k| self.new_handle(base + k, State::pending()))
             .collect();
         let spec = proto::TaskSpec {
             task_id: base,
@@ -23,7 +22,7 @@ impl Client {
             ..opts.spec()
         };
         let first = self.submit(spec, args);
-        if let Some(Ok(err)) = self.slots.get(&first.id).map(|s| match &s.state {
+        if let Some(Ok(err)) = self.slots.with(first.id, |s| match &s.state {
             State::Ready(Payload::Error(e)) => Ok(e.clone()),
             _ => Err(()),
         }) {
@@ -50,13 +49,14 @@ impl Client {
         mut spec: proto::TaskSpec,
         args: Vec<Result<ArgValue>>,
     ) -> Arc<Handle> {
+        self.wait_for_room();
         // A task with several results comes with its ids reserved.
         let id = if spec.task_id != 0 {
             spec.task_id
         } else {
             self.next_id()
         };
-        let handle = self.new_handle(id, State::Pending);
+        let handle = self.new_handle(id, State::pending());
         spec.task_id = id;
         spec.args = Vec::with_capacity(args.len());
         // Handles of ref arguments stay alive until the submit is queued, so
@@ -102,7 +102,7 @@ impl Client {
 
     /// Stores a value: encoded inline if small, else streamed straight into
     /// the node's store.
-    pub(crate) fn put_value<T: serde::Serialize>(
+    pub(crate) fn put_value<T: serde::Serialize + ?Sized>(
         self: &Arc<Self>,
         value: &T,
     ) -> Result<Arc<Handle>> {

@@ -8,7 +8,7 @@ use futures::{Stream, StreamExt};
 use prost::Message;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 
-use crate::client::Client;
+use crate::client::{Backlog, Client};
 use crate::error::{Error, Result};
 use crate::proto::{self, head_client::HeadClient, head_op};
 
@@ -26,7 +26,15 @@ pub(crate) type Inbound = Pin<Box<dyn Stream<Item = Result<Vec<proto::HeadOp>>> 
 pub(crate) fn batches<T: Message + Send + 'static>(
     rx: UnboundedReceiver<T>,
 ) -> impl Stream<Item = Vec<T>> + Send + 'static {
-    futures::stream::unfold(rx, |mut rx| async move {
+    counted_batches(rx, None)
+}
+
+/// [`batches`] that tells `backlog` how many operations each frame took.
+fn counted_batches<T: Message + Send + 'static>(
+    rx: UnboundedReceiver<T>,
+    backlog: Option<Arc<Backlog>>,
+) -> impl Stream<Item = Vec<T>> + Send + 'static {
+    futures::stream::unfold((rx, backlog), |(mut rx, backlog)| async move {
         let first = rx.recv().await?;
         let mut size = first.encoded_len();
         let mut batch = vec![first];
@@ -39,7 +47,10 @@ pub(crate) fn batches<T: Message + Send + 'static>(
                 Err(_) => break,
             }
         }
-        Some((batch, rx))
+        if let Some(b) = &backlog {
+            b.taken(batch.len());
+        }
+        Some((batch, (rx, backlog)))
     })
 }
 
@@ -48,15 +59,33 @@ pub(crate) async fn connect(address: &str) -> Result<(UnboundedSender<proto::Cli
     connect_on(crate::net::channel(address).await?).await
 }
 
+/// [`connect`] for a driver: also returns the count of its unsent
+/// operations, which its submits wait on (see `client/backlog.rs`).
+pub(crate) async fn connect_driver(
+    address: &str,
+) -> Result<(UnboundedSender<proto::ClientOp>, Inbound, Arc<Backlog>)> {
+    let backlog = Arc::new(Backlog::default());
+    let channel = crate::net::channel(address).await?;
+    let (out, inbound) = open_session(channel, Some(backlog.clone())).await?;
+    Ok((out, inbound, backlog))
+}
+
 /// [`connect`] over a channel made by the caller.
 pub(crate) async fn connect_on(
     channel: tonic::transport::Channel,
+) -> Result<(UnboundedSender<proto::ClientOp>, Inbound)> {
+    open_session(channel, None).await
+}
+
+async fn open_session(
+    channel: tonic::transport::Channel,
+    backlog: Option<Arc<Backlog>>,
 ) -> Result<(UnboundedSender<proto::ClientOp>, Inbound)> {
     let mut client = HeadClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     let (tx, rx) = mpsc::unbounded_channel();
-    let outbound = batches(rx).map(|ops| proto::ClientFrame { ops });
+    let outbound = counted_batches(rx, backlog).map(|ops| proto::ClientFrame { ops });
     let response = client
         .session(outbound)
         .await

@@ -191,10 +191,7 @@ impl State {
                 Some(o) => {
                     o.state = ObjState::Done(payload.clone());
                     o.set_contains(nested);
-                    (
-                        std::mem::take(&mut o.subscribers),
-                        o.take_dependents(),
-                    )
+                    (std::mem::take(&mut o.subscribers), o.take_dependents())
                 }
                 None => Default::default(),
             };

@@ -259,9 +259,7 @@ impl State {
             cancelled: self.control.cancelled_total,
         };
         for t in self.tasks.values() {
-            let f = functions
-                .entry(short(&t.function).to_string())
-                .or_default();
+            let f = functions.entry(short(&t.function).to_string()).or_default();
             if t.worker.is_some() {
                 f.running += 1;
                 tasks.running += 1;

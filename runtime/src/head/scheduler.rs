@@ -8,6 +8,7 @@ mod control;
 mod deaths;
 mod generators;
 mod memory;
+mod pipeline;
 mod resources;
 mod returns;
 
@@ -23,10 +24,6 @@ pub(crate) use deaths::describe_exit;
 pub(super) use deaths::Later;
 pub(super) use resources::{NodeResources, Placement};
 
-/// How much queued work (in microseconds of run time) a worker may hold
-/// beyond the task it runs.
-const PIPELINE_MICROS: f64 = 2_000.0;
-const MAX_PIPELINE: usize = 64;
 /// After this many tasks in a row find no place, a dispatch pass stops.
 const SCAN_LIMIT: usize = 64;
 /// The same, when no worker and no node has room for anything: what is
@@ -330,10 +327,7 @@ impl State {
     }
 
     fn pipeline_depth(&self, function_id: u32) -> usize {
-        match self.run_micros.get(&function_id) {
-            None => 1,
-            Some(m) => ((PIPELINE_MICROS / m.max(1.0)) as usize).clamp(1, MAX_PIPELINE),
-        }
+        pipeline::depth(self.run_micros.get(&function_id).copied())
     }
 
     /// How many tasks in a row may find no place before a dispatch pass

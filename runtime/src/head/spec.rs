@@ -45,14 +45,15 @@ struct Rare {
 impl Spec {
     /// Keeps everything of `spec` but its function name.
     pub(super) fn from_proto(spec: proto::TaskSpec) -> Self {
-        let rare = (!spec.node.is_empty() || !spec.node_soft.is_empty() || !spec.resources.is_empty())
-            .then(|| {
-                Box::new(Rare {
-                    node: spec.node,
-                    node_soft: spec.node_soft,
-                    resources: spec.resources,
-                })
-            });
+        let rare =
+            (!spec.node.is_empty() || !spec.node_soft.is_empty() || !spec.resources.is_empty())
+                .then(|| {
+                    Box::new(Rare {
+                        node: spec.node,
+                        node_soft: spec.node_soft,
+                        resources: spec.resources,
+                    })
+                });
         Spec {
             task_id: spec.task_id,
             args: spec.args.into_boxed_slice(),

@@ -67,8 +67,7 @@ pub(super) fn demand(head: &Head, opts: &AutoscaleOptions) -> Demand {
         // Nor tasks that need a custom resource: the autoscaler's nodes
         // bring CPUs and memory only, so asking for more would not help.
         if !t.spec.resources().is_empty()
-            && t
-                .spec
+            && t.spec
                 .resources()
                 .iter()
                 .any(|r| r.name != crate::resources::MEMORY && r.amount > 0.0)
