@@ -23,6 +23,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // argument is 40 bytes instead of 64 (a queued task keeps its
         // arguments).
         .boxed(".fleet.v1.Arg.kind.stored")
+        // An op is as large as its largest variant, and frames hold
+        // thousands: a hello (344 bytes), a spec or a job made every
+        // release and subscribe that large, moved several times on its
+        // way through the head. Boxed, an op is about a third of that.
+        .boxed(".fleet.v1.ClientOp.op.hello")
+        .boxed(".fleet.v1.ClientOp.op.submit")
+        .boxed(".fleet.v1.ClientOp.op.job_update")
+        .boxed(".fleet.v1.HeadOp.op.execute")
+        .boxed(".fleet.v1.HeadOp.op.welcome")
+        .boxed(".fleet.v1.HeadOp.op.run_job")
         .compile_protos(&["../proto/fleet.proto"], &["../proto"])?;
     Ok(())
 }

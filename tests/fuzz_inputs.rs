@@ -295,8 +295,11 @@ fn client_ops() -> Vec<ClientOp> {
     };
     err.set_kind(proto::ErrorKind::Task);
     vec![
-        op(client_op::Op::Hello(hello("not-the-token", Role::Driver))),
-        op(client_op::Op::Submit(task_spec(1 << 40 | 1))),
+        op(client_op::Op::Hello(Box::new(hello(
+            "not-the-token",
+            Role::Driver,
+        )))),
+        op(client_op::Op::Submit(Box::new(task_spec(1 << 40 | 1)))),
         op(client_op::Op::Result(TaskResult {
             value: Some(inline(1 << 40 | 1, b"\x05")),
             nested_refs: vec![3],
@@ -398,7 +401,7 @@ fn client_frames() -> Vec<ClientFrame> {
 
 fn head_frames() -> Vec<HeadFrame> {
     let ops = vec![
-        hop(head_op::Op::Welcome(Welcome {
+        hop(head_op::Op::Welcome(Box::new(Welcome {
             client_id: 3,
             store_dir: "/dev/shm/fleet-1-2".into(),
             node: "127.0.0.1:6380".into(),
@@ -410,17 +413,17 @@ fn head_frames() -> Vec<HeadFrame> {
                 store_key: "5eed".into(),
                 ..Default::default()
             }],
-        })),
+        }))),
         hop(head_op::Op::Refused(
             "wrong or missing cluster token".into(),
         )),
-        hop(head_op::Op::Execute(task_spec(42))),
-        hop(head_op::Op::RunJob(fleet::proto::RunJob {
+        hop(head_op::Op::Execute(Box::new(task_spec(42)))),
+        hop(head_op::Op::RunJob(Box::new(fleet::proto::RunJob {
             id: "job-0000002a".into(),
             binary_hash: "0123456789abcdef-42".into(),
             args: vec!["--flag".into(), String::new()],
             env: vec!["K=V".into()],
-        })),
+        }))),
         hop(head_op::Op::StopJob("job-0000002a".into())),
         hop(head_op::Op::GeneratorItem(fleet::proto::GeneratorItem {
             task_id: 42,
@@ -1111,7 +1114,7 @@ fn ops_after_hello() -> Vec<ClientFrame> {
     plain.args.truncate(2);
     plain.node.clear();
     frames.push(ClientFrame {
-        ops: vec![op(client_op::Op::Submit(plain))],
+        ops: vec![op(client_op::Op::Submit(Box::new(plain)))],
     });
     for f in &mut frames {
         for o in &mut f.ops {
@@ -1212,7 +1215,7 @@ fn random_op(rng: &mut Rng, ids: &[u64]) -> ClientOp {
             if spec.actor_id == me {
                 spec.actor_id = 0;
             }
-            op(client_op::Op::Submit(spec))
+            op(client_op::Op::Submit(Box::new(spec)))
         }
         4 => {
             let me = id(rng);
@@ -1281,7 +1284,7 @@ fn mutated_frames_after_a_valid_hello_leave_the_head_serving() {
                     info.address = format!("fuzz-node-{batch}-{i}:1");
                 }
                 let first = ClientFrame {
-                    ops: vec![op(client_op::Op::Hello(h))],
+                    ops: vec![op(client_op::Op::Hello(Box::new(h)))],
                 };
                 // Ids of this session's own objects (client id << 40 | n),
                 // of other sessions', and of the first few workers.

@@ -252,7 +252,7 @@ impl Head {
             let mut st = self.state.lock();
             for op in ops.into_iter().filter_map(|o| o.op) {
                 match op {
-                    Op::Submit(spec) => st.submit(client, spec),
+                    Op::Submit(spec) => st.submit(client, *spec),
                     Op::Result(r) => st.task_result(client, r),
                     Op::Put(p) => st.put(client, p),
                     Op::Subscribe(id) => st.subscribe(client, id),
@@ -298,7 +298,7 @@ impl Head {
             self.forward_log(l.worker_id, l.stderr, l.lines);
         }
         for j in job_updates {
-            self.jobs.update(j);
+            self.jobs.update(*j);
         }
     }
 

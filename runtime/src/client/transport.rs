@@ -115,7 +115,7 @@ pub(crate) async fn handshake(
     hello: proto::Hello,
 ) -> Result<(proto::Welcome, Vec<proto::HeadOp>)> {
     out.send(proto::ClientOp {
-        op: Some(proto::client_op::Op::Hello(hello)),
+        op: Some(proto::client_op::Op::Hello(Box::new(hello))),
     })
     .map_err(|_| Error::Connection("session closed before hello".into()))?;
     let mut ops = match inbound.next().await {
@@ -124,7 +124,7 @@ pub(crate) async fn handshake(
         None => return Err(Error::Connection("the head closed the session".into())),
     };
     match ops.next().and_then(|o| o.op) {
-        Some(head_op::Op::Welcome(w)) => Ok((w, ops.collect())),
+        Some(head_op::Op::Welcome(w)) => Ok((*w, ops.collect())),
         Some(head_op::Op::Refused(why)) => Err(Error::Mismatch(why)),
         _ => Err(Error::Connection("the head did not answer hello".into())),
     }

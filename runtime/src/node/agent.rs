@@ -126,7 +126,7 @@ impl Agent {
             },
         };
         let _ = self.out.send(proto::ClientOp {
-            op: Some(Op::JobUpdate(info)),
+            op: Some(Op::JobUpdate(Box::new(info))),
         });
     }
 
@@ -232,7 +232,7 @@ async fn serve(
     let jobs = Arc::new(JobRunner::new(
         crate::daemon::runtime_dir().join("jobs"),
         Arc::new(move |info| {
-            let _ = job_tx.send(info);
+            let _ = job_tx.send(Box::new(info));
         }),
     ));
     tokio::spawn(
@@ -424,7 +424,7 @@ async fn session(
         }
         Some(head_op::Op::RunJob(r)) => {
             let (agent, jobs) = (agent.clone(), jobs.clone());
-            tokio::spawn(async move { agent.run_job(&jobs, r).await });
+            tokio::spawn(async move { agent.run_job(&jobs, *r).await });
         }
         Some(head_op::Op::StopJob(id)) => {
             jobs.stop(&id);
