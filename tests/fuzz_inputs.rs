@@ -295,7 +295,10 @@ fn client_ops() -> Vec<ClientOp> {
     };
     err.set_kind(proto::ErrorKind::Task);
     vec![
-        op(client_op::Op::Hello(hello("not-the-token", Role::Driver))),
+        op(client_op::Op::Hello(Box::new(hello(
+            "not-the-token",
+            Role::Driver,
+        )))),
         op(client_op::Op::Submit(task_spec(1 << 40 | 1))),
         op(client_op::Op::Result(TaskResult {
             value: Some(inline(1 << 40 | 1, b"\x05")),
@@ -1281,7 +1284,7 @@ fn mutated_frames_after_a_valid_hello_leave_the_head_serving() {
                     info.address = format!("fuzz-node-{batch}-{i}:1");
                 }
                 let first = ClientFrame {
-                    ops: vec![op(client_op::Op::Hello(h))],
+                    ops: vec![op(client_op::Op::Hello(Box::new(h)))],
                 };
                 // Ids of this session's own objects (client id << 40 | n),
                 // of other sessions', and of the first few workers.
