@@ -129,6 +129,46 @@ fn large_values_as_arguments_and_results() {
     }
 }
 
+/// Sum and length of a `Vec<f64>`, computed where the task runs.
+#[remote]
+fn sum_floats(v: Vec<f64>) -> (usize, f64) {
+    (v.len(), v.iter().sum())
+}
+
+/// Arguments passed by value or by reference go inline up to the limit and
+/// through the store past it (streamed there while they are encoded, with
+/// no buffer of the whole value); large numeric vectors are copied out on
+/// the worker by several threads and must arrive whole.
+#[test]
+fn arguments_by_value_across_the_inline_limit_and_large_numeric_vectors() {
+    let _c = cluster(2);
+    for len in [
+        fleet::INLINE_MAX - 16,
+        fleet::INLINE_MAX - 1,
+        fleet::INLINE_MAX,
+        fleet::INLINE_MAX + 1,
+        fleet::INLINE_MAX + 16,
+    ] {
+        let v = pattern(len, len as u64 + 3);
+        let want = (v.len(), digest(&v));
+        let by_ref = measure::remote(&v);
+        let by_slice = measure::remote(&v[..]);
+        let by_value = measure::remote(v);
+        for m in [by_ref, by_slice, by_value] {
+            assert_eq!(
+                fleet::get_timeout(&m, Some(GENEROUS)).expect("get"),
+                want,
+                "an argument of {len} bytes"
+            );
+        }
+    }
+    // 40 MiB of f64 (past the size copied by several threads), borrowed.
+    let floats: Vec<f64> = (0..5 * MIB).map(|i| (i % 1000) as f64 * 0.25).collect();
+    let want = (floats.len(), floats.iter().sum::<f64>());
+    let m = sum_floats::remote(&floats);
+    assert_eq!(fleet::get_timeout(&m, Some(GENEROUS)).expect("get"), want);
+}
+
 #[test]
 fn objects_are_freed_when_the_last_ref_is_dropped() {
     let c = cluster(2);

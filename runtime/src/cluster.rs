@@ -148,6 +148,7 @@ pub(crate) fn runtime(name: &str, threads: usize) -> Result<Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .thread_name(name)
+        .on_thread_start(crate::latency::short_slice)
         .enable_all()
         .build()
         .map_err(|e| Error::Startup(format!("tokio runtime: {e}")))

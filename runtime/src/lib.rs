@@ -62,6 +62,7 @@ pub mod discovery;
 mod error;
 mod generator;
 mod head;
+mod latency;
 mod logging;
 pub mod net;
 mod node;

@@ -178,16 +178,53 @@ impl<T: Serialize> IntoArg<T> for T {
     }
 }
 
+/// Encodes an argument: inline if it fits in a task message, else streamed
+/// straight into the object store as `put` does, so a large value is
+/// copied once (into the store) instead of twice (into a buffer, then the
+/// store).
 fn encode_arg<T: Serialize + ?Sized>(value: &T) -> Result<ArgValue> {
-    let enc = codec::encode(value)?;
-    let keep = match enc.nested.is_empty() {
+    let mut small = Bounded::default();
+    let nested = match codec::encode_into(value, &mut small) {
+        Ok(nested) => nested,
+        Err(_) if small.over => {
+            // At most `INLINE_MAX` bytes were encoded in vain.
+            let client = crate::context::client_or_init()?;
+            return Ok(ArgValue(ArgKind::Ref(client.put_value(value)?)));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let keep = match nested.is_empty() {
         true => Vec::new(),
         false => {
             let client = crate::context::client()?;
-            enc.nested.iter().map(|id| client.adopt(*id)).collect()
+            nested.iter().map(|id| client.adopt(*id)).collect()
         }
     };
-    Ok(ArgValue(ArgKind::Value(enc.bytes, enc.nested, keep)))
+    Ok(ArgValue(ArgKind::Value(small.bytes, nested, keep)))
+}
+
+/// A buffer that refuses to grow past [`codec::INLINE_MAX`]: an argument
+/// larger than that goes to the store instead.
+#[derive(Default)]
+struct Bounded {
+    bytes: Vec<u8>,
+    /// A write was refused for going past the limit.
+    over: bool,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > codec::INLINE_MAX {
+            self.over = true;
+            return Err(std::io::Error::other("larger than an inline argument"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A borrowed value is encoded at once; the call keeps no borrow.

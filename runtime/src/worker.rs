@@ -5,6 +5,7 @@ mod actors;
 pub(crate) mod cancel;
 pub(crate) mod executor;
 pub(crate) mod generator;
+mod hold;
 pub(crate) mod hook;
 
 use std::sync::Arc;
@@ -44,6 +45,7 @@ fn run(worker_id: u64) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("fleet-worker-io")
+        .on_thread_start(crate::latency::short_slice)
         .enable_all()
         .build()
         .map_err(|e| Error::Startup(e.to_string()))?;

@@ -150,7 +150,16 @@ fn lcg_task(iters: u64, seed: u64) -> u64 {
 
 /// LCG steps per microsecond on one core: the best of several timed runs
 /// of about 20 ms (the best is the least disturbed by other processes).
+/// `FLEET_CALIBRATION=STEPS` skips the measurement, so that runs compared
+/// by their CPU and instruction counts do the same work whatever the load.
 pub fn calibrate() -> f64 {
+    if let Some(fixed) = std::env::var("FLEET_CALIBRATION")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v > 0.0)
+    {
+        return fixed;
+    }
     let n = 1u64 << 22;
     let mut best = f64::MAX;
     for _ in 0..7 {
@@ -165,6 +174,33 @@ pub fn calibrate() -> f64 {
 /// share (CPU used against cores × wall time).
 fn cpu_of(pids: &[u32]) -> u64 {
     pids.iter().map(|p| cpu_micros(*p)).sum()
+}
+
+/// CPU time of the calling thread, in microseconds: unlike wall time, it
+/// does not grow when other processes take the cores.
+fn thread_cpu_micros() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes the calling thread's CPU clock into `t`.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1_000
+}
+
+/// Times the main threads of `pids` went to sleep (voluntary context
+/// switches). A worker's main thread runs the tasks and sleeps only when
+/// its queue is empty (or it waits in `get`), so this counts the times
+/// workers ran out of work, whatever else runs on the machine.
+fn sleeps_of(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| {
+            procfs::process::Process::new(*p as i32)
+                .and_then(|p| p.status())
+                .ok()?
+                .voluntary_ctxt_switches
+        })
+        .sum()
 }
 
 /// One workload's result on this machine.
@@ -182,6 +218,12 @@ pub struct Row {
     /// driver, with the head in it, and the workers): `cores` means none
     /// idled. Other load on the machine lowers it too.
     pub fleet_busy: f64,
+    /// CPU Fleet's processes spent per task beyond the task's own compute
+    /// (measured as CPU time of the sequential run), in microseconds:
+    /// submit, scheduling, transport, results. Not inflated by other load.
+    pub overhead_us: f64,
+    /// Times a worker ran out of work, per 100 tasks (see [`sleeps_of`]).
+    pub dry_per_100: f64,
 }
 
 impl Row {
@@ -248,7 +290,7 @@ fn local(o: &EfficiencyOptions, parallel: Parallel, per_us: f64) -> anyhow::Resu
     let warm: Vec<ObjectRef<u64>> = (0..200).map(|i| lcg_task::remote(100, i)).collect();
     fleet::get_all(&warm)?;
     println!(
-        "{:<16} {:>9} {:>9} {:>9} {:>8} {:>8} {:>12} {:>10}",
+        "{:<16} {:>9} {:>9} {:>9} {:>8} {:>8} {:>12} {:>10} {:>12} {:>10}",
         "task × count",
         "seq s",
         "rayon s",
@@ -256,26 +298,32 @@ fn local(o: &EfficiencyOptions, parallel: Parallel, per_us: f64) -> anyhow::Resu
         "rayon x",
         "fleet x",
         "fleet/rayon",
-        "fleet busy"
+        "fleet busy",
+        "over µs/task",
+        "dry/100"
     );
     let mut rows = Vec::new();
     for &size in &o.sizes {
         let it = iters(size, per_us);
         let t = Instant::now();
+        let cpu_seq = thread_cpu_micros();
         let mut want = 0u64;
         for i in 0..size.count as u64 {
             want = want.wrapping_add(lcg(it, i));
         }
         let sequential = t.elapsed();
+        let compute = thread_cpu_micros().saturating_sub(cpu_seq) as f64;
 
         let t = Instant::now();
         let got = parallel(size.count, it);
         let par = t.elapsed();
         anyhow::ensure!(got == want, "the baseline computed {got}, not {want}");
 
-        let mut pids = cluster.worker_pids();
+        let workers = cluster.worker_pids();
+        let mut pids = workers.clone();
         pids.push(std::process::id());
         let cpu0 = cpu_of(&pids);
+        let sleeps0 = sleeps_of(&workers);
         let t = Instant::now();
         let refs: Vec<ObjectRef<u64>> = (0..size.count as u64)
             .map(|i| lcg_task::remote(it, i))
@@ -285,6 +333,7 @@ fn local(o: &EfficiencyOptions, parallel: Parallel, per_us: f64) -> anyhow::Resu
             .fold(0u64, u64::wrapping_add);
         let fleet = t.elapsed();
         let cpu = cpu_of(&pids).saturating_sub(cpu0) as f64;
+        let sleeps = sleeps_of(&workers).saturating_sub(sleeps0) as f64;
         anyhow::ensure!(got == want, "Fleet computed {got}, not {want}");
         drop(refs);
         let busy = cpu / (fleet.as_secs_f64() * 1e6);
@@ -294,10 +343,12 @@ fn local(o: &EfficiencyOptions, parallel: Parallel, per_us: f64) -> anyhow::Resu
             parallel: par,
             fleet,
             fleet_busy: busy,
+            overhead_us: (cpu - compute).max(0.0) / size.count as f64,
+            dry_per_100: 100.0 * sleeps / size.count as f64,
         };
         let s = sequential.as_secs_f64();
         println!(
-            "{:<16} {:>9.3} {:>9.3} {:>9.3} {:>7.2}x {:>7.2}x {:>12.2} {:>5.2} of {cores}",
+            "{:<16} {:>9.3} {:>9.3} {:>9.3} {:>7.2}x {:>7.2}x {:>12.2} {:>5.2} of {cores} {:>12.1} {:>10.1}",
             format!("{} µs × {}", size.micros, size.count),
             s,
             par.as_secs_f64(),
@@ -305,7 +356,9 @@ fn local(o: &EfficiencyOptions, parallel: Parallel, per_us: f64) -> anyhow::Resu
             s / par.as_secs_f64(),
             s / fleet.as_secs_f64(),
             row.ratio(),
-            busy
+            busy,
+            row.overhead_us,
+            row.dry_per_100
         );
         rows.push(row);
     }
@@ -481,7 +534,7 @@ fn values(bytes: usize, num_cpus: Option<usize>) -> anyhow::Result<()> {
     let (get, back) = secs(|| fleet::get(&r))?;
     anyhow::ensure!(back.len() == bytes && back[bytes / 2] == 1);
     drop((back, r));
-    let (arg, n) = secs(|| fleet::get(&bytes_len::remote(vec.clone())))?;
+    let (arg, n) = secs(|| fleet::get(&bytes_len::remote(&vec)))?;
     anyhow::ensure!(n == bytes);
     drop(vec);
     let (res, v) = secs(|| fleet::get(&make_bytes::remote(bytes)))?;
@@ -494,7 +547,7 @@ fn values(bytes: usize, num_cpus: Option<usize>) -> anyhow::Result<()> {
     let (get, back) = secs(|| fleet::get(&r))?;
     anyhow::ensure!(back.len() == bytes / 8 && back[bytes / 16] == 1.0);
     drop((back, r));
-    let (arg, n) = secs(|| fleet::get(&floats_len::remote(floats.clone())))?;
+    let (arg, n) = secs(|| fleet::get(&floats_len::remote(&floats)))?;
     anyhow::ensure!(n == bytes / 8);
     drop(floats);
     let (res, v) = secs(|| fleet::get(&make_floats::remote(bytes)))?;

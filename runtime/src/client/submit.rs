@@ -102,7 +102,7 @@ impl Client {
 
     /// Stores a value: encoded inline if small, else streamed straight into
     /// the node's store.
-    pub(crate) fn put_value<T: serde::Serialize>(
+    pub(crate) fn put_value<T: serde::Serialize + ?Sized>(
         self: &Arc<Self>,
         value: &T,
     ) -> Result<Arc<Handle>> {

@@ -8,6 +8,7 @@ mod control;
 mod deaths;
 mod generators;
 mod memory;
+mod pipeline;
 mod resources;
 mod returns;
 
@@ -22,10 +23,6 @@ pub(crate) use deaths::describe_exit;
 pub(super) use deaths::Later;
 pub(super) use resources::{NodeResources, Placement};
 
-/// How much queued work (in microseconds of run time) a worker may hold
-/// beyond the task it runs.
-const PIPELINE_MICROS: f64 = 2_000.0;
-const MAX_PIPELINE: usize = 64;
 /// After this many tasks in a row find no place, a dispatch pass stops.
 const SCAN_LIMIT: usize = 64;
 const EPS: f64 = 1e-9;
@@ -335,10 +332,7 @@ impl State {
     }
 
     fn pipeline_depth(&self, function: &str) -> usize {
-        match self.run_micros.get(function) {
-            None => 1,
-            Some(m) => ((PIPELINE_MICROS / m.max(1.0)) as usize).clamp(1, MAX_PIPELINE),
-        }
+        pipeline::depth(self.run_micros.get(function).copied())
     }
 
     /// The node holding most of a task's large arguments, if any.

@@ -21,17 +21,7 @@ thread_local! {
     static CURRENT: Cell<Option<u64>> = const { Cell::new(None) };
 }
 
-/// Results of short tasks are held back while more tasks wait in the
-/// queue, and sent together: one frame (and one wake-up of the head, and
-/// one dispatch pass there) for several tasks instead of one each. The
-/// head keeps ~2 ms of short tasks queued here, so holding a result back
-/// for at most `HOLD` leaves the queue far from empty; a timer sends held
-/// results after `HOLD` even if the next task runs long.
-const HOLD: std::time::Duration = std::time::Duration::from_micros(400);
-/// Only results of tasks shorter than this are held.
-const HOLD_TASK_MICROS: u64 = 200;
-/// At most this many results go in one frame.
-const HOLD_MAX: usize = 32;
+use super::hold::{self, Finished, HOLD};
 
 struct Queue {
     tasks: VecDeque<proto::TaskSpec>,
@@ -284,12 +274,21 @@ impl Executor {
             send_result(&self.client, &spec, outcome, started);
         });
         let ops = self.client.end_capture();
-        let more = {
+        let queued = {
             let q = self.queue.lock();
-            !q.tasks.is_empty() && q.lent_by.is_none()
+            match q.lent_by {
+                None => q.tasks.len(),
+                Some(_) => 0,
+            }
         };
         let (results, since) = self.client.hold(ops, started);
-        if !more || ran >= HOLD_TASK_MICROS || results >= HOLD_MAX || since.elapsed() >= HOLD {
+        let now = hold::send_now(Finished {
+            ran_micros: ran,
+            queued,
+            held: results,
+            since: since.elapsed(),
+        });
+        if now {
             self.client.flush_held();
         } else if results == 1 {
             // The next task may run long: the result goes out by `HOLD`.

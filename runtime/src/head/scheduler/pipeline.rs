@@ -1,0 +1,66 @@
+//! How many tasks of one function a worker may hold at once: the one it
+//! runs and the ones queued behind it.
+//!
+//! A worker that finishes its task with nothing queued waits a round trip
+//! (its result to the head, the next task back) before it computes again;
+//! on a busy machine that round trip costs tens to hundreds of
+//! microseconds. So every task short enough that a queued one is unlikely
+//! to be stranded gets at least one queued behind it, and short tasks get
+//! about `PIPELINE_MICROS` of queued work (a worker sends their results
+//! once half of that is done, see `worker/hold.rs`, so the other half
+//! covers the round trip). Only long tasks go one per
+//! worker: for them a round trip is noise, while a task queued behind a
+//! long one could wait that long although another worker became free.
+
+/// Queued work (microseconds of run time) a worker may hold beyond the
+/// task it runs, for short tasks.
+pub(super) const PIPELINE_MICROS: f64 = 3_000.0;
+/// At most this many tasks per worker, running and queued.
+pub(super) const MAX_PIPELINE: usize = 128;
+/// Tasks that run longer than this on average go one per worker. Below it
+/// one queued task costs at most one task's time at the very end of a
+/// batch, against a round trip saved on every task.
+pub(super) const LONG_MICROS: f64 = 20_000.0;
+
+/// Tasks per worker for a function whose tasks ran `run_micros` on
+/// average (`None`: never ran, so nothing is known and it goes alone).
+pub(super) fn depth(run_micros: Option<f64>) -> usize {
+    match run_micros {
+        None => 1,
+        Some(m) if m > LONG_MICROS => 1,
+        Some(m) => (1 + (PIPELINE_MICROS / m.max(1.0)).ceil() as usize).clamp(2, MAX_PIPELINE),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_function_goes_one_per_worker() {
+        assert_eq!(depth(None), 1);
+    }
+
+    #[test]
+    fn a_task_of_about_a_millisecond_has_one_queued_behind_it() {
+        // It used to be 2000/m rounded down: a 1,001 µs average gave 1,
+        // and the worker waited a round trip after every task.
+        assert!(depth(Some(1_001.0)) >= 2);
+        assert_eq!(depth(Some(1_000.0)), 4);
+        assert_eq!(depth(Some(10_500.0)), 2);
+        assert_eq!(depth(Some(LONG_MICROS)), 2);
+    }
+
+    #[test]
+    fn long_tasks_go_one_per_worker() {
+        assert_eq!(depth(Some(LONG_MICROS + 1.0)), 1);
+        assert_eq!(depth(Some(5e6)), 1);
+    }
+
+    #[test]
+    fn short_tasks_hold_about_three_milliseconds_of_work() {
+        assert_eq!(depth(Some(100.0)), 31);
+        assert_eq!(depth(Some(10.0)), MAX_PIPELINE);
+        assert_eq!(depth(Some(0.0)), MAX_PIPELINE);
+    }
+}

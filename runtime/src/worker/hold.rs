@@ -1,0 +1,86 @@
+//! Which results a worker holds back, and for how long.
+//!
+//! Each frame a worker sends costs a wake-up of its I/O thread, a write,
+//! a wake-up of the head and a dispatch pass there; the head answers with a
+//! frame of new tasks, and forwards the results to their driver in another.
+//! Sending the results of short tasks together divides all of that by the
+//! number of results in the frame. Holding them must never leave the
+//! worker without work, nor delay a result anyone could be waiting for:
+//!
+//! - a lone task (nothing queued behind it) sends its result at once, so
+//!   a synchronous call sees no delay;
+//! - results go out once they are as many as the tasks still queued: the
+//!   head then refills the queue while the other half runs, which is what
+//!   keeps a worker busy across the round trip;
+//! - and at most [`HOLD`] after the first held result (a timer sends them
+//!   if the next task runs long), and never more than [`HOLD_MAX`].
+
+use std::time::Duration;
+
+/// The longest a result is held back.
+pub(crate) const HOLD: Duration = Duration::from_micros(1_000);
+/// Only results of tasks shorter than this are held.
+pub(crate) const HOLD_TASK_MICROS: u64 = 200;
+/// At most this many results go in one frame.
+pub(crate) const HOLD_MAX: usize = 64;
+
+/// What the worker knows when a task has finished.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Finished {
+    /// Microseconds the task ran.
+    pub(crate) ran_micros: u64,
+    /// Tasks queued behind it (0 if they were lent back to the head).
+    pub(crate) queued: usize,
+    /// Results held, this one included.
+    pub(crate) held: usize,
+    /// Time since the first of them was held.
+    pub(crate) since: Duration,
+}
+
+/// Whether the held results go out now.
+pub(crate) fn send_now(f: Finished) -> bool {
+    f.queued == 0
+        || f.ran_micros >= HOLD_TASK_MICROS
+        || f.held >= HOLD_MAX
+        || f.held >= f.queued
+        || f.since >= HOLD
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished(ran_micros: u64, queued: usize, held: usize, since_micros: u64) -> Finished {
+        Finished {
+            ran_micros,
+            queued,
+            held,
+            since: Duration::from_micros(since_micros),
+        }
+    }
+
+    #[test]
+    fn a_lone_task_sends_its_result_at_once() {
+        assert!(send_now(finished(5, 0, 1, 5)));
+    }
+
+    #[test]
+    fn short_tasks_with_work_queued_are_held() {
+        assert!(!send_now(finished(100, 20, 1, 100)));
+        assert!(!send_now(finished(100, 12, 9, 900)));
+    }
+
+    #[test]
+    fn held_results_go_once_they_match_the_queue() {
+        // 10 held, 10 still queued: the head refills while those run.
+        assert!(send_now(finished(100, 10, 10, 1_000 - 1)));
+        assert!(send_now(finished(10, 30, 31, 300)));
+    }
+
+    #[test]
+    fn long_tasks_and_old_or_many_results_are_not_held() {
+        assert!(send_now(finished(HOLD_TASK_MICROS, 20, 1, 0)));
+        assert!(send_now(finished(10, 500, HOLD_MAX, 640)));
+        assert!(send_now(finished(10, 500, 3, HOLD.as_micros() as u64)));
+    }
+}
