@@ -218,11 +218,11 @@ fn task_spec(id: u64) -> TaskSpec {
                 kind: Some(arg::Kind::ObjectRef(id + 1)),
             },
             Arg {
-                kind: Some(arg::Kind::Stored(StoreLocation {
+                kind: Some(arg::Kind::Stored(Box::new(StoreLocation {
                     path: "/dev/shm/fleet-1-00000000/0000000000000001".into(),
                     size: 1 << 20,
                     node: "127.0.0.1:6380".into(),
-                })),
+                }))),
             },
         ],
         nested_refs: vec![id + 2, id + 3, u64::MAX],
