@@ -264,7 +264,7 @@ impl Head {
                     Op::Lookup(l) => st.lookup(client, l),
                     Op::WorkerExit(e) => exits.push(e),
                     Op::Log(l) => logs.push(l),
-                    Op::JobUpdate(j) => job_updates.push(j),
+                    Op::JobUpdate(j) => job_updates.push(*j),
                     Op::Spilled(s) => st.spill_done(
                         s.object_id,
                         if s.error.is_empty() {
@@ -298,7 +298,7 @@ impl Head {
             self.forward_log(l.worker_id, l.stderr, l.lines);
         }
         for j in job_updates {
-            self.jobs.update(*j);
+            self.jobs.update(j);
         }
     }
 

@@ -223,7 +223,7 @@ async fn serve(
             while let Some(info) = job_rx.recv().await {
                 if let Some(out) = current.lock().as_ref() {
                     let _ = out.send(proto::ClientOp {
-                        op: Some(Op::JobUpdate(info)),
+                        op: Some(Op::JobUpdate(Box::new(info))),
                     });
                 }
             }
@@ -232,7 +232,7 @@ async fn serve(
     let jobs = Arc::new(JobRunner::new(
         crate::daemon::runtime_dir().join("jobs"),
         Arc::new(move |info| {
-            let _ = job_tx.send(Box::new(info));
+            let _ = job_tx.send(info);
         }),
     ));
     tokio::spawn(
