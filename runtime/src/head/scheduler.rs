@@ -400,6 +400,9 @@ impl State {
         let mut wanted: Vec<(u32, f64, String, Vec<proto::Resource>)> = Vec::new();
         let mut stuck: Vec<Shape> = Vec::new();
         let mut feasible: Vec<(u64, String, Vec<proto::Resource>, bool)> = Vec::new();
+        // Asked once per pass, at the first miss: room only shrinks.
+        let mut known_full: Option<bool> = None;
+        let mut full = |st: &Self| *known_full.get_or_insert_with(|| !st.room_for_cpu_tasks());
         while let Some(id) = self.ready.pop_front() {
             let Some(task) = self.tasks.get(&id) else {
                 continue;
@@ -454,7 +457,7 @@ impl State {
                 s.count += 1;
                 skipped.push(id);
                 misses += 1;
-                if misses >= SCAN_LIMIT {
+                if misses >= SCAN_LIMIT || (need > EPS && full(self)) {
                     break;
                 }
                 continue;
@@ -509,7 +512,7 @@ impl State {
                     });
                     skipped.push(id);
                     misses += 1;
-                    if misses >= SCAN_LIMIT {
+                    if misses >= SCAN_LIMIT || (need > EPS && full(self)) {
                         break;
                     }
                 }
