@@ -303,7 +303,7 @@ fn a_job_whose_workers_cannot_start_does_not_lock_out_the_others() {
         let frame = |op| ClientFrame {
             ops: vec![ClientOp { op: Some(op) }],
         };
-        tx.unbounded_send(frame(client_op::Op::Hello(hello)))
+        tx.unbounded_send(frame(client_op::Op::Hello(Box::new(hello))))
             .expect("send");
         tx.unbounded_send(frame(client_op::Op::Submit(TaskSpec {
             task_id: (1 << 60) | 1,

@@ -218,11 +218,11 @@ fn task_spec(id: u64) -> TaskSpec {
                 kind: Some(arg::Kind::ObjectRef(id + 1)),
             },
             Arg {
-                kind: Some(arg::Kind::Stored(StoreLocation {
+                kind: Some(arg::Kind::Stored(Box::new(StoreLocation {
                     path: "/dev/shm/fleet-1-00000000/0000000000000001".into(),
                     size: 1 << 20,
                     node: "127.0.0.1:6380".into(),
-                })),
+                }))),
             },
         ],
         nested_refs: vec![id + 2, id + 3, u64::MAX],
@@ -295,7 +295,10 @@ fn client_ops() -> Vec<ClientOp> {
     };
     err.set_kind(proto::ErrorKind::Task);
     vec![
-        op(client_op::Op::Hello(hello("not-the-token", Role::Driver))),
+        op(client_op::Op::Hello(Box::new(hello(
+            "not-the-token",
+            Role::Driver,
+        )))),
         op(client_op::Op::Submit(task_spec(1 << 40 | 1))),
         op(client_op::Op::Result(TaskResult {
             value: Some(inline(1 << 40 | 1, b"\x05")),
@@ -1281,7 +1284,7 @@ fn mutated_frames_after_a_valid_hello_leave_the_head_serving() {
                     info.address = format!("fuzz-node-{batch}-{i}:1");
                 }
                 let first = ClientFrame {
-                    ops: vec![op(client_op::Op::Hello(h))],
+                    ops: vec![op(client_op::Op::Hello(Box::new(h)))],
                 };
                 // Ids of this session's own objects (client id << 40 | n),
                 // of other sessions', and of the first few workers.

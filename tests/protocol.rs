@@ -212,19 +212,22 @@ fn a_wrong_token_is_refused() {
     expect_refusal(
         raw_session(
             &address,
-            frame(client_op::Op::Hello(hello(v, "not-the-token"))),
+            frame(client_op::Op::Hello(Box::new(hello(v, "not-the-token")))),
         ),
         "token",
     );
     expect_refusal(
-        raw_session(&address, frame(client_op::Op::Hello(hello(v, "")))),
+        raw_session(
+            &address,
+            frame(client_op::Op::Hello(Box::new(hello(v, "")))),
+        ),
         "token",
     );
     let mut worker = hello(v, "also-wrong");
     worker.role = Role::Worker.into();
     worker.worker_id = 1;
     expect_refusal(
-        raw_session(&address, frame(client_op::Op::Hello(worker))),
+        raw_session(&address, frame(client_op::Op::Hello(Box::new(worker)))),
         "token",
     );
     assert_serving();
@@ -236,7 +239,10 @@ fn a_wrong_protocol_version_is_refused() {
     let address = c.address().to_string();
     for v in [0, fleet::PROTOCOL_VERSION + 1, u32::MAX] {
         expect_refusal(
-            raw_session(&address, frame(client_op::Op::Hello(hello(v, "x")))),
+            raw_session(
+                &address,
+                frame(client_op::Op::Hello(Box::new(hello(v, "x")))),
+            ),
             "protocol version",
         );
     }
@@ -252,13 +258,13 @@ fn the_head_survives_a_burst_of_bad_sessions() {
             let address = address.clone();
             std::thread::spawn(move || {
                 let op = match i % 3 {
-                    0 => client_op::Op::Hello(hello(fleet::PROTOCOL_VERSION, "wrong")),
+                    0 => client_op::Op::Hello(Box::new(hello(fleet::PROTOCOL_VERSION, "wrong"))),
                     1 => {
                         // Claims to be a worker, with this process's pid.
                         let mut h = hello(fleet::PROTOCOL_VERSION, "wrong");
                         h.role = Role::Worker.into();
                         h.worker_id = u64::from(i);
-                        client_op::Op::Hello(h)
+                        client_op::Op::Hello(Box::new(h))
                     }
                     _ => client_op::Op::Acquire(u64::from(i)),
                 };

@@ -438,7 +438,7 @@ fn hello_answer(address: &str, hello: Hello) -> Option<String> {
         let mut client = HeadClient::connect(url(address)).await.expect("connect");
         let first = ClientFrame {
             ops: vec![ClientOp {
-                op: Some(client_op::Op::Hello(hello)),
+                op: Some(client_op::Op::Hello(Box::new(hello))),
             }],
         };
         let outbound = futures::stream::iter([first]).chain(futures::stream::pending());

@@ -15,6 +15,7 @@ pub(crate) mod rejoin;
 mod scheduler;
 mod service;
 mod session;
+mod spec;
 mod spilling;
 pub(crate) mod state;
 mod state_api;
@@ -263,7 +264,7 @@ impl Head {
                     Op::Lookup(l) => st.lookup(client, l),
                     Op::WorkerExit(e) => exits.push(e),
                     Op::Log(l) => logs.push(l),
-                    Op::JobUpdate(j) => job_updates.push(j),
+                    Op::JobUpdate(j) => job_updates.push(*j),
                     Op::Spilled(s) => st.spill_done(
                         s.object_id,
                         if s.error.is_empty() {
@@ -325,11 +326,23 @@ impl Head {
     }
 
     fn flush(&self, out: Outbox) {
+        // Ops come in runs for one client (a worker's tasks, a driver's
+        // results): one lookup of its sender per run, not per op.
+        let mut last = None;
         for (client, op) in out.ops {
-            if let Some(tx) = self.senders.get(&client) {
+            let tx = match &last {
+                Some((c, tx)) if *c == client => tx,
+                _ => {
+                    // Drop the previous guard before taking the next one.
+                    last = None;
+                    &last.insert((client, self.senders.get(&client))).1
+                }
+            };
+            if let Some(tx) = tx {
                 let _ = tx.send(op);
             }
         }
+        drop(last);
         for client in out.reap {
             // Closing its stream tells the worker to exit.
             self.senders.remove(&client);

@@ -115,7 +115,7 @@ pub(crate) async fn handshake(
     hello: proto::Hello,
 ) -> Result<(proto::Welcome, Vec<proto::HeadOp>)> {
     out.send(proto::ClientOp {
-        op: Some(proto::client_op::Op::Hello(hello)),
+        op: Some(proto::client_op::Op::Hello(Box::new(hello))),
     })
     .map_err(|_| Error::Connection("session closed before hello".into()))?;
     let mut ops = match inbound.next().await {

@@ -115,7 +115,8 @@ impl State {
         let need = a.create.num_cpus.max(0.0);
         let res = &a.create.resources;
         let job = self.tasks.get(&id).map(|t| t.job).unwrap_or_default();
-        let only = self.effective_node(job, need, &a.create);
+        let c = &a.create;
+        let only = self.effective_node(job, need, (&c.node, &c.node_soft, &c.resources));
         let Some(w) = self
             .workers
             .iter()
@@ -141,7 +142,7 @@ impl State {
         if let Some(worker) = self.workers.get_mut(&w) {
             worker.actors += 1;
         }
-        let spec = self.resolved(&self.actors[&id].create);
+        let spec = self.resolve_args(self.actors[&id].create.clone());
         if let Some(a) = self.actors.get_mut(&id) {
             a.life = Life::Creating;
             a.worker = Some(w);
@@ -160,7 +161,7 @@ impl State {
     pub(super) fn creation_done(&mut self, task: &Task, payload: &Payload) {
         let id = task.spec.task_id;
         let Some(a) = self.actors.get_mut(&id) else {
-            for r in a_args(&task.spec) {
+            for r in a_args(&task.spec.args, &task.spec.nested_refs) {
                 self.unpin(r);
             }
             return;
@@ -203,7 +204,7 @@ impl State {
                 if task.missing > 0 {
                     break;
                 }
-                let spec = self.resolved(&task.spec);
+                let spec = self.resolved(task);
                 if let Some(t) = self.tasks.get_mut(&front) {
                     t.worker = Some(w);
                 }
@@ -272,17 +273,8 @@ impl State {
                 let spec = a.create.clone();
                 // Rebuild: run the creation again; its arguments are pinned.
                 let job = self.objects.get(&id).map(|o| o.job).unwrap_or_default();
-                self.tasks.insert(
-                    id,
-                    Box::new(Task {
-                        spec,
-                        missing: 0,
-                        retries_left: 0,
-                        worker: None,
-                        job,
-                        ready_at: std::time::Instant::now(),
-                    }),
-                );
+                let task = self.make_task(spec, 0, 0, job);
+                self.tasks.insert(id, task);
                 if let Some(o) = self.objects.get_mut(&id) {
                     o.state = ObjState::Pending;
                 }
@@ -323,7 +315,7 @@ impl State {
         let mut queued: Vec<u64> = a.inflight.drain(..).collect();
         queued.extend(a.queue.drain(..));
         let name = a.opts().name.clone();
-        let args = a_args(&a.create);
+        let args = a_args(&a.create.args, &a.create.nested_refs);
         if let Some((node, n)) = held {
             self.give_cpus(&node, n);
             self.give_resources(&node, &res.unwrap_or_default());
@@ -382,10 +374,9 @@ impl State {
     }
 }
 
-fn a_args(spec: &proto::TaskSpec) -> Vec<u64> {
-    spec.args
-        .iter()
+fn a_args(args: &[proto::Arg], nested_refs: &[u64]) -> Vec<u64> {
+    args.iter()
         .filter_map(super::directory::arg_ref)
-        .chain(spec.nested_refs.iter().copied())
+        .chain(nested_refs.iter().copied())
         .collect()
 }

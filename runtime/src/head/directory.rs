@@ -28,19 +28,19 @@ impl State {
                 holders: 1,
                 pins: 0,
                 subscribers: Default::default(),
-                dependents: Default::default(),
-                contains: Vec::new(),
                 last_used: 0,
                 spilled: false,
-                lineage: None,
+                more: None,
                 job: 0,
+                creator: 0,
             }),
         );
         if let Some(s) = self.sessions.get_mut(&holder) {
-            s.holds.insert(id);
+            s.created += 1;
             let job = s.job;
             if let Some(o) = self.objects.get_mut(&id) {
                 o.job = job;
+                o.creator = holder;
             }
         }
         true
@@ -69,7 +69,7 @@ impl State {
         if self.new_object(id, ObjState::Done(payload), client) {
             self.pin_all(&put.nested_refs);
             if let Some(o) = self.objects.get_mut(&id) {
-                o.contains = put.nested_refs;
+                o.set_contains(put.nested_refs);
             }
             self.stored(id);
         }
@@ -101,17 +101,26 @@ impl State {
             return;
         };
         if let Some(o) = self.objects.get_mut(&id) {
-            if s.holds.insert(id) {
+            if o.creator != client && s.holds.insert(id) {
                 o.holders += 1;
             }
         }
     }
 
     pub(super) fn release(&mut self, client: u32, id: u64) {
-        let held = self
-            .sessions
-            .get_mut(&client)
-            .is_some_and(|s| s.holds.remove(&id));
+        let Some(s) = self.sessions.get_mut(&client) else {
+            return;
+        };
+        let made = self.objects.get_mut(&id).filter(|o| o.creator == client);
+        let held = match made {
+            Some(o) => {
+                // Its hold as the creator: no set to look in.
+                o.creator = 0;
+                s.created = s.created.saturating_sub(1);
+                true
+            }
+            None => s.holds.remove(&id),
+        };
         if held {
             if let Some(o) = self.objects.get_mut(&id) {
                 o.holders = o.holders.saturating_sub(1);
@@ -123,8 +132,10 @@ impl State {
     /// Frees `id` once nothing holds or pins it and no task still makes it;
     /// freeing an object unpins what it contains, iteratively.
     pub(super) fn maybe_free(&mut self, id: u64) {
-        let mut work = vec![id];
-        while let Some(id) = work.pop() {
+        // The first id aside: no allocation unless it contains refs.
+        let mut work = Vec::new();
+        let mut first = Some(id);
+        while let Some(id) = first.take().or_else(|| work.pop()) {
             let Some(o) = self.objects.get(&id) else {
                 continue;
             };
@@ -144,7 +155,8 @@ impl State {
                 }
                 self.free_everywhere(&loc.path);
             }
-            for c in o.contains {
+            let mut o = o;
+            for c in o.take_contains() {
                 if let Some(inner) = self.objects.get_mut(&c) {
                     inner.pins = inner.pins.saturating_sub(1);
                     work.push(c);
@@ -156,13 +168,15 @@ impl State {
     /// Records a task's outcome: subscribers hear of it, dependents become
     /// ready (or fail with the same error).
     pub(super) fn complete(&mut self, id: u64, payload: Payload, nested: Vec<u64>) {
-        let mut work = vec![(id, payload, nested)];
-        while let Some((id, payload, nested)) = work.pop() {
+        // The first task aside: no allocation unless dependents fail too.
+        let mut work = Vec::new();
+        let mut first = Some((id, payload, nested));
+        while let Some((id, payload, nested)) = first.take().or_else(|| work.pop()) {
             let Some(task) = self.tasks.remove(&id) else {
                 continue;
             };
             if task.spec.num_returns > 1 {
-                let failed = self.close_returns(&task.spec, &payload);
+                let failed = self.close_returns(&task.spec, &task.function, &payload);
                 work.extend(failed.into_iter().map(|(d, p)| (d, p, Vec::new())));
             }
             if task.spec.generator {
@@ -176,11 +190,8 @@ impl State {
             let (subscribers, dependents) = match self.objects.get_mut(&id) {
                 Some(o) => {
                     o.state = ObjState::Done(payload.clone());
-                    o.contains = nested;
-                    (
-                        std::mem::take(&mut o.subscribers),
-                        std::mem::take(&mut o.dependents),
-                    )
+                    o.set_contains(nested);
+                    (std::mem::take(&mut o.subscribers), o.take_dependents())
                 }
                 None => Default::default(),
             };
@@ -201,7 +212,13 @@ impl State {
                     t.missing = t.missing.saturating_sub(1);
                     if t.missing == 0 {
                         t.ready_at = std::time::Instant::now();
-                        self.ready.push_back(d);
+                        if t.spec.actor_id != 0 {
+                            // Straight to its actor's queue: behind a long
+                            // ready queue a dispatch pass might not reach it.
+                            self.dirty_actors.push(t.spec.actor_id);
+                        } else {
+                            self.ready.push_back(d);
+                        }
                     }
                 }
             }

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::proto::{self, head_op::Op, object_value::Payload};
 
-use super::state::{ObjState, State, Task};
+use super::state::{ObjState, State};
 
 pub(crate) struct Node {
     /// The node agent's session; `None` for the head's own node.
@@ -217,7 +217,7 @@ impl State {
             .map(|(id, _)| *id)
             .collect();
         for id in on_node {
-            let lineage = self.objects.get_mut(&id).and_then(|o| o.lineage.take());
+            let lineage = self.objects.get_mut(&id).and_then(|o| o.take_lineage());
             let rebuildable = lineage.as_ref().is_some_and(|spec| {
                 spec.args
                     .iter()
@@ -240,17 +240,8 @@ impl State {
                         o.spilled = false;
                     }
                     let retries_left = spec.max_retries;
-                    self.tasks.insert(
-                        id,
-                        Box::new(Task {
-                            spec: *spec,
-                            missing: 0,
-                            retries_left,
-                            worker: None,
-                            job,
-                            ready_at: std::time::Instant::now(),
-                        }),
-                    );
+                    let task = self.make_task(*spec, 0, retries_left, job);
+                    self.tasks.insert(id, task);
                     self.ready.push_back(id);
                 }
                 _ => {

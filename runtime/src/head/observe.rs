@@ -2,6 +2,7 @@
 //! snapshots for the dashboard and `/api`, and Chrome traces.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -21,13 +22,21 @@ pub(crate) struct TaskEvent {
     /// not on the head's path for every finished task.
     #[serde(serialize_with = "hex_id")]
     pub(crate) id: u64,
-    pub(crate) function: String,
-    pub(crate) node: String,
+    /// Shared with every event of the function (no string per event).
+    #[serde(serialize_with = "shared_str")]
+    pub(crate) function: Arc<str>,
+    /// Shared with its worker's record.
+    #[serde(serialize_with = "shared_str")]
+    pub(crate) node: Arc<str>,
     pub(crate) pid: u32,
     /// Start, microseconds since the Unix epoch (as the worker saw it).
     pub(crate) start_us: u64,
     pub(crate) dur_us: u64,
     pub(crate) ok: bool,
+}
+
+fn shared_str<S: serde::Serializer>(v: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v)
 }
 
 fn hex_id<S: serde::Serializer>(id: &u64, s: S) -> Result<S::Ok, S::Error> {
@@ -199,18 +208,18 @@ impl State {
     /// Records a finished task for the task stream.
     pub(super) fn record(
         &mut self,
-        (node, pid): (String, u32),
+        (node, pid): (Arc<str>, u32),
         id: u64,
-        function: &str,
+        (function_id, function): (u32, &str),
         ok: bool,
         start_us: u64,
         dur_us: u64,
     ) {
-        let name = short(function);
-        if !self.finished.contains_key(name) {
+        let name = self.short_name(function_id, function);
+        if !self.finished.contains_key(&*name) {
             self.finished.insert(name.to_string(), Default::default());
         }
-        let Some(counts) = self.finished.get_mut(name) else {
+        let Some(counts) = self.finished.get_mut(&*name) else {
             return;
         };
         if ok {
@@ -229,7 +238,7 @@ impl State {
         self.events.push_back(TaskEvent {
             seq: self.event_seq,
             id,
-            function: name.to_string(),
+            function: name,
             node,
             pid,
             start_us,
@@ -250,9 +259,7 @@ impl State {
             cancelled: self.control.cancelled_total,
         };
         for t in self.tasks.values() {
-            let f = functions
-                .entry(short(&t.spec.function).to_string())
-                .or_default();
+            let f = functions.entry(short(&t.function).to_string()).or_default();
             if t.worker.is_some() {
                 f.running += 1;
                 tasks.running += 1;
@@ -403,7 +410,7 @@ impl State {
     /// Recent tasks as a Chrome trace: one process per node, one thread
     /// per worker, one complete event per task.
     pub(crate) fn chrome_trace(&self) -> serde_json::Value {
-        let mut nodes: Vec<&str> = self.events.iter().map(|e| e.node.as_str()).collect();
+        let mut nodes: Vec<&str> = self.events.iter().map(|e| &*e.node).collect();
         nodes.sort_unstable();
         nodes.dedup();
         let index = |n: &str| nodes.iter().position(|x| *x == n).unwrap_or(0) + 1;
@@ -418,7 +425,7 @@ impl State {
             .collect();
         events.extend(self.events.iter().map(|e| {
             serde_json::json!({
-                "name": e.function,
+                "name": &*e.function,
                 "cat": if e.ok { "task" } else { "task,failed" },
                 "ph": "X",
                 "ts": e.start_us,

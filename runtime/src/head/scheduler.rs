@@ -13,6 +13,7 @@ mod resources;
 mod returns;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use crate::proto::{self, head_op::Op, object_value::Payload};
 
@@ -25,6 +26,11 @@ pub(super) use resources::{NodeResources, Placement};
 
 /// After this many tasks in a row find no place, a dispatch pass stops.
 const SCAN_LIMIT: usize = 64;
+/// The same, when no worker and no node has room for anything: what is
+/// placeable then is only a task that starts a worker of its own without
+/// CPUs, and a pass that looked at 64 tasks on every frame cost more than
+/// half of the head's CPU per task while a long queue waited.
+const FULL_SCAN_LIMIT: usize = 4;
 const EPS: f64 = 1e-9;
 
 /// Tasks that need the same place: if one of them finds no worker in a
@@ -36,7 +42,7 @@ struct Shape {
     need: f64,
     /// Interned id of its function (0: none, then `function` is compared).
     function_id: u32,
-    function: String,
+    function: Arc<str>,
     /// The node it must go to in this pass (empty: any).
     only: String,
     /// Resources besides CPUs (empty for most tasks).
@@ -46,23 +52,22 @@ struct Shape {
 }
 
 impl Shape {
-    fn fits(
-        &self,
-        job: u32,
-        need: f64,
-        function_id: u32,
-        spec: &proto::TaskSpec,
-        only: &str,
-    ) -> bool {
+    fn fits(&self, job: u32, need: f64, task: &Task, only: &str) -> bool {
         self.job == job
             && self.need.to_bits() == need.to_bits()
             && same_function(
                 (self.function_id, &self.function),
-                (function_id, &spec.function),
+                (task.function_id, &task.function),
             )
-            && self.only == only
-            && self.resources == spec.resources
+            && same_str(&self.only, only)
+            && self.resources == task.spec.resources()
     }
+}
+
+/// `a == b`, without a call to `memcmp` for the usual two empty strings
+/// (dispatch compares pins of every task it looks at).
+fn same_str(a: &str, b: &str) -> bool {
+    a.len() == b.len() && (a.is_empty() || a == b)
 }
 
 impl State {
@@ -70,9 +75,6 @@ impl State {
         let id = spec.task_id;
         if !self.new_object(id, ObjState::Pending, client) {
             return;
-        }
-        if spec.actor_id == 0 {
-            self.intern_function(&spec.function);
         }
         let mut failed = None;
         if spec.num_returns > 1 {
@@ -115,7 +117,7 @@ impl State {
                     match &o.state {
                         ObjState::Pending => {
                             missing += 1;
-                            o.dependents.push(id);
+                            o.more().dependents.push(id);
                         }
                         ObjState::Done(Payload::Error(e)) => {
                             failed = Some(Payload::Error(e.clone()))
@@ -137,17 +139,8 @@ impl State {
         }
         let retries_left = spec.max_retries;
         let actor = spec.actor_id;
-        self.tasks.insert(
-            id,
-            Box::new(Task {
-                spec,
-                missing,
-                retries_left,
-                worker: None,
-                job,
-                ready_at: std::time::Instant::now(),
-            }),
-        );
+        let task = self.make_task(spec, missing, retries_left, job);
+        self.tasks.insert(id, task);
         if failed.is_none() && actor != 0 {
             failed = self.enqueue_call(id, actor);
         }
@@ -162,28 +155,25 @@ impl State {
         let Some(value) = result.value else { return };
         let Some(payload) = value.payload else { return };
         let id = value.object_id;
-        let ours = self
-            .tasks
-            .get(&id)
-            .is_some_and(|t| t.worker == Some(client));
-        if !ours {
+        let Some(t) = self.tasks.get(&id).filter(|t| t.worker == Some(client)) else {
             // A result for a task this worker no longer owns: drop its file.
             if let Payload::Stored(loc) = payload {
                 self.out.delete.push(loc.path);
             }
             return;
-        }
-        if let Some(function) = self.tasks.get(&id).map(|t| t.spec.function.clone()) {
+        };
+        let (function_id, function) = (t.function_id, t.function.clone());
+        {
             let ok = !matches!(payload, Payload::Error(_));
             let at = self
                 .workers
                 .get(&client)
-                .map(|w| (w.node.clone(), w.pid))
-                .unwrap_or_default();
+                .map(|w| (w.node_label.clone(), w.pid))
+                .unwrap_or_else(|| (Arc::from(""), 0));
             self.record(
                 at,
                 id,
-                &function,
+                (function_id, &function),
                 ok,
                 result.start_micros,
                 result.exec_micros,
@@ -191,17 +181,22 @@ impl State {
         }
         let mut freed = None;
         if let Some(w) = self.workers.get_mut(&client) {
-            w.queue.retain(|t| *t != id);
+            // Results come in the order the queue ran: the front, usually.
+            if w.queue.front() == Some(&id) {
+                w.queue.pop_front();
+            } else {
+                w.queue.retain(|t| *t != id);
+            }
             if w.queue.is_empty() {
                 if !w.blocked {
-                    freed = Some((w.node.clone(), w.lease));
+                    freed = Some((w.node_label.clone(), w.lease));
                 }
                 w.lease = 0.0;
-                w.function.clear();
+                w.function = self.no_function.clone();
                 w.function_id = 0;
                 if !w.held.is_empty() {
                     let held = std::mem::take(&mut w.held);
-                    let node = w.node.clone();
+                    let node = w.node_label.clone();
                     self.give_resources(&node, &held);
                 }
             }
@@ -212,15 +207,13 @@ impl State {
         let mut lineage = None;
         if let Some(t) = self.tasks.get(&id) {
             let us = result.exec_micros as f64;
-            match self.run_micros.get_mut(&t.spec.function) {
-                Some(m) => *m = 0.8 * *m + 0.2 * us,
-                None => {
-                    self.run_micros.insert(t.spec.function.clone(), us);
-                }
-            }
+            self.run_micros
+                .entry(function_id)
+                .and_modify(|m| *m = 0.8 * *m + 0.2 * us)
+                .or_insert(us);
             let plain = t.spec.actor_id == 0 && t.spec.create.is_none() && t.spec.num_returns <= 1;
             if plain && matches!(payload, Payload::Stored(_)) {
-                lineage = Some(Box::new(t.spec.clone()));
+                lineage = Some(Box::new(t.full_spec()));
             }
         }
         let payload = match self.finish_attempt(id, payload) {
@@ -230,13 +223,14 @@ impl State {
         self.stash_returns(id, result.more_returns);
         self.complete(id, payload, result.nested_refs);
         if let Some(o) = self.objects.get_mut(&id) {
-            o.lineage = lineage;
+            o.set_lineage(lineage);
         }
     }
 
     pub(super) fn worker_connected(&mut self, client: u32, hello: &proto::Hello) {
         let (worker_id, pid, node, job) =
             (hello.worker_id, hello.pid, hello.node.clone(), hello.job);
+        let node_label = Arc::from(node.as_str());
         self.worker_started(&node, job, true);
         self.workers.insert(
             client,
@@ -245,11 +239,12 @@ impl State {
                 pid,
                 queue: VecDeque::new(),
                 lease: 0.0,
-                function: String::new(),
+                function: self.no_function.clone(),
                 function_id: 0,
                 blocked: false,
                 actors: 0,
                 node,
+                node_label,
                 job,
                 busy_since: 0,
                 held: Vec::new(),
@@ -331,14 +326,34 @@ impl State {
         }
     }
 
-    fn pipeline_depth(&self, function: &str) -> usize {
-        pipeline::depth(self.run_micros.get(function).copied())
+    fn pipeline_depth(&self, function_id: u32) -> usize {
+        pipeline::depth(self.run_micros.get(&function_id).copied())
+    }
+
+    /// How many tasks in a row may find no place before a dispatch pass
+    /// stops: few when nothing has room (every worker's queue is as deep
+    /// as its function allows, or it waits in `get`, and no node has a
+    /// CPU free).
+    fn scan_limit(&self) -> usize {
+        let worker_room = self
+            .workers
+            .values()
+            .any(|w| !w.blocked && w.queue.len() < self.pipeline_depth(w.function_id));
+        let node_room = self
+            .nodes
+            .values()
+            .any(|n| n.alive && n.available_cpus > EPS);
+        if worker_room || node_room {
+            SCAN_LIMIT
+        } else {
+            FULL_SCAN_LIMIT
+        }
     }
 
     /// The node holding most of a task's large arguments, if any.
-    fn preferred_node(&self, spec: &proto::TaskSpec) -> Option<String> {
+    fn preferred_node(&self, args: &[proto::Arg]) -> Option<String> {
         let mut best: Option<(&str, u64)> = None;
-        for a in spec.args.iter().filter_map(arg_ref) {
+        for a in args.iter().filter_map(arg_ref) {
             if let Some(ObjState::Done(Payload::Stored(loc))) =
                 self.objects.get(&a).map(|o| &o.state)
             {
@@ -397,12 +412,11 @@ impl State {
     pub(super) fn dispatch(&mut self) {
         let mut skipped = Vec::new();
         let mut misses = 0;
+        // How many misses in a row end the pass: decided at the first miss.
+        let mut limit: Option<usize> = None;
         let mut wanted: Vec<(u32, f64, String, Vec<proto::Resource>)> = Vec::new();
         let mut stuck: Vec<Shape> = Vec::new();
         let mut feasible: Vec<(u64, String, Vec<proto::Resource>, bool)> = Vec::new();
-        // Asked once per pass, at the first miss: room only shrinks.
-        let mut known_full: Option<bool> = None;
-        let mut full = |st: &Self| *known_full.get_or_insert_with(|| !st.room_for_cpu_tasks());
         while let Some(id) = self.ready.pop_front() {
             let Some(task) = self.tasks.get(&id) else {
                 continue;
@@ -417,16 +431,18 @@ impl State {
             let job = task.job;
             let need = task.spec.num_cpus.max(0.0);
             let can = match feasible.iter().find(|(n, only, res, _)| {
-                *n == need.to_bits() && *only == task.spec.node && *res == task.spec.resources
+                *n == need.to_bits()
+                    && same_str(only, task.spec.node())
+                    && *res == task.spec.resources()
             }) {
                 Some((_, _, _, can)) => *can,
                 None => {
                     let spec = &task.spec;
-                    let can = self.feasible(need, &spec.node, &spec.resources);
+                    let can = self.feasible(need, spec.node(), spec.resources());
                     feasible.push((
                         need.to_bits(),
-                        spec.node.clone(),
-                        spec.resources.clone(),
+                        spec.node().to_string(),
+                        spec.resources().to_vec(),
                         can,
                     ));
                     can
@@ -439,35 +455,31 @@ impl State {
                 continue;
             }
             if task.spec.create.is_some() {
-                let res = task.spec.resources.clone();
+                let res = task.spec.resources().to_vec();
                 // Where `place_actor` looks: a worker is started there.
-                let only = self.effective_node(job, need, &task.spec).to_string();
+                let only = self.effective_node(job, need, task.spec.pins()).to_string();
                 if !self.place_actor(id) {
                     skipped.push(id);
                     wanted.push((job, need, only, res));
                 }
                 continue;
             }
-            let only = self.effective_node(job, need, &task.spec);
-            let function_id = self.function_id(&task.spec.function);
-            if let Some(s) = stuck
-                .iter_mut()
-                .find(|s| s.fits(job, need, function_id, &task.spec, only))
-            {
+            let only = self.effective_node(job, need, task.spec.pins());
+            let function_id = task.function_id;
+            if let Some(s) = stuck.iter_mut().find(|s| s.fits(job, need, task, only)) {
                 s.count += 1;
                 skipped.push(id);
                 misses += 1;
-                if misses >= SCAN_LIMIT || (need > EPS && full(self)) {
+                if misses >= *limit.get_or_insert_with(|| self.scan_limit()) {
                     break;
                 }
                 continue;
             }
-            let near = self.preferred_node(&task.spec);
-            let only = only.to_string();
-            let res = task.spec.resources.clone();
-            let idle = self.idle_worker(job, need, near.as_deref(), &only, &res);
+            let near = self.preferred_node(&task.spec.args);
+            let res = task.spec.resources();
+            let idle = self.idle_worker(job, need, near.as_deref(), only, res);
             let target = idle.or_else(|| {
-                let depth = self.pipeline_depth(&task.spec.function);
+                let depth = self.pipeline_depth(function_id);
                 self.workers
                     .iter()
                     .filter(|(_, w)| {
@@ -477,10 +489,10 @@ impl State {
                             && w.queue.len() < depth
                             && same_function(
                                 (w.function_id, &w.function),
-                                (function_id, &task.spec.function),
+                                (function_id, &task.function),
                             )
                             && (w.lease - need).abs() < EPS
-                            && w.held == task.spec.resources
+                            && w.held == task.spec.resources()
                     })
                     .min_by_key(|(_, w)| w.queue.len())
                     .map(|(c, _)| *c)
@@ -488,37 +500,35 @@ impl State {
             match target {
                 Some(c) => {
                     misses = 0;
+                    // Most tasks declare no resources: no allocation then.
+                    let res = res.to_vec();
                     if idle.is_some() {
-                        let node = self.workers[&c].node.clone();
+                        let node = self.workers[&c].node_label.clone();
                         self.take_cpus(&node, need);
                         self.take_resources(&node, &res);
                     }
                     self.assign(c, id, need, res);
                 }
                 None => {
-                    // A name is kept only where there is no id to compare.
-                    let function = match function_id {
-                        0 => self.tasks.get(&id).map(|t| t.spec.function.clone()),
-                        _ => None,
-                    };
-                    stuck.push(Shape {
+                    let shape = Shape {
                         job,
                         need,
                         function_id,
-                        function: function.unwrap_or_default(),
-                        only,
-                        resources: res,
+                        function: task.function.clone(),
+                        only: only.to_string(),
+                        resources: res.to_vec(),
                         count: 1,
-                    });
+                    };
+                    stuck.push(shape);
                     skipped.push(id);
                     misses += 1;
-                    if misses >= SCAN_LIMIT || (need > EPS && full(self)) {
+                    if misses >= *limit.get_or_insert_with(|| self.scan_limit()) {
                         break;
                     }
                 }
             }
         }
-        if misses >= SCAN_LIMIT {
+        if limit.is_some_and(|l| misses >= l) {
             // The pass was cut short: what it skipped goes behind the tasks
             // it did not reach, so those get a look next time.
             self.ready.extend(skipped);
@@ -603,13 +613,13 @@ impl State {
             return;
         };
         // One copy of the spec, made as the worker receives it.
-        let spec = self.resolved(&task.spec);
-        let function_id = self.function_id(&spec.function);
+        let spec = self.resolved(task);
+        let (function_id, function) = (task.function_id, task.function.clone());
         if let Some(w) = self.workers.get_mut(&client) {
             if w.queue.is_empty() {
                 w.lease = need;
                 w.held = res;
-                spec.function.clone_into(&mut w.function);
+                w.function = function;
                 w.function_id = function_id;
                 self.control.busy_seq += 1;
                 w.busy_since = self.control.busy_seq;
@@ -625,8 +635,12 @@ impl State {
 
     /// `spec` as a worker receives it: ref arguments replaced by their
     /// values (inline) or store locations.
-    pub(super) fn resolved(&self, spec: &proto::TaskSpec) -> proto::TaskSpec {
-        let mut spec = spec.clone();
+    pub(super) fn resolved(&self, task: &Task) -> proto::TaskSpec {
+        self.resolve_args(task.full_spec())
+    }
+
+    /// `spec` with its ref arguments replaced as [`State::resolved`] does.
+    pub(super) fn resolve_args(&self, mut spec: proto::TaskSpec) -> proto::TaskSpec {
         for a in &mut spec.args {
             if let Some(r) = arg_ref(a) {
                 a.kind = match self.objects.get(&r).map(|o| &o.state) {
@@ -634,7 +648,7 @@ impl State {
                         Some(proto::arg::Kind::Value(b.clone()))
                     }
                     Some(ObjState::Done(Payload::Stored(loc))) => {
-                        Some(proto::arg::Kind::Stored((**loc).clone()))
+                        Some(proto::arg::Kind::Stored(loc.clone()))
                     }
                     _ => a.kind.take(),
                 };

@@ -120,7 +120,7 @@ impl Head {
             _ => return,
         };
         let hello = match first.next().and_then(|o| o.op) {
-            Some(Op::Hello(h)) => h,
+            Some(Op::Hello(h)) => *h,
             _ => {
                 let _ = out.send(refused("the first message must be hello"));
                 return;

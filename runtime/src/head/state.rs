@@ -3,6 +3,7 @@
 //! its outbound operations in an outbox, sent once the lock is released.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 /// The head's tables keyed by ids: with foldhash instead of the default
 /// SipHash, which cost ~5% of the head's CPU per task. Ids come from the
@@ -14,7 +15,7 @@ pub(super) type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 
 use super::actors::ActorEntry;
 
-/// Most function names the head numbers (see [`State::intern_function`]).
+/// Most function names the head numbers (see [`State::intern`]).
 const MAX_FUNCTION_IDS: usize = 1 << 16;
 
 /// Whether two functions are the same: by id where both have one, else by
@@ -39,18 +40,70 @@ pub(super) struct Obj {
     /// Inline up to two: usually one driver subscribes, and a heap
     /// allocation per object cost ~32 bytes of a million queued tasks each.
     pub(super) subscribers: smallvec::SmallVec<[u32; 2]>,
-    /// Tasks waiting for it.
-    pub(super) dependents: smallvec::SmallVec<[u64; 1]>,
-    /// Refs nested inside this object's value.
-    pub(super) contains: Vec<u64>,
     /// Logical time of the last use, for spilling the least recently used.
     pub(super) last_used: u64,
     /// Its file was moved (or is being moved) to the spill folder.
     pub(super) spilled: bool,
-    /// The task that made a stored value, to rebuild it if its node is lost.
-    pub(super) lineage: Option<Box<proto::TaskSpec>>,
+    /// What few objects have (dependents, nested refs, lineage): one
+    /// pointer for the common object, 40 bytes less per queued task.
+    pub(super) more: Option<Box<ObjMore>>,
     /// Job of the session that made it.
     pub(super) job: u32,
+    /// The session that made it, while it still holds it (0: none). That
+    /// hold is counted in `holders` but kept out of the session's `holds`
+    /// set: a driver with a million tasks queued holds a million results,
+    /// and the set cost ~19 bytes and a hash insert and remove for each.
+    pub(super) creator: u32,
+}
+
+/// The rarer parts of an object ([`Obj::more`]).
+#[derive(Default)]
+pub(super) struct ObjMore {
+    /// Tasks waiting for it.
+    pub(super) dependents: smallvec::SmallVec<[u64; 1]>,
+    /// Refs nested inside this object's value.
+    pub(super) contains: Box<[u64]>,
+    /// The task that made a stored value, to rebuild it if its node is lost.
+    pub(super) lineage: Option<Box<proto::TaskSpec>>,
+}
+
+impl Obj {
+    /// Its rarer parts, made on first use.
+    pub(super) fn more(&mut self) -> &mut ObjMore {
+        self.more.get_or_insert_with(Default::default)
+    }
+
+    pub(super) fn take_dependents(&mut self) -> smallvec::SmallVec<[u64; 1]> {
+        self.more
+            .as_mut()
+            .map(|m| std::mem::take(&mut m.dependents))
+            .unwrap_or_default()
+    }
+
+    /// Sets the refs nested in its value (no allocation when none).
+    pub(super) fn set_contains(&mut self, refs: Vec<u64>) {
+        if !refs.is_empty() || self.more.is_some() {
+            self.more().contains = refs.into_boxed_slice();
+        }
+    }
+
+    pub(super) fn take_contains(&mut self) -> Box<[u64]> {
+        self.more
+            .as_mut()
+            .map(|m| std::mem::take(&mut m.contains))
+            .unwrap_or_default()
+    }
+
+    /// Sets (or clears) the spec that rebuilds its value.
+    pub(super) fn set_lineage(&mut self, spec: Option<Box<proto::TaskSpec>>) {
+        if spec.is_some() || self.more.is_some() {
+            self.more().lineage = spec;
+        }
+    }
+
+    pub(super) fn take_lineage(&mut self) -> Option<Box<proto::TaskSpec>> {
+        self.more.as_mut().and_then(|m| m.lineage.take())
+    }
 }
 
 pub(super) enum ObjState {
@@ -59,13 +112,28 @@ pub(super) enum ObjState {
 }
 
 pub(super) struct Task {
-    pub(super) spec: proto::TaskSpec,
+    /// The spec as received, made small (`head/spec.rs`), without its
+    /// function name: that is `function`, shared by every task of the
+    /// function ([`State::make_task`]).
+    pub(super) spec: super::spec::Spec,
+    /// The function's name, shared through [`State::intern`].
+    pub(super) function: Arc<str>,
+    /// Its interned id (0: past the cap, compare `function`).
+    pub(super) function_id: u32,
     pub(super) missing: u32,
     pub(super) retries_left: u32,
     pub(super) worker: Option<u32>,
     pub(super) job: u32,
     /// When it last became ready to run (for the scheduling delay).
     pub(super) ready_at: std::time::Instant,
+}
+
+impl Task {
+    /// The spec whole again, function name included (for a worker, the
+    /// lineage of a stored value, a rebuilt actor).
+    pub(super) fn full_spec(&self) -> proto::TaskSpec {
+        self.spec.to_proto(&self.function)
+    }
 }
 
 pub(super) struct Worker {
@@ -76,8 +144,8 @@ pub(super) struct Worker {
     /// CPUs it holds for the tasks in its queue.
     pub(super) lease: f64,
     /// The function its queue runs, for pipelining.
-    pub(super) function: String,
-    /// Its interned id ([`State::function_id`]; 0: none), so that
+    pub(super) function: Arc<str>,
+    /// Its interned id ([`State::intern`]; 0: none), so that
     /// dispatch compares numbers, not names, with every worker.
     pub(super) function_id: u32,
     /// Its running task waits in `get` and has lent its CPUs back.
@@ -85,6 +153,8 @@ pub(super) struct Worker {
     /// Actors it hosts.
     pub(super) actors: usize,
     pub(super) node: String,
+    /// `node` shared, for task events (no string copied per result).
+    pub(super) node_label: Arc<str>,
     pub(super) job: u32,
     /// When its queue last went from empty to busy (a count, not a
     /// clock): the memory monitor kills the most recently started.
@@ -95,7 +165,10 @@ pub(super) struct Worker {
 }
 
 pub(super) struct Session {
+    /// Objects it holds that it did not make (see `Obj::creator`).
     pub(super) holds: FastSet<u64>,
+    /// Objects whose `creator` it still is.
+    pub(super) created: usize,
     /// The job its tasks belong to.
     pub(super) job: u32,
 }
@@ -131,15 +204,21 @@ pub(crate) struct State {
     pub(super) infeasible: Vec<u64>,
     pub(super) workers: FastMap<u32, Worker>,
     pub(super) sessions: FastMap<u32, Session>,
-    pub(super) nodes: HashMap<String, Node>,
+    pub(super) nodes: FastMap<String, Node>,
     pub(super) jobs: HashMap<u32, Job>,
     /// The head's own node.
     pub(super) local_node: String,
-    /// Mean run time per function, in microseconds.
-    pub(super) run_micros: FastMap<String, f64>,
+    /// Mean run time per function id, in microseconds (names past the
+    /// cap share id 0).
+    pub(super) run_micros: FastMap<u32, f64>,
     /// Function names seen in submits, numbered from 1 (see
-    /// [`State::function_id`]).
-    pub(super) function_ids: FastMap<String, u32>,
+    /// [`State::intern`]).
+    pub(super) function_ids: FastMap<Arc<str>, u32>,
+    /// Names by id - 1, and their short forms (`observe::short`), shared
+    /// by every task record and task event of the function.
+    pub(super) function_names: Vec<(Arc<str>, Arc<str>)>,
+    /// An empty name, shared: what an idle worker's `function` is.
+    pub(super) no_function: Arc<str>,
     pub(super) out: Outbox,
     pub(super) actors: HashMap<u64, ActorEntry>,
     pub(super) names: HashMap<String, u64>,
@@ -149,7 +228,7 @@ pub(crate) struct State {
     pub(super) events: std::collections::VecDeque<super::observe::TaskEvent>,
     pub(super) event_seq: u64,
     /// Finished and failed counts per function.
-    pub(super) finished: HashMap<String, super::observe::Finished>,
+    pub(super) finished: FastMap<String, super::observe::Finished>,
     /// Unfinished tasks per job, and the most a job may have.
     pub(super) pending: FastMap<u32, usize>,
     pub(super) max_pending: usize,
@@ -174,18 +253,20 @@ impl State {
             infeasible: Vec::new(),
             workers: FastMap::default(),
             sessions: FastMap::default(),
-            nodes: HashMap::new(),
+            nodes: FastMap::default(),
             jobs: HashMap::new(),
             local_node: node,
             run_micros: FastMap::default(),
             function_ids: FastMap::default(),
+            function_names: Vec::new(),
+            no_function: Arc::from(""),
             out: Outbox::default(),
             actors: HashMap::new(),
             names: HashMap::new(),
             dirty_actors: Vec::new(),
             events: Default::default(),
             event_seq: 0,
-            finished: HashMap::new(),
+            finished: FastMap::default(),
             pending: FastMap::default(),
             max_pending: std::env::var("FLEET_MAX_PENDING_TASKS")
                 .ok()
@@ -203,21 +284,51 @@ impl State {
     /// Numbers a function name the first time a task of it is submitted.
     /// Ids are never reused; past [`MAX_FUNCTION_IDS`] names (a client
     /// sending made-up names) new ones get 0 and are compared by name.
-    pub(super) fn intern_function(&mut self, name: &str) -> u32 {
+    /// Returns the id and the shared name (a fresh one past the cap).
+    pub(super) fn intern(&mut self, name: &str) -> (u32, Arc<str>) {
         if let Some(id) = self.function_ids.get(name) {
-            return *id;
+            return (*id, self.function_names[*id as usize - 1].0.clone());
         }
+        let shared: Arc<str> = Arc::from(name);
         if self.function_ids.len() >= MAX_FUNCTION_IDS {
-            return 0;
+            return (0, shared);
         }
         let id = self.function_ids.len() as u32 + 1;
-        self.function_ids.insert(name.to_string(), id);
-        id
+        self.function_ids.insert(shared.clone(), id);
+        let short = Arc::from(super::observe::short(name));
+        self.function_names.push((shared.clone(), short));
+        (id, shared)
     }
 
-    /// The id of an interned function name, 0 if it has none.
-    pub(super) fn function_id(&self, name: &str) -> u32 {
-        self.function_ids.get(name).copied().unwrap_or(0)
+    /// The short name (`observe::short`) of a function, shared where it
+    /// has an id.
+    pub(super) fn short_name(&self, id: u32, name: &str) -> Arc<str> {
+        match id {
+            0 => Arc::from(super::observe::short(name)),
+            _ => self.function_names[id as usize - 1].1.clone(),
+        }
+    }
+
+    /// A task record for `spec`: its function name moves to the shared
+    /// copy, so a queued task holds no string of its own.
+    pub(super) fn make_task(
+        &mut self,
+        spec: proto::TaskSpec,
+        missing: u32,
+        retries_left: u32,
+        job: u32,
+    ) -> Box<Task> {
+        let (function_id, function) = self.intern(&spec.function);
+        Box::new(Task {
+            spec: super::spec::Spec::from_proto(spec),
+            function,
+            function_id,
+            missing,
+            retries_left,
+            worker: None,
+            job,
+            ready_at: std::time::Instant::now(),
+        })
     }
 
     pub(super) fn take_outbox(&mut self) -> Outbox {
@@ -229,6 +340,7 @@ impl State {
             client,
             Session {
                 holds: FastSet::default(),
+                created: 0,
                 job,
             },
         );
@@ -248,7 +360,19 @@ impl State {
             self.worker_lost(client, w);
         }
         if let Some(s) = self.sessions.remove(&client) {
-            for id in s.holds {
+            let mut held: Vec<u64> = s.holds.into_iter().collect();
+            if s.created > 0 {
+                // One pass over all objects, once per session that made
+                // objects and still holds some.
+                for (id, o) in self.objects.iter_mut() {
+                    if o.creator == client {
+                        // Its hold is in `holders`: released below.
+                        o.creator = 0;
+                        held.push(*id);
+                    }
+                }
+            }
+            for id in held {
                 if let Some(o) = self.objects.get_mut(&id) {
                     o.holders = o.holders.saturating_sub(1);
                     self.maybe_free(id);
@@ -315,36 +439,47 @@ mod tests {
     fn per_task_records_stay_small() {
         let sizes = [
             ("Payload", std::mem::size_of::<Payload>()),
-            ("TaskSpec", std::mem::size_of::<proto::TaskSpec>()),
+            ("Arg", std::mem::size_of::<proto::Arg>()),
+            ("Spec", std::mem::size_of::<super::super::spec::Spec>()),
             ("Obj", std::mem::size_of::<Obj>()),
             ("Task", std::mem::size_of::<Task>()),
         ];
         eprintln!("{sizes:?}");
         assert!(sizes[0].1 <= 40, "{sizes:?}");
-        assert!(sizes[2].1 <= 160, "{sizes:?}");
-        // 192 before TaskSpec's resources, spread and node_soft (48 bytes,
-        // set on few tasks) came in.
-        assert!(sizes[3].1 <= 240, "{sizes:?}");
+        // 64 before the store location was boxed.
+        assert!(sizes[1].1 <= 40, "{sizes:?}");
+        // The protobuf `TaskSpec` is 208 bytes plus its function name.
+        assert!(sizes[2].1 <= 96, "{sizes:?}");
+        // 144 before dependents, nested refs and lineage moved to `ObjMore`.
+        assert!(sizes[3].1 <= 104, "{sizes:?}");
+        // 240 (and a function name of its own) before `head/spec.rs`.
+        assert!(sizes[4].1 <= 152, "{sizes:?}");
     }
 
     /// Dispatch compares function ids instead of names; a name gets one id
     /// for good, and names past the cap are still told apart by name.
+    impl State {
+        fn intern_function_id(&mut self, name: &str) -> u32 {
+            self.intern(name).0
+        }
+    }
+
     #[test]
     fn function_ids_are_stable_and_capped() {
         let mut st = State::new("n".into());
-        let a = st.intern_function("m::a");
-        let b = st.intern_function("m::b");
+        let a = st.intern_function_id("m::a");
+        let b = st.intern_function_id("m::b");
         assert!(a != 0 && b != 0 && a != b);
-        assert_eq!(st.intern_function("m::a"), a);
-        assert_eq!(st.function_id("m::b"), b);
-        assert_eq!(st.function_id("m::never"), 0);
+        assert_eq!(st.intern_function_id("m::a"), a);
+        assert_eq!(st.function_ids.get("m::b").copied().unwrap_or(0), b);
+        assert_eq!(st.function_ids.get("m::never").copied().unwrap_or(0), 0);
         assert!(same_function((a, "m::a"), (a, "m::a")));
         assert!(!same_function((a, "m::a"), (b, "m::b")));
         for i in 0..MAX_FUNCTION_IDS {
-            st.intern_function(&format!("flood::{i}"));
+            st.intern_function_id(&format!("flood::{i}"));
         }
         assert_eq!(st.function_ids.len(), MAX_FUNCTION_IDS);
-        assert_eq!(st.intern_function("late::x"), 0);
+        assert_eq!(st.intern_function_id("late::x"), 0);
         assert!(same_function((0, "late::x"), (0, "late::x")));
         assert!(!same_function((0, "late::x"), (0, "late::y")));
         assert!(!same_function((0, "late::x"), (a, "m::a")));

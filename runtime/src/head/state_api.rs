@@ -79,7 +79,7 @@ impl State {
                 };
                 json!({
                     "id": hex(*id),
-                    "function": t.spec.function,
+                    "function": &*t.function,
                     "state": state,
                     "node": worker.map(|w| w.node.clone()).unwrap_or_default(),
                     "pid": worker.map(|w| w.pid),
@@ -92,9 +92,9 @@ impl State {
         rows.extend(self.events.iter().rev().map(|e| {
             json!({
                 "id": hex(e.id),
-                "function": e.function,
+                "function": &*e.function,
                 "state": if e.ok { "finished" } else { "failed" },
-                "node": e.node,
+                "node": &*e.node,
                 "pid": e.pid,
                 "duration_us": e.dur_us,
             })

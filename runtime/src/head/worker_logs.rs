@@ -55,7 +55,7 @@ impl State {
                     Status::failed_precondition(format!(
                         "task {id:016x} ({}) has not started on a worker yet, so it has no \
                          output; see `fleet list tasks`",
-                        t.spec.function
+                        t.function
                     ))
                 });
             }
@@ -63,7 +63,7 @@ impl State {
                 if e.pid != 0 {
                     return Ok(Found {
                         pid: e.pid,
-                        node: e.node.clone(),
+                        node: e.node.to_string(),
                         known: true,
                     });
                 }
@@ -119,7 +119,7 @@ impl State {
         {
             return Ok(Found {
                 pid: e.pid,
-                node: e.node.clone(),
+                node: e.node.to_string(),
                 known: true,
             });
         }

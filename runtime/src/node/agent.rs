@@ -126,7 +126,7 @@ impl Agent {
             },
         };
         let _ = self.out.send(proto::ClientOp {
-            op: Some(Op::JobUpdate(info)),
+            op: Some(Op::JobUpdate(Box::new(info))),
         });
     }
 
@@ -223,7 +223,7 @@ async fn serve(
             while let Some(info) = job_rx.recv().await {
                 if let Some(out) = current.lock().as_ref() {
                     let _ = out.send(proto::ClientOp {
-                        op: Some(Op::JobUpdate(info)),
+                        op: Some(Op::JobUpdate(Box::new(info))),
                     });
                 }
             }

@@ -61,14 +61,14 @@ pub(super) fn demand(head: &Head, opts: &AutoscaleOptions) -> Demand {
             continue;
         }
         // Tasks pinned to one node wait for that node, not for a new one.
-        if !t.spec.node.is_empty() {
+        if !t.spec.node().is_empty() {
             continue;
         }
         // Nor tasks that need a custom resource: the autoscaler's nodes
         // bring CPUs and memory only, so asking for more would not help.
-        if !t.spec.resources.is_empty()
+        if !t.spec.resources().is_empty()
             && t.spec
-                .resources
+                .resources()
                 .iter()
                 .any(|r| r.name != crate::resources::MEMORY && r.amount > 0.0)
         {

@@ -38,7 +38,7 @@ impl State {
         let function = self
             .tasks
             .get(&id)
-            .map(|t| t.spec.function.clone())
+            .map(|t| t.function.to_string())
             .unwrap_or_default();
         let mut e = proto::TaskError {
             function,

@@ -159,7 +159,7 @@ impl State {
                 d.pid,
                 d.node,
                 d.task,
-                t.spec.function,
+                t.function,
                 if oom {
                     " (killed by the memory monitor)"
                 } else {
@@ -178,9 +178,10 @@ impl State {
             }
             return;
         }
-        let function = t.spec.function.clone();
+        let function = t.function.clone();
+        let function_id = t.function_id;
         let mut e = proto::TaskError {
-            function: function.clone(),
+            function: function.to_string(),
             pid: d.pid,
             node: d.node.clone(),
             ..Default::default()
@@ -210,7 +211,14 @@ impl State {
             t.spec.max_retries,
         );
         let now = super::super::observe::now_us();
-        self.record((d.node, d.pid), d.task, &function, false, now, 0);
+        self.record(
+            (std::sync::Arc::from(d.node.as_str()), d.pid),
+            d.task,
+            (function_id, &function),
+            false,
+            now,
+            0,
+        );
         self.complete(d.task, Payload::Error(Box::new(e)), Vec::new());
     }
 }

@@ -120,7 +120,7 @@ impl State {
         }
         self.pin_all(&item.nested_refs);
         if let Some(o) = self.objects.get_mut(&object_id) {
-            o.contains = item.nested_refs.clone();
+            o.set_contains(item.nested_refs.clone());
         }
         self.stored(object_id);
         self.out.push(consumer, Op::GeneratorItem(item));

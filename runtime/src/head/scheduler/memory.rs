@@ -60,7 +60,7 @@ impl State {
         let function = self
             .tasks
             .get(&task)
-            .map(|t| t.spec.function.clone())
+            .map(|t| t.function.to_string())
             .unwrap_or_default();
         let rss = rss_of(worker_id).map_or_else(|| "unknown".to_string(), mib);
         let why = format!(

@@ -198,19 +198,19 @@ impl State {
         &self,
         job: u32,
         need: f64,
-        spec: &'a proto::TaskSpec,
+        (node, node_soft, resources): (&'a str, &'a str, &[proto::Resource]),
     ) -> &'a str {
-        if !spec.node.is_empty() || spec.node_soft.is_empty() {
-            return &spec.node;
+        if !node.is_empty() || node_soft.is_empty() {
+            return node;
         }
-        let room = self.nodes.get(&spec.node_soft).is_some_and(|n| {
+        let room = self.nodes.get(node_soft).is_some_and(|n| {
             n.alive
                 && !n.excluded.contains(&job)
                 && n.available_cpus + EPS >= need
-                && n.resources.fits_now(&spec.resources)
+                && n.resources.fits_now(resources)
         });
         if room {
-            &spec.node_soft
+            node_soft
         } else {
             ""
         }
@@ -227,7 +227,7 @@ impl State {
         let mut counted = 0;
         for t in self.infeasible.iter().filter_map(|id| self.tasks.get(id)) {
             let mut any = false;
-            for r in t.spec.resources.iter().filter(|r| r.amount > 0.0) {
+            for r in t.spec.resources().iter().filter(|r| r.amount > 0.0) {
                 let most = alive
                     .iter()
                     .filter_map(|n| n.resources.slot(&r.name).map(|s| s.total))

@@ -76,7 +76,8 @@ impl State {
     /// now fail, with their error, for `complete` to finish.
     pub(in crate::head) fn close_returns(
         &mut self,
-        spec: &proto::TaskSpec,
+        spec: &crate::head::spec::Spec,
+        function: &str,
         payload: &Payload,
     ) -> Vec<(u64, Payload)> {
         let sent = self.control.returns.sent.remove(&spec.task_id);
@@ -105,7 +106,7 @@ impl State {
                     Some(v) => v,
                     None => {
                         let mut e = proto::TaskError {
-                            function: spec.function.clone(),
+                            function: function.to_string(),
                             message: format!(
                                 "the task sent fewer results than its num_returns ({})",
                                 spec.num_returns
@@ -153,9 +154,9 @@ impl State {
             return Vec::new();
         };
         o.state = ObjState::Done(payload.clone());
-        o.contains = nested;
+        o.set_contains(nested);
         let subscribers = std::mem::take(&mut o.subscribers);
-        let dependents = std::mem::take(&mut o.dependents);
+        let dependents = o.take_dependents();
         for c in subscribers {
             self.out.push(
                 c,

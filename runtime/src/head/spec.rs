@@ -1,0 +1,169 @@
+//! A task's spec as the head keeps it while the task waits or runs.
+//!
+//! The head holds one per unfinished task (a million at once in `fleet
+//! microbenchmark --scale`), so it is the protobuf `TaskSpec` made small:
+//! no function name (the task record shares an interned one), lists as
+//! exact-size boxed slices, and what few tasks set (a pinned or preferred
+//! node, custom resources) behind one pointer. A worker still receives a
+//! whole `TaskSpec` ([`Spec::to_proto`]), built when the task is sent.
+
+use crate::proto;
+
+/// The head's copy of a task's spec (see the module's doc).
+#[derive(Clone, Debug)]
+pub(super) struct Spec {
+    /// Also the id of the task's return object.
+    pub(super) task_id: u64,
+    pub(super) args: Box<[proto::Arg]>,
+    /// Refs nested inside argument values; pinned while the task lives.
+    pub(super) nested_refs: Box<[u64]>,
+    pub(super) num_cpus: f64,
+    /// A call of a method of this actor (0: a plain task).
+    pub(super) actor_id: u64,
+    /// The task whose code submitted this one (0: a driver).
+    pub(super) parent_task: u64,
+    pub(super) max_retries: u32,
+    pub(super) num_returns: u32,
+    pub(super) generator_backpressure: u32,
+    pub(super) retry_on_error: bool,
+    pub(super) generator: bool,
+    pub(super) spread: bool,
+    /// Set on the task that creates an actor.
+    pub(super) create: Option<Box<proto::ActorSpec>>,
+    /// Pins and resources; `None` for the common task that has none.
+    rare: Option<Box<Rare>>,
+}
+
+/// The fields of a spec few tasks set.
+#[derive(Clone, Debug, Default)]
+struct Rare {
+    node: String,
+    node_soft: String,
+    resources: Vec<proto::Resource>,
+}
+
+impl Spec {
+    /// Keeps everything of `spec` but its function name.
+    pub(super) fn from_proto(spec: proto::TaskSpec) -> Self {
+        let rare =
+            (!spec.node.is_empty() || !spec.node_soft.is_empty() || !spec.resources.is_empty())
+                .then(|| {
+                    Box::new(Rare {
+                        node: spec.node,
+                        node_soft: spec.node_soft,
+                        resources: spec.resources,
+                    })
+                });
+        Spec {
+            task_id: spec.task_id,
+            args: spec.args.into_boxed_slice(),
+            nested_refs: spec.nested_refs.into_boxed_slice(),
+            num_cpus: spec.num_cpus,
+            actor_id: spec.actor_id,
+            parent_task: spec.parent_task,
+            max_retries: spec.max_retries,
+            num_returns: spec.num_returns,
+            generator_backpressure: spec.generator_backpressure,
+            retry_on_error: spec.retry_on_error,
+            generator: spec.generator,
+            spread: spec.spread,
+            create: spec.create,
+            rare,
+        }
+    }
+
+    /// The whole protobuf spec again, named `function`.
+    pub(super) fn to_proto(&self, function: &str) -> proto::TaskSpec {
+        let rare = self.rare.as_deref();
+        proto::TaskSpec {
+            task_id: self.task_id,
+            function: function.to_string(),
+            args: self.args.to_vec(),
+            nested_refs: self.nested_refs.to_vec(),
+            num_cpus: self.num_cpus,
+            max_retries: self.max_retries,
+            actor_id: self.actor_id,
+            create: self.create.clone(),
+            node: rare.map(|r| r.node.clone()).unwrap_or_default(),
+            retry_on_error: self.retry_on_error,
+            parent_task: self.parent_task,
+            num_returns: self.num_returns,
+            generator: self.generator,
+            generator_backpressure: self.generator_backpressure,
+            resources: rare.map(|r| r.resources.clone()).unwrap_or_default(),
+            spread: self.spread,
+            node_soft: rare.map(|r| r.node_soft.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// The node it must run on (empty: any).
+    pub(super) fn node(&self) -> &str {
+        self.rare.as_deref().map_or("", |r| &r.node)
+    }
+
+    /// The node it prefers while that node has room (empty: none).
+    pub(super) fn node_soft(&self) -> &str {
+        self.rare.as_deref().map_or("", |r| &r.node_soft)
+    }
+
+    /// Its node, preferred node and resources, as `effective_node` takes
+    /// them.
+    pub(super) fn pins(&self) -> (&str, &str, &[proto::Resource]) {
+        (self.node(), self.node_soft(), self.resources())
+    }
+
+    /// What it reserves besides CPUs (empty for most tasks).
+    pub(super) fn resources(&self) -> &[proto::Resource] {
+        self.rare.as_deref().map_or(&[], |r| &r.resources)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every field survives the trip into the head's form and back, and a
+    /// task without pins or resources keeps no `Rare` box.
+    #[test]
+    fn spec_round_trips() {
+        let full = proto::TaskSpec {
+            task_id: 7,
+            function: "m::f".into(),
+            args: vec![proto::Arg {
+                kind: Some(proto::arg::Kind::ObjectRef(3)),
+            }],
+            nested_refs: vec![4, 5],
+            num_cpus: 0.5,
+            max_retries: 2,
+            actor_id: 9,
+            create: Some(Box::new(proto::ActorSpec {
+                class: "C".into(),
+                ..Default::default()
+            })),
+            node: "a:1".into(),
+            retry_on_error: true,
+            parent_task: 11,
+            num_returns: 3,
+            generator: true,
+            generator_backpressure: 4,
+            resources: vec![proto::Resource {
+                name: "gpu".into(),
+                amount: 1.0,
+            }],
+            spread: true,
+            node_soft: "b:2".into(),
+        };
+        let spec = Spec::from_proto(full.clone());
+        assert_eq!(spec.node(), "a:1");
+        assert_eq!(spec.node_soft(), "b:2");
+        assert_eq!(spec.resources().len(), 1);
+        assert_eq!(spec.to_proto("m::f"), full);
+        let plain = Spec::from_proto(proto::TaskSpec {
+            task_id: 1,
+            ..Default::default()
+        });
+        assert!(plain.rare.is_none());
+        assert_eq!(plain.node(), "");
+        assert!(plain.resources().is_empty());
+    }
+}
