@@ -879,9 +879,15 @@ fn random_bytes_as_values_through_the_public_api() {
         assert_serving();
     }
     assert_eq!(driver_ok, worker_ok, "driver and workers decode alike");
-    let mut pids_after = c.worker_pids();
-    pids_after.sort_unstable();
-    assert_eq!(pids_before, pids_after, "no worker died of bad input");
+    // Workers start on demand, so the pool may have grown since; none of
+    // those alive before may be gone.
+    let pids_after = c.worker_pids();
+    let gone: Vec<u32> = pids_before
+        .iter()
+        .copied()
+        .filter(|p| !pids_after.contains(p))
+        .collect();
+    assert!(gone.is_empty(), "workers died of bad input: {gone:?}");
     println!(
         "public API: {total} random values, {driver_ok} decoded as Record, the rest Error::Codec"
     );

@@ -20,7 +20,7 @@ use std::time::Duration;
 /// The longest a result is held back.
 pub(crate) const HOLD: Duration = Duration::from_micros(1_000);
 /// Only results of tasks shorter than this are held.
-pub(crate) const HOLD_TASK_MICROS: u64 = 200;
+pub(crate) const HOLD_TASK_MICROS: u64 = 1_000;
 /// At most this many results go in one frame.
 pub(crate) const HOLD_MAX: usize = 64;
 

@@ -57,6 +57,61 @@ mod tests {
         assert_eq!(depth(Some(5e6)), 1);
     }
 
+    /// One node of 1 CPU with one worker, a driver that submits 500 tasks
+    /// of a function known to run 100 µs: dispatch fills the worker's
+    /// pipeline to its depth and no further, leaving the rest queued.
+    #[test]
+    fn dispatch_fills_a_pipeline_and_keeps_the_rest_in_order() {
+        use crate::proto;
+        let mut st = crate::head::state::State::new("head".into());
+        st.add_node(
+            "n1".into(),
+            None,
+            proto::NodeInfo {
+                address: "n1".into(),
+                num_cpus: 1.0,
+                ..Default::default()
+            },
+        );
+        st.add_job(7, Some(1), None, String::new(), 0);
+        st.open_session(1, 7);
+        st.open_session(2, 7);
+        st.worker_connected(
+            2,
+            &proto::Hello {
+                node: "n1".into(),
+                job: 7,
+                worker_id: 1,
+                ..Default::default()
+            },
+        );
+        let (f, _) = st.intern("m::f");
+        st.run_micros.insert(f, 100.0);
+        let ids: Vec<u64> = (1..=500u64).map(|i| (1u64 << 40) | i).collect();
+        for id in &ids {
+            st.submit(
+                1,
+                proto::TaskSpec {
+                    task_id: *id,
+                    function: "m::f".into(),
+                    num_cpus: 1.0,
+                    ..Default::default()
+                },
+            );
+        }
+        st.dispatch();
+        let want = depth(Some(100.0));
+        let sent: Vec<u64> = st.workers[&2].queue.iter().copied().collect();
+        assert_eq!(sent, ids[..want]);
+        let mut queued: Vec<u64> = st.ready.iter().copied().collect();
+        queued.sort_unstable();
+        assert_eq!(queued, ids[want..], "the rest stays queued");
+        // Another pass with every worker full changes nothing.
+        st.dispatch();
+        assert_eq!(st.workers[&2].queue.len(), want);
+        assert_eq!(st.ready.len(), ids.len() - want);
+    }
+
     #[test]
     fn short_tasks_hold_about_three_milliseconds_of_work() {
         assert_eq!(depth(Some(100.0)), 31);
