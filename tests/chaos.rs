@@ -305,12 +305,12 @@ fn a_job_whose_workers_cannot_start_does_not_lock_out_the_others() {
         };
         tx.unbounded_send(frame(client_op::Op::Hello(Box::new(hello))))
             .expect("send");
-        tx.unbounded_send(frame(client_op::Op::Submit(TaskSpec {
+        tx.unbounded_send(frame(client_op::Op::Submit(Box::new(TaskSpec {
             task_id: (1 << 60) | 1,
             function: "chaos::add".into(),
             num_cpus: 1.0,
             ..Default::default()
-        })))
+        }))))
         .expect("send");
         let mut inbound = client.session(rx).await.expect("session").into_inner();
         inbound

@@ -299,7 +299,7 @@ fn client_ops() -> Vec<ClientOp> {
             "not-the-token",
             Role::Driver,
         )))),
-        op(client_op::Op::Submit(task_spec(1 << 40 | 1))),
+        op(client_op::Op::Submit(Box::new(task_spec(1 << 40 | 1)))),
         op(client_op::Op::Result(TaskResult {
             value: Some(inline(1 << 40 | 1, b"\x05")),
             nested_refs: vec![3],
@@ -401,7 +401,7 @@ fn client_frames() -> Vec<ClientFrame> {
 
 fn head_frames() -> Vec<HeadFrame> {
     let ops = vec![
-        hop(head_op::Op::Welcome(Welcome {
+        hop(head_op::Op::Welcome(Box::new(Welcome {
             client_id: 3,
             store_dir: "/dev/shm/fleet-1-2".into(),
             node: "127.0.0.1:6380".into(),
@@ -413,17 +413,17 @@ fn head_frames() -> Vec<HeadFrame> {
                 store_key: "5eed".into(),
                 ..Default::default()
             }],
-        })),
+        }))),
         hop(head_op::Op::Refused(
             "wrong or missing cluster token".into(),
         )),
-        hop(head_op::Op::Execute(task_spec(42))),
-        hop(head_op::Op::RunJob(fleet::proto::RunJob {
+        hop(head_op::Op::Execute(Box::new(task_spec(42)))),
+        hop(head_op::Op::RunJob(Box::new(fleet::proto::RunJob {
             id: "job-0000002a".into(),
             binary_hash: "0123456789abcdef-42".into(),
             args: vec!["--flag".into(), String::new()],
             env: vec!["K=V".into()],
-        })),
+        }))),
         hop(head_op::Op::StopJob("job-0000002a".into())),
         hop(head_op::Op::GeneratorItem(fleet::proto::GeneratorItem {
             task_id: 42,
@@ -879,9 +879,15 @@ fn random_bytes_as_values_through_the_public_api() {
         assert_serving();
     }
     assert_eq!(driver_ok, worker_ok, "driver and workers decode alike");
-    let mut pids_after = c.worker_pids();
-    pids_after.sort_unstable();
-    assert_eq!(pids_before, pids_after, "no worker died of bad input");
+    // Workers start on demand, so the pool may have grown since; none of
+    // those alive before may be gone.
+    let pids_after = c.worker_pids();
+    let gone: Vec<u32> = pids_before
+        .iter()
+        .copied()
+        .filter(|p| !pids_after.contains(p))
+        .collect();
+    assert!(gone.is_empty(), "workers died of bad input: {gone:?}");
     println!(
         "public API: {total} random values, {driver_ok} decoded as Record, the rest Error::Codec"
     );
@@ -1114,7 +1120,7 @@ fn ops_after_hello() -> Vec<ClientFrame> {
     plain.args.truncate(2);
     plain.node.clear();
     frames.push(ClientFrame {
-        ops: vec![op(client_op::Op::Submit(plain))],
+        ops: vec![op(client_op::Op::Submit(Box::new(plain)))],
     });
     for f in &mut frames {
         for o in &mut f.ops {
@@ -1215,7 +1221,7 @@ fn random_op(rng: &mut Rng, ids: &[u64]) -> ClientOp {
             if spec.actor_id == me {
                 spec.actor_id = 0;
             }
-            op(client_op::Op::Submit(spec))
+            op(client_op::Op::Submit(Box::new(spec)))
         }
         4 => {
             let me = id(rng);

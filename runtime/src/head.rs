@@ -252,7 +252,7 @@ impl Head {
             let mut st = self.state.lock();
             for op in ops.into_iter().filter_map(|o| o.op) {
                 match op {
-                    Op::Submit(spec) => st.submit(client, spec),
+                    Op::Submit(spec) => st.submit(client, *spec),
                     Op::Result(r) => st.task_result(client, r),
                     Op::Put(p) => st.put(client, p),
                     Op::Subscribe(id) => st.subscribe(client, id),

@@ -69,8 +69,8 @@ fn run(worker_id: u64) -> Result<()> {
     let actors = ActorHost::new(client.clone(), runtime.handle().clone());
     let sink = executor.clone();
     let route: transport::WorkerOps = Arc::new(move |op| match op {
-        head_op::Op::Execute(t) if t.actor_id != 0 || t.create.is_some() => actors.execute(t),
-        head_op::Op::Execute(t) => sink.push(t),
+        head_op::Op::Execute(t) if t.actor_id != 0 || t.create.is_some() => actors.execute(*t),
+        head_op::Op::Execute(t) => sink.push(*t),
         head_op::Op::DestroyActor(id) => actors.destroy(id),
         head_op::Op::Cancel(c) => {
             sink.cancel(&c);

@@ -95,7 +95,7 @@ impl Client {
             };
             spec.args.push(proto::Arg { kind: Some(kind) });
         }
-        self.send(Op::Submit(spec));
+        self.send(Op::Submit(Box::new(spec)));
         drop(keep);
         handle
     }

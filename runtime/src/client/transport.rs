@@ -124,7 +124,7 @@ pub(crate) async fn handshake(
         None => return Err(Error::Connection("the head closed the session".into())),
     };
     match ops.next().and_then(|o| o.op) {
-        Some(head_op::Op::Welcome(w)) => Ok((w, ops.collect())),
+        Some(head_op::Op::Welcome(w)) => Ok((*w, ops.collect())),
         Some(head_op::Op::Refused(why)) => Err(Error::Mismatch(why)),
         _ => Err(Error::Connection("the head did not answer hello".into())),
     }

@@ -151,7 +151,7 @@ impl State {
         if let Some(t) = self.tasks.get_mut(&id) {
             t.worker = Some(w);
         }
-        self.out.push(w, Op::Execute(spec));
+        self.out.push(w, Op::Execute(Box::new(spec)));
         true
     }
 
@@ -212,7 +212,7 @@ impl State {
                     a.queue.pop_front();
                     a.inflight.push(front);
                 }
-                self.out.push(w, Op::Execute(spec));
+                self.out.push(w, Op::Execute(Box::new(spec)));
             }
         }
     }

@@ -271,12 +271,12 @@ impl Jobs {
                 self.update(started);
             }
             Some(s) => {
-                let op = head_op::Op::RunJob(proto::RunJob {
+                let op = head_op::Op::RunJob(Box::new(proto::RunJob {
                     id: id.clone(),
                     binary_hash: r.binary_hash,
                     args: r.args,
                     env: r.env,
-                });
+                }));
                 if let Some(tx) = head.senders.get(&s) {
                     let _ = tx.send(proto::HeadOp { op: Some(op) });
                 }

@@ -627,7 +627,7 @@ impl State {
             w.queue.push_back(id);
         }
         let generator = spec.generator;
-        self.out.push(client, Op::Execute(spec));
+        self.out.push(client, Op::Execute(Box::new(spec)));
         if generator {
             self.stream_started(client, id);
         }

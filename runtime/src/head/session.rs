@@ -97,14 +97,14 @@ impl Head {
             _ => Vec::new(),
         };
         proto::HeadOp {
-            op: Some(head_op::Op::Welcome(proto::Welcome {
+            op: Some(head_op::Op::Welcome(Box::new(proto::Welcome {
                 client_id: client,
                 store_dir: info.store_dir,
                 node: info.address,
                 spill_dir: info.spill_dir,
                 store_capacity: info.store_capacity,
                 stores,
-            })),
+            }))),
         }
     }
 

@@ -445,6 +445,15 @@ mod tests {
             ("Task", std::mem::size_of::<Task>()),
         ];
         eprintln!("{sizes:?}");
+        // Frames hold thousands of ops, each as large as the largest
+        // variant: 344 and 200 bytes before hello, submit, job updates,
+        // execute, welcome and run_job were boxed.
+        let ops = [
+            ("ClientOp", std::mem::size_of::<proto::ClientOp>()),
+            ("HeadOp", std::mem::size_of::<proto::HeadOp>()),
+        ];
+        eprintln!("{ops:?}");
+        assert!(ops[0].1 <= 112 && ops[1].1 <= 88, "{ops:?}");
         assert!(sizes[0].1 <= 40, "{sizes:?}");
         // 64 before the store location was boxed.
         assert!(sizes[1].1 <= 40, "{sizes:?}");

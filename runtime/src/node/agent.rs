@@ -424,7 +424,7 @@ async fn session(
         }
         Some(head_op::Op::RunJob(r)) => {
             let (agent, jobs) = (agent.clone(), jobs.clone());
-            tokio::spawn(async move { agent.run_job(&jobs, r).await });
+            tokio::spawn(async move { agent.run_job(&jobs, *r).await });
         }
         Some(head_op::Op::StopJob(id)) => {
             jobs.stop(&id);
