@@ -95,32 +95,38 @@ fn a_task_over_the_threshold_is_killed_and_retried() {
 fn past_its_retries_the_task_fails_with_out_of_memory() {
     let threshold = set_threshold_near();
     let _c = common::cluster(2);
+    let (function, node, message) = hog_until_out_of_memory();
+    assert!(function.ends_with("hog"), "{function}");
+    assert_eq!(node, fleet::current_node().expect("a node"));
+    for part in [
+        "resident",
+        "FLEET_MEMORY_THRESHOLD",
+        "Run fewer tasks at once",
+        &format!("{:.0} MiB", threshold as f64 / (1u64 << 20) as f64),
+    ] {
+        assert!(message.contains(part), "{part:?} missing from: {message}");
+    }
+}
+
+/// Runs a task that always goes over the threshold, with one retry, and
+/// returns the `OutOfMemory` error's function, node and message, after
+/// checking that exactly two attempts ran (each killed).
+fn hog_until_out_of_memory() -> (String, String, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let r = hog::options()
         .max_retries(1)
         .remote(dir.path().to_string_lossy().into_owned(), true);
-    match fleet::get_timeout(&r, Some(GENEROUS)) {
+    let error = match fleet::get_timeout(&r, Some(GENEROUS)) {
         Err(Error::OutOfMemory {
             function,
             node,
             message,
-        }) => {
-            assert!(function.ends_with("hog"), "{function}");
-            assert_eq!(node, fleet::current_node().expect("a node"));
-            for part in [
-                "resident",
-                "FLEET_MEMORY_THRESHOLD",
-                "Run fewer tasks at once",
-                &format!("{:.0} MiB", threshold as f64 / (1u64 << 20) as f64),
-            ] {
-                assert!(message.contains(part), "{part:?} missing from: {message}");
-            }
-        }
+        }) => (function, node, message),
         other => panic!("expected Error::OutOfMemory, got {other:?}"),
-    }
-    // Two attempts ran (one retry), each killed.
-    assert!(dir.path().join("attempt-2").exists());
+    };
+    assert!(dir.path().join("attempt-2").exists(), "retried once");
     assert!(!dir.path().join("attempt-3").exists());
+    error
 }
 
 #[test]
@@ -149,22 +155,8 @@ fn a_node_agent_kills_a_task_over_the_threshold() {
     let mut c = common::cli::CliCluster::start(0, &[]);
     let node = c.add_node("127.0.0.2", 1);
     let _driver = c.join();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let r = hog::options()
-        .max_retries(1)
-        .remote(dir.path().to_string_lossy().into_owned(), true);
-    match fleet::get_timeout(&r, Some(GENEROUS)) {
-        Err(Error::OutOfMemory {
-            function,
-            node: on,
-            message,
-        }) => {
-            assert!(function.ends_with("hog"), "{function}");
-            assert_eq!(on, node, "the node agent's name");
-            assert!(message.contains("FLEET_MEMORY_THRESHOLD"), "{message}");
-        }
-        other => panic!("expected Error::OutOfMemory, got {other:?}"),
-    }
-    assert!(dir.path().join("attempt-2").exists(), "retried once");
-    assert!(!dir.path().join("attempt-3").exists());
+    let (function, on, message) = hog_until_out_of_memory();
+    assert!(function.ends_with("hog"), "{function}");
+    assert_eq!(on, node, "the node agent's name");
+    assert!(message.contains("FLEET_MEMORY_THRESHOLD"), "{message}");
 }
