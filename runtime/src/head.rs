@@ -279,6 +279,12 @@ impl Head {
                     Op::MemoryPressure(p) => pressure.push(p),
                     Op::NodeLoad(l) => st.node_load(client, l),
                     Op::Hello(_) => {}
+                    // leases: the direct task path; the head's side lands
+                    // with `head/scheduler/leases.rs` (not yet built).
+                    Op::LeaseRequest(_)
+                    | Op::LeaseReturn(_)
+                    | Op::Promise(_)
+                    | Op::DirectDone(_) => {}
                 }
             }
             st.dispatch();
