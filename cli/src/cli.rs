@@ -328,6 +328,9 @@ pub fn status(address: Option<&str>, token_file: Option<PathBuf>) -> Result<Stri
         "  tasks: {} running, {} ready, {} waiting on arguments\n  objects: {}  actors: {}  drivers: {}\n",
         s.tasks_running, s.tasks_ready, s.tasks_pending, s.objects, s.actors, s.drivers
     );
+    if !s.leases.is_empty() {
+        out += &format!("  leased to drivers: {}\n", s.leases.join(", "));
+    }
     for w in &s.waiting {
         out += &format!("  note: {w}\n");
     }

@@ -3,6 +3,7 @@
 //! object handles and finished values.
 
 mod backlog;
+mod leases;
 mod remote;
 mod slots;
 mod streams;
@@ -27,6 +28,7 @@ use crate::proto::{self, arg, client_op::Op, object_value::Payload};
 use crate::task::TaskOptions;
 
 pub(crate) use backlog::Backlog;
+pub(crate) use leases::enabled_by_env as leases_enabled;
 pub(crate) use streams::Inbox;
 pub(crate) use waiter::Waiter;
 
@@ -47,6 +49,9 @@ thread_local! {
 struct Slot {
     handles: u32,
     subscribed: bool,
+    /// A direct task's object the head has never heard of (see
+    /// `client/leases/route.rs`): not released there.
+    direct: bool,
     state: State,
 }
 
@@ -89,6 +94,8 @@ pub(crate) struct Client {
     holding: AtomicBool,
     /// generators: the streams this process consumes.
     streams: streams::Streams,
+    /// leases: a driver's leased workers and direct tasks.
+    leases: OnceLock<leases::Leases>,
 }
 
 /// Operations held back by [`Client::hold`].
@@ -122,6 +129,7 @@ impl Client {
             held: parking_lot::Mutex::new(Held::default()),
             holding: AtomicBool::new(false),
             streams: Default::default(),
+            leases: OnceLock::new(),
         })
     }
 
@@ -307,6 +315,7 @@ impl Client {
             Slot {
                 handles: 1,
                 subscribed: false,
+                direct: false,
                 state,
             },
         );
@@ -323,6 +332,7 @@ impl Client {
             || Slot {
                 handles: 1,
                 subscribed: false,
+                direct: false,
                 state: State::pending(),
             },
             |s| s.handles += 1,
@@ -368,8 +378,14 @@ impl Client {
                 s.handles == 0
             })
             .unwrap_or(false);
-        if last && self.slots.remove_if(id, |s| s.handles == 0).is_some() {
-            self.send(Op::Release(id));
+        if last {
+            // A direct task's object the head never heard of: nothing to
+            // release there.
+            if let Some(s) = self.slots.remove_if(id, |s| s.handles == 0) {
+                if !s.direct {
+                    self.send(Op::Release(id));
+                }
+            }
         }
     }
 
@@ -407,6 +423,8 @@ impl Client {
     pub(crate) fn on_reply(&self, reply: proto::Reply) {
         if let Some((_, tx)) = self.replies.remove(&reply.request_id) {
             let _ = tx.send(reply);
+        } else {
+            self.on_direct_ack(reply.request_id);
         }
     }
 
@@ -446,6 +464,9 @@ impl Client {
             .clone();
         self.closed.store(true, Ordering::Release);
         self.replies.clear();
+        if let Some(l) = self.leases.get() {
+            l.clear();
+        }
         let err = Error::Connection(why).to_wire();
         let mut waiters = Vec::new();
         self.slots.for_each(|s| {

@@ -249,6 +249,9 @@ fn start_local(config: &Config) -> Result<Inner> {
         )
         .await?;
         let client = Client::new(&welcome, out, &session_token);
+        if crate::client::leases_enabled() {
+            client.enable_leases();
+        }
         tokio::spawn(transport::receive(client.clone(), leftover, inbound, None));
         Ok::<_, Error>(client)
     });
@@ -414,6 +417,9 @@ fn join(address: &str, config: &Config) -> Result<Inner> {
         let (welcome, leftover) =
             transport::handshake(&out, &mut inbound, hello(token.clone(), hash)).await?;
         let client = Client::new(&welcome, out, &token);
+        if crate::client::leases_enabled() {
+            client.enable_leases();
+        }
         client.set_backlog(backlog);
         tokio::spawn(transport::receive(client.clone(), leftover, inbound, None));
         Ok::<_, Error>(client)

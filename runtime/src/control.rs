@@ -14,11 +14,15 @@ use crate::proto::{self, client_op::Op};
 pub use crate::worker::cancel::is_cancelled;
 
 fn send_cancel<T>(r: &ObjectRef<T>, force: bool) -> Result<()> {
-    r.handle.client.send(Op::Cancel(proto::Cancel {
+    let c = proto::Cancel {
         task_id: r.handle.id,
         force,
         recursive: true,
-    }));
+    };
+    // A direct task is cancelled by this driver or its leased worker.
+    if !r.handle.client.cancel_direct(&c) {
+        r.handle.client.send(Op::Cancel(c));
+    }
     Ok(())
 }
 

@@ -254,7 +254,7 @@ impl Head {
                 match op {
                     Op::Submit(spec) => st.submit(client, *spec),
                     Op::Result(r) => st.task_result(client, r),
-                    Op::Put(p) => st.put(client, p),
+                    Op::Put(p) => st.put_or_fulfil(client, p),
                     Op::Subscribe(id) => st.subscribe(client, id),
                     Op::Acquire(id) => st.acquire(client, id),
                     Op::Release(id) => st.release(client, id),
@@ -273,18 +273,18 @@ impl Head {
                             Err(s.error)
                         },
                     ),
-                    Op::Cancel(c) => st.cancel(client, c),
+                    Op::Cancel(c) => st.cancel_any(client, c),
                     Op::GeneratorItem(i) => st.generator_item(client, i),
                     Op::GeneratorAck(a) => st.generator_ack(client, a),
                     Op::MemoryPressure(p) => pressure.push(p),
                     Op::NodeLoad(l) => st.node_load(client, l),
                     Op::Hello(_) => {}
-                    // leases: the direct task path; the head's side lands
-                    // with `head/scheduler/leases.rs` (not yet built).
-                    Op::LeaseRequest(_)
-                    | Op::LeaseReturn(_)
-                    | Op::Promise(_)
-                    | Op::DirectDone(_) => {}
+                    // leases: head/scheduler/leases.rs.
+                    Op::LeaseRequest(r) => st.lease_request(client, r),
+                    Op::LeaseReturn(w) => st.lease_return(client, w),
+                    Op::Promise(id) => st.promise(client, id),
+                    // leases: applied by the `direct` side (DirectDone).
+                    Op::DirectDone(_) => {}
                 }
             }
             st.dispatch();

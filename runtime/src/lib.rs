@@ -69,6 +69,7 @@ mod node;
 mod object_ref;
 #[doc(hidden)]
 pub mod proto;
+mod pipelining;
 mod registry;
 pub mod resources;
 mod spin;

@@ -50,6 +50,7 @@ impl Client {
         args: Vec<Result<ArgValue>>,
     ) -> Arc<Handle> {
         self.wait_for_room();
+        self.wait_for_direct_room();
         // A task with several results comes with its ids reserved.
         let id = if spec.task_id != 0 {
             spec.task_id
@@ -95,6 +96,19 @@ impl Client {
             };
             spec.args.push(proto::Arg { kind: Some(kind) });
         }
+        // leases: a plain task goes to a leased worker, not the head.
+        let Some(spec) = self.try_direct(spec) else {
+            return handle;
+        };
+        // The head must know every object it is given to use.
+        for a in &spec.args {
+            if let Some(arg::Kind::ObjectRef(r)) = a.kind {
+                self.make_known(r);
+            }
+        }
+        for n in &spec.nested_refs {
+            self.make_known(*n);
+        }
         self.send(Op::Submit(Box::new(spec)));
         drop(keep);
         handle
@@ -134,6 +148,9 @@ impl Client {
     }
 
     fn publish(self: &Arc<Self>, id: u64, payload: Payload, nested: Vec<u64>) -> Arc<Handle> {
+        for n in &nested {
+            self.make_known(*n);
+        }
         let handle = self.new_handle(id, State::Ready(payload.clone()));
         self.send(Op::Put(proto::Put {
             value: Some(proto::ObjectValue {

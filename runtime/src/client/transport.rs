@@ -145,6 +145,9 @@ pub(crate) async fn receive(
         Some(head_op::Op::GeneratorItem(i)) => client.on_stream_item(i),
         Some(head_op::Op::Log(l)) => print_log(&l),
         Some(head_op::Op::Refused(why)) => tracing::error!("the head refused: {why}"),
+        // leases: for drivers, both transports (gRPC and in-process).
+        Some(head_op::Op::LeaseGrant(g)) => client.on_lease_grant(g),
+        Some(head_op::Op::LeaseEnd(e)) => client.on_lease_end(e),
         Some(other) => {
             if let Some(worker) = &worker {
                 worker(other);

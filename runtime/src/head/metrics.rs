@@ -366,6 +366,17 @@ impl State {
                 self.jobs.values().filter(|j| j.driver.is_some()).count() as f64,
             ),
         );
+        // leases: workers lent to drivers for direct tasks, per job.
+        let mut leases = Family::gauge(
+            "leases",
+            "Workers leased to drivers for direct tasks, by job (busy while leased)",
+        );
+        for (job, n) in self.leases_by_job() {
+            leases
+                .samples
+                .push(one(vec![("job", job.to_string().into())], n as f64));
+        }
+        families.push(leases);
         families.push(
             Family::gauge(
                 "objects",

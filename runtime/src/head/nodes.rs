@@ -333,6 +333,12 @@ impl State {
         if ready > 0 && self.workers.is_empty() {
             waiting.push(format!("{ready} tasks wait for a worker to start"));
         }
+        let wanted = self.lease_requests_waiting();
+        if wanted > 0 {
+            waiting.push(format!(
+                "drivers wait for {wanted} more leased workers (CPUs or workers busy)"
+            ));
+        }
         proto::StatusReply {
             nodes: self
                 .nodes
@@ -357,6 +363,11 @@ impl State {
             waiting,
             // Filled by the head, which owns the autoscaler.
             autoscale: None,
+            leases: self
+                .leases_by_job()
+                .into_iter()
+                .map(|(job, n)| format!("job {job}: {n} workers"))
+                .collect(),
         }
     }
 }

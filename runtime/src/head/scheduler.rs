@@ -7,6 +7,7 @@ mod cancel;
 mod control;
 mod deaths;
 mod generators;
+mod leases;
 mod memory;
 mod pipeline;
 mod resources;
@@ -255,6 +256,7 @@ impl State {
     /// A worker's session ended: its running task is retried or fails with
     /// `WorkerDied`; tasks queued behind it had not started and go back.
     pub(super) fn worker_lost(&mut self, client: u32, w: Worker) {
+        self.lease_worker_lost(client, &w);
         if !w.blocked {
             self.give_cpus(&w.node, w.lease);
         }
@@ -538,6 +540,7 @@ impl State {
             }
         }
         self.pump_actors();
+        self.dispatch_leases();
         if self.ready.is_empty() {
             self.reap_idle();
         }

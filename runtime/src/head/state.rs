@@ -380,6 +380,7 @@ impl State {
             }
         }
         self.consumer_gone(client);
+        self.lease_session_closed(client);
     }
 
     /// Counts for the dashboard, `fleet status` and tests.

@@ -14,6 +14,8 @@ use super::returns::MoreReturns;
 #[derive(Default)]
 pub(in crate::head) struct Control {
     pub(in crate::head) deaths: Deaths,
+    /// leases: workers lent to drivers (head/scheduler/leases.rs).
+    pub(in crate::head) leases: super::leases::Leases,
     /// Tasks cancelled while sent to a worker: whatever they return, they
     /// finish as `Cancelled`. The value says how (for the message).
     pub(in crate::head) cancelled: HashMap<u64, &'static str>,

@@ -119,6 +119,20 @@ impl State {
         }
     }
 
+    /// Why the memory monitor killed worker `worker_id`, if it did (known
+    /// before or after its exit status arrived).
+    pub(in crate::head) fn oom_reason(&self, worker_id: u64) -> Option<String> {
+        if let Some((_, why)) = self.control.oom_kills.get(&worker_id) {
+            return Some(why.clone());
+        }
+        self.control
+            .deaths
+            .exits
+            .get(&worker_id)
+            .map(|i| i.oom.clone())
+            .filter(|o| !o.is_empty())
+    }
+
     /// Applies work that was put off (see [`Later`]).
     pub(in crate::head) fn later(&mut self, what: Later) {
         match what {

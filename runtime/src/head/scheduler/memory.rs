@@ -47,8 +47,13 @@ impl State {
             .filter(|(_, w)| w.node == node)
             .filter_map(|(c, w)| {
                 let task = *w.queue.front()?;
-                let t = self.tasks.get(&task)?;
-                let retriable = t.retries_left > 0;
+                // A leased worker runs its driver's direct tasks, which the
+                // driver retries (it hears "out of memory" in LeaseEnd).
+                let retriable = match self.tasks.get(&task) {
+                    Some(t) => t.retries_left > 0,
+                    None if self.is_leased(*c) => true,
+                    None => return None,
+                };
                 let plain = w.actors == 0;
                 Some((
                     (plain, retriable, w.busy_since),

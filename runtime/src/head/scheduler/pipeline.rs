@@ -1,5 +1,6 @@
 //! How many tasks of one function a worker may hold at once: the one it
-//! runs and the ones queued behind it.
+//! runs and the ones queued behind it. The rule itself is shared with a
+//! driver's leased workers (`crate::pipelining`); its tests live here.
 //!
 //! A worker that finishes its task with nothing queued waits a round trip
 //! (its result to the head, the next task back) before it computes again;
@@ -12,29 +13,12 @@
 //! worker: for them a round trip is noise, while a task queued behind a
 //! long one could wait that long although another worker became free.
 
-/// Queued work (microseconds of run time) a worker may hold beyond the
-/// task it runs, for short tasks.
-pub(super) const PIPELINE_MICROS: f64 = 3_000.0;
-/// At most this many tasks per worker, running and queued.
-pub(super) const MAX_PIPELINE: usize = 128;
-/// Tasks that run longer than this on average go one per worker. Below it
-/// one queued task costs at most one task's time at the very end of a
-/// batch, against a round trip saved on every task.
-pub(super) const LONG_MICROS: f64 = 20_000.0;
-
-/// Tasks per worker for a function whose tasks ran `run_micros` on
-/// average (`None`: never ran, so nothing is known and it goes alone).
-pub(super) fn depth(run_micros: Option<f64>) -> usize {
-    match run_micros {
-        None => 1,
-        Some(m) if m > LONG_MICROS => 1,
-        Some(m) => (1 + (PIPELINE_MICROS / m.max(1.0)).ceil() as usize).clamp(2, MAX_PIPELINE),
-    }
-}
+pub(super) use crate::pipelining::depth;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipelining::{LONG_MICROS, MAX_PIPELINE};
 
     #[test]
     fn an_unknown_function_goes_one_per_worker() {

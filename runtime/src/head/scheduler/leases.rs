@@ -1,0 +1,463 @@
+//! Leases: the head lends workers to drivers, which send them plain tasks
+//! directly (`client/leases.rs`); the head is then on the path of a lease,
+//! not of every task.
+//!
+//! A lease request waits like a task of its shape: it is placed on an idle
+//! worker of the session's job on a node with the CPUs free (else a worker
+//! is started there), and placing it sends `LeaseGrant` to the session
+//! instead of `Execute` to the worker. The worker then counts as busy (its
+//! queue holds [`LEASED`], its CPUs are reserved) until the driver gives it
+//! back, the worker dies (`LeaseEnd` to the driver), or the session ends.
+//!
+//! Promises: an object a direct task made is unknown here until its driver
+//! uses it through the head. If it is not finished yet, the driver sends
+//! `promise(id)`: the object is pending, with a placeholder task so that
+//! dependents wait and nothing frees it, until the same session's `Put`
+//! completes it (or the session ends and it is lost).
+
+use std::time::{Duration, Instant};
+
+use crate::proto::{self, head_op::Op};
+
+use super::super::state::{FastMap, State, Worker};
+use super::EPS;
+
+/// What stands in a leased worker's queue: no object (and so no task) has
+/// id 0, and a queue that is not empty makes the worker busy everywhere
+/// the scheduler, `fleet status` and the dashboard look.
+pub(in crate::head) const LEASED: u64 = 0;
+/// The function a leased worker shows in `fleet status`.
+const LEASED_FUNCTION: &str = "(leased to a driver)";
+/// At most one lease is revoked per this long (fairness, below).
+const REVOKE_EVERY: Duration = Duration::from_millis(50);
+
+/// The head's record of leases (one field of `Control`).
+#[derive(Default)]
+pub(in crate::head) struct Leases {
+    requests: Vec<Request>,
+    /// Leased workers, by their session.
+    leased: FastMap<u32, Held>,
+    /// Where each worker's `Worker.Direct` service listens (from its
+    /// Hello), by its session; workers without one are never leased.
+    addresses: FastMap<u32, String>,
+    /// Pending objects promised by a session (see the module's doc).
+    promises: FastMap<u64, u32>,
+    last_revoke: Option<Instant>,
+}
+
+/// A session's wish for leased workers of one shape.
+struct Request {
+    session: u32,
+    job: u32,
+    cpus: f64,
+    /// Leases wanted, counting those held.
+    want: u32,
+    held: u32,
+    since: Instant,
+}
+
+/// A leased worker.
+struct Held {
+    session: u32,
+    cpus: f64,
+    revoked: bool,
+}
+
+impl State {
+    /// A worker said where its direct service listens.
+    pub(in crate::head) fn note_direct_address(&mut self, client: u32, address: &str) {
+        if !address.is_empty() {
+            let l = &mut self.control.leases;
+            l.addresses.insert(client, address.to_string());
+        }
+    }
+
+    /// `client` wants `r.want` workers of `r.num_cpus` leased in all.
+    pub(in crate::head) fn lease_request(&mut self, client: u32, r: proto::LeaseRequest) {
+        let cpus = if r.num_cpus.is_finite() {
+            r.num_cpus.max(0.0)
+        } else {
+            return;
+        };
+        let job = self.job_of(client);
+        let l = &mut self.control.leases;
+        match l
+            .requests
+            .iter_mut()
+            .find(|q| q.session == client && q.cpus.to_bits() == cpus.to_bits())
+        {
+            Some(q) => {
+                if r.want > q.want.max(q.held) {
+                    q.since = Instant::now();
+                }
+                q.want = r.want;
+            }
+            None => l.requests.push(Request {
+                session: client,
+                job,
+                cpus,
+                want: r.want,
+                held: 0,
+                since: Instant::now(),
+            }),
+        }
+        l.requests.retain(|q| q.want > 0 || q.held > 0);
+    }
+
+    /// `client` gives back its lease on the worker `worker_id`.
+    pub(in crate::head) fn lease_return(&mut self, client: u32, worker_id: u64) {
+        let found = self
+            .control
+            .leases
+            .leased
+            .iter()
+            .find(|(wc, h)| {
+                h.session == client
+                    && self
+                        .workers
+                        .get(*wc)
+                        .is_some_and(|w| w.worker_id == worker_id)
+            })
+            .map(|(wc, _)| *wc);
+        if let Some(wc) = found {
+            self.end_lease(wc);
+        }
+    }
+
+    /// The lease on worker session `wc` is over: the worker is idle again.
+    fn end_lease(&mut self, wc: u32) -> Option<Held> {
+        let held = self.control.leases.leased.remove(&wc)?;
+        let l = &mut self.control.leases;
+        if let Some(q) = l
+            .requests
+            .iter_mut()
+            .find(|q| q.session == held.session && q.cpus.to_bits() == held.cpus.to_bits())
+        {
+            q.held = q.held.saturating_sub(1);
+        }
+        l.requests.retain(|q| q.want > 0 || q.held > 0);
+        let no_function = self.no_function.clone();
+        if let Some(w) = self.workers.get_mut(&wc) {
+            w.queue.retain(|t| *t != LEASED);
+            if w.queue.is_empty() {
+                let (node, cpus, blocked) = (w.node_label.clone(), w.lease, w.blocked);
+                w.lease = 0.0;
+                w.function = no_function;
+                w.function_id = 0;
+                if !blocked {
+                    self.give_cpus(&node, cpus);
+                }
+            }
+        }
+        Some(held)
+    }
+
+    /// A worker's session ended: its lease ends too, and its lessee hears
+    /// why (the worker's CPUs are given back by `worker_lost`).
+    pub(in crate::head) fn lease_worker_lost(&mut self, wc: u32, w: &Worker) {
+        self.control.leases.addresses.remove(&wc);
+        let Some(held) = self.control.leases.leased.remove(&wc) else {
+            return;
+        };
+        let l = &mut self.control.leases;
+        if let Some(q) = l
+            .requests
+            .iter_mut()
+            .find(|q| q.session == held.session && q.cpus.to_bits() == held.cpus.to_bits())
+        {
+            q.held = q.held.saturating_sub(1);
+        }
+        l.requests.retain(|q| q.want > 0 || q.held > 0);
+        let reason = match self.oom_reason(w.worker_id) {
+            Some(why) => format!("out of memory: {why}"),
+            None if self.nodes.get(&w.node).is_some_and(|n| !n.alive) => "node lost".into(),
+            None => format!("worker died (pid {} on {})", w.pid, w.node),
+        };
+        self.out.push(
+            held.session,
+            Op::LeaseEnd(proto::LeaseEnd {
+                worker_id: w.worker_id,
+                reason,
+            }),
+        );
+    }
+
+    /// A session ended: its requests are withdrawn, its leases end, and
+    /// objects it promised and never put are lost.
+    pub(in crate::head) fn lease_session_closed(&mut self, client: u32) {
+        let l = &mut self.control.leases;
+        l.requests.retain(|q| q.session != client);
+        let mine: Vec<u32> = l
+            .leased
+            .iter()
+            .filter(|(_, h)| h.session == client)
+            .map(|(wc, _)| *wc)
+            .collect();
+        for wc in mine {
+            self.end_lease(wc);
+        }
+        let promised: Vec<u64> = self
+            .control
+            .leases
+            .promises
+            .iter()
+            .filter(|(_, s)| **s == client)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in promised {
+            self.control.leases.promises.remove(&id);
+            let e = Self::lost(id, "the driver that made it left before its value was known");
+            self.complete(id, e, Vec::new());
+        }
+    }
+
+    /// `client` will put `id` (a direct task's object, not finished yet):
+    /// it is pending here until then.
+    pub(in crate::head) fn promise(&mut self, client: u32, id: u64) {
+        if !self.new_object(id, super::super::state::ObjState::Pending, client) {
+            return;
+        }
+        let job = self.job_of(client);
+        *self.pending.entry(job).or_default() += 1;
+        let spec = proto::TaskSpec {
+            task_id: id,
+            function: "(direct task)".into(),
+            ..Default::default()
+        };
+        let task = self.make_task(spec, 0, 0, job);
+        self.tasks.insert(id, task);
+        self.control.leases.promises.insert(id, client);
+    }
+
+    /// A `Put`: completes a promised object, else stores a new one.
+    pub(in crate::head) fn put_or_fulfil(&mut self, client: u32, p: proto::Put) {
+        let id = p.value.as_ref().map_or(0, |v| v.object_id);
+        let l = &mut self.control.leases;
+        if l.promises.is_empty() || l.promises.get(&id) != Some(&client) {
+            return self.put(client, p);
+        }
+        l.promises.remove(&id);
+        let Some(payload) = p.value.and_then(|v| v.payload) else {
+            return;
+        };
+        self.complete(id, payload, p.nested_refs);
+    }
+
+    /// A cancel: the head's own tasks as before; for a direct task (the
+    /// head does not have it), the tasks it submitted through the head.
+    pub(in crate::head) fn cancel_any(&mut self, client: u32, c: proto::Cancel) {
+        if self.tasks.contains_key(&c.task_id) || !c.recursive {
+            return self.cancel(client, c);
+        }
+        let job = self.job_of(client);
+        let kids: Vec<u64> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.spec.parent_task == c.task_id && t.job == job)
+            .map(|(id, _)| *id)
+            .collect();
+        for k in kids {
+            self.cancel(
+                client,
+                proto::Cancel {
+                    task_id: k,
+                    ..c.clone()
+                },
+            );
+        }
+    }
+
+    /// Grants what lease requests can get, starts workers for those that
+    /// cannot, and revokes a lease when others wait (fairness). Called at
+    /// the end of every dispatch pass; costs a look at the requests.
+    pub(in crate::head) fn dispatch_leases(&mut self) {
+        let l = &self.control.leases;
+        if l.requests.iter().all(|q| q.held >= q.want) && l.leased.is_empty() {
+            return;
+        }
+        let mut starved = false;
+        for qi in 0..self.control.leases.requests.len() {
+            loop {
+                let q = &self.control.leases.requests[qi];
+                if q.held >= q.want {
+                    break;
+                }
+                let (session, job, cpus) = (q.session, q.job, q.cpus);
+                match self.idle_leasable(job, cpus) {
+                    Some(Ok(wc)) => self.grant(qi, wc),
+                    Some(Err(())) => {
+                        // The job's workers serve no direct stream (built
+                        // without it, or it failed to start): the driver
+                        // sends its tasks here instead.
+                        self.control.leases.requests[qi].want = 0;
+                        self.out.push(
+                            session,
+                            Op::LeaseEnd(proto::LeaseEnd {
+                                worker_id: 0,
+                                reason: "the job's workers serve no direct task stream".into(),
+                            }),
+                        );
+                        break;
+                    }
+                    None => {
+                        // Started only where CPUs are free beyond the
+                        // workers already starting (as for a task).
+                        match self.node_for_worker(job, cpus, "", &[]) {
+                            Some(node) => self.request_worker(&node, job),
+                            None => {
+                                let q = &self.control.leases.requests[qi];
+                                // Another session waits with no lease at all.
+                                let others = self
+                                    .control
+                                    .leases
+                                    .leased
+                                    .values()
+                                    .any(|h| h.session != session);
+                                if q.held == 0 && others && q.since.elapsed() > REVOKE_EVERY {
+                                    starved = true;
+                                }
+                            }
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        self.control
+            .leases
+            .requests
+            .retain(|q| q.want > 0 || q.held > 0);
+        // Head-path tasks that found no place also wait on leased CPUs.
+        let tasks_wait = !self.ready.is_empty();
+        if starved || tasks_wait {
+            self.revoke_one();
+        }
+    }
+
+    /// An idle worker of `job` on a node with `cpus` free: `Ok` with a
+    /// direct service, `Err` if only workers without one are idle.
+    fn idle_leasable(&self, job: u32, cpus: f64) -> Option<Result<u32, ()>> {
+        let addresses = &self.control.leases.addresses;
+        self.workers
+            .iter()
+            .filter(|(_, w)| w.job == job && w.queue.is_empty() && !w.blocked)
+            .filter(|(_, w)| {
+                self.nodes
+                    .get(&w.node)
+                    .is_some_and(|n| n.alive && n.available_cpus + EPS >= cpus)
+            })
+            .min_by_key(|(c, _)| (!addresses.contains_key(*c), **c))
+            .map(|(c, _)| match addresses.contains_key(c) {
+                true => Ok(*c),
+                false => Err(()),
+            })
+    }
+
+    fn grant(&mut self, qi: usize, wc: u32) {
+        let q = &mut self.control.leases.requests[qi];
+        q.held += 1;
+        let (session, cpus) = (q.session, q.cpus);
+        let address = self.control.leases.addresses[&wc].clone();
+        let leased_fn = self.intern(LEASED_FUNCTION).1;
+        self.control.busy_seq += 1;
+        let seq = self.control.busy_seq;
+        let Some(w) = self.workers.get_mut(&wc) else {
+            return;
+        };
+        w.queue.push_back(LEASED);
+        w.lease = cpus;
+        w.function = leased_fn;
+        w.function_id = 0;
+        w.busy_since = seq;
+        let (node, worker_id) = (w.node_label.clone(), w.worker_id);
+        self.take_cpus(&node, cpus);
+        self.control.leases.leased.insert(
+            wc,
+            Held {
+                session,
+                cpus,
+                revoked: false,
+            },
+        );
+        self.out.push(
+            session,
+            Op::LeaseGrant(proto::LeaseGrant {
+                worker_id,
+                address,
+                num_cpus: cpus,
+                node: node.to_string(),
+            }),
+        );
+    }
+
+    /// Fairness: when work waits and no CPU is free, the session holding
+    /// the most leases gives one back (it finishes what it sent first), at
+    /// most one per [`REVOKE_EVERY`].
+    fn revoke_one(&mut self) {
+        let l = &self.control.leases;
+        if l.leased.is_empty() || l.last_revoke.is_some_and(|t| t.elapsed() < REVOKE_EVERY) {
+            return;
+        }
+        if self.nodes.values().any(|n| n.alive && n.available_cpus > EPS) {
+            return;
+        }
+        let mut per: FastMap<u32, usize> = FastMap::default();
+        for h in l.leased.values().filter(|h| !h.revoked) {
+            *per.entry(h.session).or_default() += 1;
+        }
+        let Some((&session, _)) = per.iter().max_by_key(|(s, n)| (**n, **s)) else {
+            return;
+        };
+        let Some((&wc, _)) = l
+            .leased
+            .iter()
+            .filter(|(_, h)| h.session == session && !h.revoked)
+            .max_by_key(|(wc, _)| **wc)
+        else {
+            return;
+        };
+        let Some(worker_id) = self.workers.get(&wc).map(|w| w.worker_id) else {
+            return;
+        };
+        let l = &mut self.control.leases;
+        l.last_revoke = Some(Instant::now());
+        if let Some(h) = l.leased.get_mut(&wc) {
+            h.revoked = true;
+        }
+        self.out.push(
+            session,
+            Op::LeaseEnd(proto::LeaseEnd {
+                worker_id,
+                reason: "revoked".into(),
+            }),
+        );
+    }
+
+    /// Leases held, by job (for `fleet status` and the dashboard).
+    pub(in crate::head) fn leases_by_job(&self) -> Vec<(u32, usize)> {
+        let mut per: FastMap<u32, usize> = FastMap::default();
+        for wc in self.control.leases.leased.keys() {
+            if let Some(w) = self.workers.get(wc) {
+                *per.entry(w.job).or_default() += 1;
+            }
+        }
+        let mut v: Vec<(u32, usize)> = per.into_iter().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Leases asked for and not granted yet, over all requests.
+    pub(in crate::head) fn lease_requests_waiting(&self) -> u32 {
+        self.control
+            .leases
+            .requests
+            .iter()
+            .map(|q| q.want.saturating_sub(q.held))
+            .sum()
+    }
+
+    /// Whether worker session `wc` is leased to a driver.
+    pub(in crate::head) fn is_leased(&self, wc: u32) -> bool {
+        self.control.leases.leased.contains_key(&wc)
+    }
+}
