@@ -6,6 +6,7 @@ mod actors;
 pub(crate) mod autoscale;
 mod dashboard;
 mod detached;
+mod direct_done;
 mod directory;
 mod jobs;
 mod metrics;
@@ -283,8 +284,7 @@ impl Head {
                     Op::LeaseRequest(r) => st.lease_request(client, r),
                     Op::LeaseReturn(w) => st.lease_return(client, w),
                     Op::Promise(id) => st.promise(client, id),
-                    // leases: applied by the `direct` side (DirectDone).
-                    Op::DirectDone(_) => {}
+                    Op::DirectDone(d) => st.direct_done(client, d),
                 }
             }
             st.dispatch();

@@ -249,6 +249,7 @@ impl State {
                 job,
                 busy_since: 0,
                 held: Vec::new(),
+                direct_address: hello.direct_address.clone(),
             },
         );
     }

@@ -150,7 +150,6 @@ impl Head {
                 self.connected_workers.insert(hello.worker_id, ());
                 self.start_failures.remove(&hello.job);
                 st.worker_connected(client, &hello);
-                st.note_direct_address(client, &hello.direct_address);
             }
         }
         self.apply(client, first.collect());

@@ -37,9 +37,6 @@ pub(in crate::head) struct Leases {
     requests: Vec<Request>,
     /// Leased workers, by their session.
     leased: FastMap<u32, Held>,
-    /// Where each worker's `Worker.Direct` service listens (from its
-    /// Hello), by its session; workers without one are never leased.
-    addresses: FastMap<u32, String>,
     /// Pending objects promised by a session (see the module's doc).
     promises: FastMap<u64, u32>,
     last_revoke: Option<Instant>,
@@ -64,14 +61,6 @@ struct Held {
 }
 
 impl State {
-    /// A worker said where its direct service listens.
-    pub(in crate::head) fn note_direct_address(&mut self, client: u32, address: &str) {
-        if !address.is_empty() {
-            let l = &mut self.control.leases;
-            l.addresses.insert(client, address.to_string());
-        }
-    }
-
     /// `client` wants `r.want` workers of `r.num_cpus` leased in all.
     pub(in crate::head) fn lease_request(&mut self, client: u32, r: proto::LeaseRequest) {
         let cpus = if r.num_cpus.is_finite() {
@@ -155,7 +144,6 @@ impl State {
     /// A worker's session ended: its lease ends too, and its lessee hears
     /// why (the worker's CPUs are given back by `worker_lost`).
     pub(in crate::head) fn lease_worker_lost(&mut self, wc: u32, w: &Worker) {
-        self.control.leases.addresses.remove(&wc);
         let Some(held) = self.control.leases.leased.remove(&wc) else {
             return;
         };
@@ -336,8 +324,9 @@ impl State {
 
     /// An idle worker of `job` on a node with `cpus` free: `Ok` with a
     /// direct service, `Err` if only workers without one are idle.
+    /// Workers without a direct service (`Worker::direct_address`, from
+    /// their Hello) are never leased.
     fn idle_leasable(&self, job: u32, cpus: f64) -> Option<Result<u32, ()>> {
-        let addresses = &self.control.leases.addresses;
         self.workers
             .iter()
             .filter(|(_, w)| w.job == job && w.queue.is_empty() && !w.blocked)
@@ -346,10 +335,10 @@ impl State {
                     .get(&w.node)
                     .is_some_and(|n| n.alive && n.available_cpus + EPS >= cpus)
             })
-            .min_by_key(|(c, _)| (!addresses.contains_key(*c), **c))
-            .map(|(c, _)| match addresses.contains_key(c) {
-                true => Ok(*c),
-                false => Err(()),
+            .min_by_key(|(c, w)| (w.direct_address.is_empty(), **c))
+            .map(|(c, w)| match w.direct_address.is_empty() {
+                false => Ok(*c),
+                true => Err(()),
             })
     }
 
@@ -357,7 +346,9 @@ impl State {
         let q = &mut self.control.leases.requests[qi];
         q.held += 1;
         let (session, cpus) = (q.session, q.cpus);
-        let address = self.control.leases.addresses[&wc].clone();
+        let Some(address) = self.workers.get(&wc).map(|w| w.direct_address.clone()) else {
+            return;
+        };
         let leased_fn = self.intern(LEASED_FUNCTION).1;
         self.control.busy_seq += 1;
         let seq = self.control.busy_seq;
