@@ -125,6 +125,14 @@ fn pid(dir: &Path, attempt: u32) -> u32 {
     })
 }
 
+/// Waits until the head has leased a worker to this driver: the tasks
+/// that follow a test's first go the direct way, not the head's.
+fn leased(c: &fleet::Cluster) {
+    wait_until("a worker leased to this driver", GENEROUS, || {
+        (c.counts().expect("a local cluster").leased > 0).then_some(())
+    });
+}
+
 fn expect_cancelled<T: std::fmt::Debug>(r: fleet::Result<T>, function: &str) -> String {
     match r {
         Err(Error::Cancelled {
@@ -178,7 +186,7 @@ fn with_leases_off_tasks_go_through_the_head() {
 
 #[test]
 fn a_direct_result_is_usable_through_the_head() {
-    let _c = common::cluster(2);
+    let c = common::cluster(2);
     // Finished: the driver puts its value at the head.
     let nine = square::remote(3);
     assert_eq!(fleet::get(&nine).expect("square"), 9);
@@ -187,6 +195,7 @@ fn a_direct_result_is_usable_through_the_head() {
     // Still running: promised, then put when it comes back.
     let gate = Gate::new();
     let five = gated::remote(gate.path(), 5);
+    leased(&c);
     let six = add::remote(&five, 1);
     // Nested in a value, with a finished one beside it.
     let both = sum_refs::remote(vec![five.clone(), nine.clone()]);
@@ -205,10 +214,11 @@ fn a_direct_result_is_usable_through_the_head() {
 
 #[test]
 fn a_queued_direct_task_used_through_the_head_runs_there() {
-    let _c = common::cluster(1);
+    let c = common::cluster(1);
     let gate = Gate::new();
     // Holds the only CPU, so the next one waits in the driver's queue.
     let busy = gated::remote(gate.path(), 1);
+    leased(&c);
     let queued = square::remote(4);
     let next = add::remote(&queued, 1);
     gate.open();
@@ -224,6 +234,7 @@ fn cancel_reaches_queued_running_and_forced_direct_tasks() {
     let dir = tempfile::tempdir().expect("temp dir");
     // Queued in the driver behind a task holding the only CPU.
     let busy = gated::remote(gate.path(), 7);
+    leased(&c);
     let queued = gated::remote(gate.path(), 8);
     fleet::cancel(&queued).expect("cancel");
     let msg = expect_cancelled(fleet::get_timeout(&queued, Some(GENEROUS)), "gated");
@@ -245,7 +256,10 @@ fn cancel_reaches_queued_running_and_forced_direct_tasks() {
     let forced = attempt_then_wait::remote(s(forced_dir.path()), never.path());
     let victim = Proc::of(pid(forced_dir.path(), 1)).expect("the task runs");
     fleet::force_cancel(&forced).expect("force cancel");
-    expect_cancelled(fleet::get_timeout(&forced, Some(GENEROUS)), "attempt_then_wait");
+    expect_cancelled(
+        fleet::get_timeout(&forced, Some(GENEROUS)),
+        "attempt_then_wait",
+    );
     wait_until("the forced worker to die", GENEROUS, || {
         victim.is_dead().then_some(())
     });
@@ -253,16 +267,21 @@ fn cancel_reaches_queued_running_and_forced_direct_tasks() {
         !forced_dir.path().join("started-2").exists(),
         "a force-cancelled task is not retried"
     );
-    assert_eq!(fleet::get_timeout(&add::remote(2, 2), Some(GENEROUS)).expect("add"), 4);
+    assert_eq!(
+        fleet::get_timeout(&add::remote(2, 2), Some(GENEROUS)).expect("add"),
+        4
+    );
 }
 
 #[test]
 fn a_killed_leased_worker_s_task_is_retried_or_reported() {
-    let _c = common::cluster(1);
+    let c = common::cluster(1);
     let gate = Gate::new();
     let dir = tempfile::tempdir().expect("temp dir");
     let r = attempt_then_wait::remote(s(dir.path()), gate.path());
-    common::sigkill(pid(dir.path(), 1));
+    let first = pid(dir.path(), 1);
+    leased(&c);
+    common::sigkill(first);
     // Retried (through the head), and this time it is let finish.
     pid(dir.path(), 2);
     gate.open();
@@ -273,7 +292,9 @@ fn a_killed_leased_worker_s_task_is_retried_or_reported() {
     let r = attempt_then_wait::options()
         .max_retries(0)
         .remote(s(dir.path()), gate.path());
-    common::sigkill(pid(dir.path(), 1));
+    let first = pid(dir.path(), 1);
+    leased(&c);
+    common::sigkill(first);
     match fleet::get_timeout(&r, Some(GENEROUS)) {
         Err(Error::WorkerDied { function, .. }) => {
             assert!(function.ends_with("attempt_then_wait"), "{function}")
@@ -282,7 +303,10 @@ fn a_killed_leased_worker_s_task_is_retried_or_reported() {
     }
     assert!(!dir.path().join("started-2").exists(), "no retry was left");
     // Tasks go on with a new worker.
-    assert_eq!(fleet::get_timeout(&square::remote(5), Some(GENEROUS)).expect("square"), 25);
+    assert_eq!(
+        fleet::get_timeout(&square::remote(5), Some(GENEROUS)).expect("square"),
+        25
+    );
 }
 
 #[test]
@@ -381,7 +405,14 @@ fn a_cluster_across_network_namespaces_runs_direct_tasks() {
         hosts
             .command(0, &fleet_bin())
             .args(["start", "--head", "--bind", &ip0, "--node-ip", &ip0])
-            .args(["--port", "0", "--no-dashboard", "--block", "--num-cpus", "0"])
+            .args([
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--block",
+                "--num-cpus",
+                "0",
+            ])
             .args(["--token-file", "/tmp/fleet-token"])
             .env("FLEET_TOKEN", &token),
     );

@@ -180,7 +180,9 @@ fn objects_are_freed_when_the_last_ref_is_dropped() {
         .sum();
     assert_eq!(sum, (0..500u64).map(|x| x * x).sum::<u64>());
     let counts = c.counts().expect("local cluster");
-    assert!(counts.objects >= 501, "objects tracked: {counts:?}");
+    // The put at least (the squares came back on a leased worker's
+    // stream: the head tracks them only with FLEET_LEASES=0).
+    assert!(counts.objects >= 1, "objects tracked: {counts:?}");
     drop(refs);
     drop(big);
     wait_until("the head to free every object", GENEROUS, || {

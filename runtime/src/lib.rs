@@ -67,9 +67,9 @@ mod logging;
 pub mod net;
 mod node;
 mod object_ref;
+mod pipelining;
 #[doc(hidden)]
 pub mod proto;
-mod pipelining;
 mod registry;
 pub mod resources;
 mod spin;

@@ -154,7 +154,11 @@ pub(super) struct Effects {
     /// Cancelled tasks whose worker was lost: (id, function, how).
     pub(super) cancelled: Vec<(u64, String, bool)>,
     /// Streams to open: (worker id, address, outbound receiver).
-    pub(super) open: Vec<(u64, String, tokio::sync::mpsc::UnboundedReceiver<proto::DirectOp>)>,
+    pub(super) open: Vec<(
+        u64,
+        String,
+        tokio::sync::mpsc::UnboundedReceiver<proto::DirectOp>,
+    )>,
     /// The idle-lease reaper should look soon.
     pub(super) idle: bool,
 }
@@ -347,12 +351,7 @@ impl Leases {
     }
 
     /// Holds `adopted(id)` for `tx` until the reply to request `request`.
-    pub(super) fn hold_adopted(
-        &self,
-        request: u64,
-        tx: UnboundedSender<proto::DirectOp>,
-        id: u64,
-    ) {
+    pub(super) fn hold_adopted(&self, request: u64, tx: UnboundedSender<proto::DirectOp>, id: u64) {
         self.inner.lock().acks.insert(request, (tx, id));
     }
 
@@ -422,7 +421,11 @@ impl Leases {
             self.go_off(&mut inner, fx);
             return;
         }
-        let Some(li) = inner.leases.iter().position(|l| l.worker_id == end.worker_id) else {
+        let Some(li) = inner
+            .leases
+            .iter()
+            .position(|l| l.worker_id == end.worker_id)
+        else {
             return;
         };
         if end.reason == "revoked" {
@@ -659,6 +662,6 @@ pub(super) fn lost_error(function: &str, why: &str) -> Error {
     }
     Error::WorkerDied {
         function: function.to_string(),
-        message: format!("{why} (leased worker, no retry left)"),
+        message: format!("{why}, while running it (retries used up)"),
     }
 }

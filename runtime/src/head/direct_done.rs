@@ -22,7 +22,11 @@ impl State {
             .map(|w| (w.node_label.clone(), w.pid))
             // leases: a driver reports direct tasks it cancelled before
             // sending them (they ran nowhere).
-            .or_else(|| self.sessions.contains_key(&client).then(|| (self.no_function.clone(), 0)))
+            .or_else(|| {
+                self.sessions
+                    .contains_key(&client)
+                    .then(|| (self.no_function.clone(), 0))
+            })
         else {
             return;
         };

@@ -405,6 +405,7 @@ impl State {
                 .nodes
                 .get(&self.local_node)
                 .map_or(0, |n| n.info.store_capacity),
+            leased: self.leased_count(),
         }
     }
 }
@@ -430,6 +431,8 @@ pub struct Counts {
     pub store_used: u64,
     /// Bytes the store holds before spilling.
     pub store_capacity: u64,
+    /// Workers leased to drivers, which send them tasks directly.
+    pub leased: usize,
 }
 
 #[cfg(test)]

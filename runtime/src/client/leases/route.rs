@@ -18,7 +18,9 @@ impl Client {
     /// Lets this driver send eligible tasks to leased workers. Call on the
     /// session's runtime (its streams run there).
     pub(crate) fn enable_leases(&self) {
-        let _ = self.leases.set(Leases::new(tokio::runtime::Handle::current()));
+        let _ = self
+            .leases
+            .set(Leases::new(tokio::runtime::Handle::current()));
     }
 
     /// Sends `spec` down the direct path if it may take it (its handle is
@@ -130,11 +132,15 @@ impl Client {
         match cancelled {
             // Whatever a cancelled task returns, it ends cancelled (the
             // head's rule); what the worker kept for it is let go.
-            Some((force, function))
-                if !matches!(&payload, Payload::Error(e) if e.kind() == proto::ErrorKind::Cancelled) =>
+            Some((force, function)) if !matches!(&payload, Payload::Error(e) if e.kind() == proto::ErrorKind::Cancelled) =>
             {
                 let e = cancelled_error(id, &function, force);
-                self.settle_direct(id, Payload::Error(Box::new(e.to_wire())), Vec::new(), promised);
+                self.settle_direct(
+                    id,
+                    Payload::Error(Box::new(e.to_wire())),
+                    Vec::new(),
+                    promised,
+                );
                 if kept {
                     let _ = tx.send(proto::DirectOp {
                         op: Some(direct_op::Op::Adopted(id)),
@@ -327,7 +333,12 @@ impl Client {
         for (id, function, force) in fx.cancelled {
             let e = cancelled_error(id, &function, force);
             let promised = leases.take_promise(id);
-            self.settle_direct(id, Payload::Error(Box::new(e.to_wire())), Vec::new(), promised);
+            self.settle_direct(
+                id,
+                Payload::Error(Box::new(e.to_wire())),
+                Vec::new(),
+                promised,
+            );
         }
         if fx.idle {
             leases.note_idle(self);
@@ -347,7 +358,12 @@ impl Client {
             if spec.max_retries == 0 {
                 let e = lost_error(&spec.function, why);
                 let promised = leases.take_promise(id);
-                self.settle_direct(id, Payload::Error(Box::new(e.to_wire())), Vec::new(), promised);
+                self.settle_direct(
+                    id,
+                    Payload::Error(Box::new(e.to_wire())),
+                    Vec::new(),
+                    promised,
+                );
                 return;
             }
             spec.max_retries -= 1;

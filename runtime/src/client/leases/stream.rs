@@ -14,7 +14,8 @@ use crate::proto::{self, direct_op, worker_client::WorkerClient};
 
 /// How long a lease whose stream broke waits for the head to say why
 /// (`LeaseEnd`) before the driver treats its worker as lost.
-const WAIT_FOR_END: Duration = Duration::from_secs(2);
+/// The head waits up to 2 s for the exit status itself.
+const WAIT_FOR_END: Duration = Duration::from_secs(5);
 
 /// Runs the stream of the lease on `worker` until it ends.
 pub(in crate::client) async fn run(
@@ -60,12 +61,13 @@ async fn serve(
         ops: Vec::new(),
         token,
     };
-    let outbound = futures::stream::once(async move { first }).chain(
-        transport::batches(rx).map(|ops| proto::DirectFrame {
-            ops,
-            token: String::new(),
-        }),
-    );
+    let outbound =
+        futures::stream::once(async move { first }).chain(transport::batches(rx).map(|ops| {
+            proto::DirectFrame {
+                ops,
+                token: String::new(),
+            }
+        }));
     let mut inbound = wc
         .direct(outbound)
         .await

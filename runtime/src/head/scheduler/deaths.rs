@@ -26,6 +26,8 @@ pub(in crate::head) enum Later {
     Settle(u64),
     /// Put a task back in the queue (a retry after a backoff).
     Requeue(u64),
+    /// leases: tell a dead leased worker's driver, without its exit status.
+    LeaseEnd(u64),
 }
 
 /// The running task of a worker whose session ended.
@@ -111,7 +113,9 @@ impl State {
                 .map(|(_, why)| why)
                 .unwrap_or_default(),
         };
-        if let Some(d) = self.control.deaths.dying.remove(&worker_id) {
+        if self.lease_dying(worker_id) {
+            self.lease_died(worker_id, Some((info.status, info.oom)));
+        } else if let Some(d) = self.control.deaths.dying.remove(&worker_id) {
             self.settle(d, Some(info));
         } else if self.workers.values().any(|w| w.worker_id == worker_id) {
             // Its session has not ended yet: kept for when it does.
@@ -119,18 +123,29 @@ impl State {
         }
     }
 
-    /// Why the memory monitor killed worker `worker_id`, if it did (known
-    /// before or after its exit status arrived).
-    pub(in crate::head) fn oom_reason(&self, worker_id: u64) -> Option<String> {
-        if let Some((_, why)) = self.control.oom_kills.get(&worker_id) {
-            return Some(why.clone());
-        }
+    /// The exit status (and the memory monitor's reason, if it killed
+    /// it) of worker `worker_id`, if it arrived before its session ended.
+    pub(in crate::head) fn take_exit(&mut self, worker_id: u64) -> Option<(String, String)> {
         self.control
             .deaths
             .exits
-            .get(&worker_id)
-            .map(|i| i.oom.clone())
-            .filter(|o| !o.is_empty())
+            .remove(&worker_id)
+            .map(|i| (i.status, i.oom))
+    }
+
+    /// How a worker ended, worded as for a task it ran: "worker pid P on
+    /// N exited with code 3", with the SIGKILL hint where it applies.
+    pub(in crate::head) fn death_text(pid: u32, node: &str, status: &str) -> String {
+        let how = if status.is_empty() {
+            "ended (its exit status is unknown: its node may be gone)"
+        } else {
+            status
+        };
+        let mut text = format!("worker pid {pid} on {node} {how}");
+        if status.contains("SIGKILL") {
+            text = format!("{text} ({SIGKILL_HINT})");
+        }
+        text
     }
 
     /// Applies work that was put off (see [`Later`]).
@@ -141,6 +156,7 @@ impl State {
                     self.settle(d, None);
                 }
             }
+            Later::LeaseEnd(worker_id) => self.lease_died(worker_id, None),
             Later::Requeue(id) => {
                 if self.tasks.get(&id).is_some_and(|t| t.worker.is_none()) {
                     self.ready.push_front(id);

@@ -39,6 +39,9 @@ pub(in crate::head) struct Leases {
     leased: FastMap<u32, Held>,
     /// Pending objects promised by a session (see the module's doc).
     promises: FastMap<u64, u32>,
+    /// Leased workers whose session ended, by worker id, until their exit
+    /// status says how they died: (lessee, pid, node).
+    dying: FastMap<u64, (u32, u32, String)>,
     last_revoke: Option<Instant>,
 }
 
@@ -156,18 +159,42 @@ impl State {
             q.held = q.held.saturating_sub(1);
         }
         l.requests.retain(|q| q.want > 0 || q.held > 0);
-        let reason = match self.oom_reason(w.worker_id) {
-            Some(why) => format!("out of memory: {why}"),
-            None if self.nodes.get(&w.node).is_some_and(|n| !n.alive) => "node lost".into(),
-            None => format!("worker died (pid {} on {})", w.pid, w.node),
+        self.control
+            .leases
+            .dying
+            .insert(w.worker_id, (held.session, w.pid, w.node.clone()));
+        if let Some(info) = self.take_exit(w.worker_id) {
+            self.lease_died(w.worker_id, Some(info));
+        } else if self.nodes.get(&w.node).is_some_and(|n| !n.alive) {
+            self.lease_died(w.worker_id, None);
+        } else {
+            // Its node reports the exit status in a moment (or never).
+            self.out.later.push((
+                super::deaths::STATUS_GRACE,
+                super::Later::LeaseEnd(w.worker_id),
+            ));
+        }
+    }
+
+    /// Whether a leased worker's death waits for its exit status.
+    pub(in crate::head) fn lease_dying(&self, worker_id: u64) -> bool {
+        self.control.leases.dying.contains_key(&worker_id)
+    }
+
+    /// Tells a dead leased worker's driver how it died: `info` is its
+    /// exit status and the memory monitor's reason (empty if not it).
+    pub(in crate::head) fn lease_died(&mut self, worker_id: u64, info: Option<(String, String)>) {
+        let Some((session, pid, node)) = self.control.leases.dying.remove(&worker_id) else {
+            return;
         };
-        self.out.push(
-            held.session,
-            Op::LeaseEnd(proto::LeaseEnd {
-                worker_id: w.worker_id,
-                reason,
-            }),
-        );
+        let (status, oom) = info.unwrap_or_default();
+        let reason = if !oom.is_empty() {
+            format!("out of memory: the memory monitor killed worker pid {pid}: {oom}")
+        } else {
+            Self::death_text(pid, &node, &status)
+        };
+        self.out
+            .push(session, Op::LeaseEnd(proto::LeaseEnd { worker_id, reason }));
     }
 
     /// A session ended: its requests are withdrawn, its leases end, and
@@ -194,7 +221,10 @@ impl State {
             .collect();
         for id in promised {
             self.control.leases.promises.remove(&id);
-            let e = Self::lost(id, "the driver that made it left before its value was known");
+            let e = Self::lost(
+                id,
+                "the driver that made it left before its value was known",
+            );
             self.complete(id, e, Vec::new());
         }
     }
@@ -389,7 +419,11 @@ impl State {
         if l.leased.is_empty() || l.last_revoke.is_some_and(|t| t.elapsed() < REVOKE_EVERY) {
             return;
         }
-        if self.nodes.values().any(|n| n.alive && n.available_cpus > EPS) {
+        if self
+            .nodes
+            .values()
+            .any(|n| n.alive && n.available_cpus > EPS)
+        {
             return;
         }
         let mut per: FastMap<u32, usize> = FastMap::default();
@@ -445,6 +479,11 @@ impl State {
             .iter()
             .map(|q| q.want.saturating_sub(q.held))
             .sum()
+    }
+
+    /// Workers leased now.
+    pub(in crate::head) fn leased_count(&self) -> usize {
+        self.control.leases.leased.len()
     }
 
     /// Whether worker session `wc` is leased to a driver.
