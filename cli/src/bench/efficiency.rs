@@ -400,6 +400,9 @@ fn head_cost(n: usize, o: &EfficiencyOptions, per_us: f64) -> anyhow::Result<Vec
             // count the releases too, and leave none for the next run.
             drop(refs);
             procs.wait_objects_below(64, Duration::from_secs(60))?;
+            // With leases, the head's share of a task is the lease traffic
+            // and the workers' summaries: counted until they are done.
+            procs.wait_leases_returned(Duration::from_secs(60))?;
             let cpu = cpu_micros(head).saturating_sub(cpu0) as f64;
             runs.push(HeadRow {
                 nodes: n,

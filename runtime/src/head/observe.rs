@@ -271,6 +271,9 @@ impl State {
                 tasks.ready += 1;
             }
         }
+        // leases: a worker leased to a driver runs its direct tasks, which
+        // the head hears of only once done: at least one each.
+        tasks.running += self.leased_count() as u64;
         for (name, c) in &self.finished {
             let f = functions.entry(name.clone()).or_default();
             f.finished = c.finished;

@@ -160,6 +160,27 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+
+    /// Waits until the driver has given every lease back, then for the
+    /// workers' last summaries of direct tasks (`DirectDone`, sent at most
+    /// every ~20 ms): both are head work the tasks caused, so a measure of
+    /// the head's CPU per task must end after them.
+    pub(crate) fn wait_leases_returned(&self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let s = fleet::daemon::status(&self.head.address, &self.head.token)?;
+            if s.leases.is_empty() {
+                std::thread::sleep(Duration::from_millis(50));
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "workers are still leased: {}",
+                s.leases.join(", ")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Cluster {
