@@ -99,6 +99,10 @@ struct Inner {
     connect_failures: u32,
     /// Set once too many could not: every task goes through the head.
     off: bool,
+    /// The last lease key handed out.
+    next_key: u64,
+    /// Shapes (CPUs) the head refused leases for: no node can run them.
+    refused: Vec<f64>,
 }
 
 /// Tasks needing one number of CPUs.
@@ -111,6 +115,9 @@ struct Shape {
 
 /// One worker leased to this session.
 struct Lease {
+    /// Names this lease (not the worker: a worker given back and leased
+    /// again is a new lease, and the old stream's end must not touch it).
+    key: u64,
     worker_id: u64,
     cpus: f64,
     /// The stream's outbound side.
@@ -153,7 +160,7 @@ pub(super) struct Effects {
     pub(super) lost: Vec<(proto::TaskSpec, String)>,
     /// Cancelled tasks whose worker was lost: (id, function, how).
     pub(super) cancelled: Vec<(u64, String, bool)>,
-    /// Streams to open: (worker id, address, outbound receiver).
+    /// Streams to open: (lease key, address, outbound receiver).
     pub(super) open: Vec<(
         u64,
         String,
@@ -178,9 +185,10 @@ impl Leases {
         }
     }
 
-    /// Whether the session still takes the direct path.
-    pub(super) fn on(&self) -> bool {
-        !self.inner.lock().off
+    /// Whether tasks of `cpus` take the direct path.
+    pub(super) fn on(&self, cpus: f64) -> bool {
+        let inner = self.inner.lock();
+        !inner.off && !inner.refused.iter().any(|c| same_cpus(*c, cpus.max(0.0)))
     }
 
     /// Queues an eligible task (already given a pending, direct slot).
@@ -215,10 +223,16 @@ impl Leases {
         let shape = &mut shapes[i];
         while let Some(front) = shape.queue.front() {
             let depth = crate::pipelining::depth(micros.get(&front.function).copied());
+            // As the head pipelines: only behind tasks of the same function
+            // (a task queued behind another function's long one would wait
+            // for it while another worker is free).
             let Some(lease) = leases
                 .iter_mut()
                 .filter(|l| same_cpus(l.cpus, shape.cpus) && l.usable())
-                .filter(|l| l.inflight.len() < depth)
+                .filter(|l| match l.inflight.back() {
+                    None => true,
+                    Some(last) => l.inflight.len() < depth && last.function == front.function,
+                })
                 .min_by_key(|l| l.inflight.len())
             else {
                 break;
@@ -279,7 +293,10 @@ impl Leases {
             return;
         }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        inner.next_key += 1;
+        let key = inner.next_key;
         inner.leases.push(Lease {
+            key,
             worker_id: g.worker_id,
             cpus: g.num_cpus.max(0.0),
             tx,
@@ -289,7 +306,7 @@ impl Leases {
             broken: false,
             idle_since: Some(Instant::now()),
         });
-        fx.open.push((g.worker_id, g.address, rx));
+        fx.open.push((key, g.address, rx));
         fx.idle = true;
         if let Some(i) = inner
             .shapes
@@ -306,13 +323,13 @@ impl Leases {
     /// lost and the task placed again).
     pub(super) fn finished(
         &self,
-        worker: u64,
+        key: u64,
         id: u64,
         exec_micros: u64,
         fx: &mut Effects,
     ) -> Option<Finished> {
         let mut inner = self.inner.lock();
-        let li = inner.leases.iter().position(|l| l.worker_id == worker)?;
+        let li = inner.leases.iter().position(|l| l.key == key)?;
         let lease = &mut inner.leases[li];
         let spec = match lease.inflight.front() {
             Some(s) if s.task_id == id => lease.inflight.pop_front(),
@@ -389,9 +406,9 @@ impl Leases {
     }
 
     /// The worker gave a task back unrun (it waits in `get`, or leaves).
-    pub(super) fn returned(&self, worker: u64, id: u64, fx: &mut Effects) {
+    pub(super) fn returned(&self, key: u64, id: u64, fx: &mut Effects) {
         let mut inner = self.inner.lock();
-        let Some(li) = inner.leases.iter().position(|l| l.worker_id == worker) else {
+        let Some(li) = inner.leases.iter().position(|l| l.key == key) else {
             return;
         };
         let lease = &mut inner.leases[li];
@@ -414,6 +431,18 @@ impl Leases {
     /// worker is gone (`reason` says how).
     pub(super) fn ended(&self, end: proto::LeaseEnd, fx: &mut Effects) {
         let mut inner = self.inner.lock();
+        if end.worker_id == 0 && end.one_shape {
+            // No node can run this shape now: its tasks wait at the head.
+            let cpus = end.num_cpus.max(0.0);
+            inner.refused.push(cpus);
+            if let Some(i) = inner.shapes.iter().position(|s| same_cpus(s.cpus, cpus)) {
+                let s = inner.shapes.swap_remove(i);
+                self.backlog.taken(s.queue.len());
+                fx.lost
+                    .extend(s.queue.into_iter().map(|t| (t, String::new())));
+            }
+            return;
+        }
         if end.worker_id == 0 {
             // No lease can be had (the job's workers serve no direct
             // stream): everything goes through the head.
@@ -469,12 +498,12 @@ impl Leases {
     /// `worker`'s stream ended. If the lease is still held, wait for the
     /// head's `LeaseEnd` (it says whether the worker died, and how) for a
     /// moment; see [`Leases::stream_gone`].
-    pub(super) fn stream_ended(&self, worker: u64, connected: bool) -> bool {
+    pub(super) fn stream_ended(&self, key: u64, connected: bool) -> bool {
         let mut inner = self.inner.lock();
         if connected {
             inner.connect_failures = 0;
         }
-        match inner.leases.iter_mut().find(|l| l.worker_id == worker) {
+        match inner.leases.iter_mut().find(|l| l.key == key) {
             Some(l) => {
                 l.broken = true;
                 true
@@ -485,7 +514,7 @@ impl Leases {
 
     /// A stream ended and no `LeaseEnd` came: the worker is treated as
     /// lost, and the lease given back (the head may still count it).
-    pub(super) fn stream_gone(&self, worker: u64, why: &str, connected: bool, fx: &mut Effects) {
+    pub(super) fn stream_gone(&self, key: u64, why: &str, connected: bool, fx: &mut Effects) {
         let mut inner = self.inner.lock();
         let mut off = false;
         if !connected {
@@ -498,8 +527,8 @@ impl Leases {
                 off = true;
             }
         }
-        if let Some(li) = inner.leases.iter().position(|l| l.worker_id == worker) {
-            fx.head.push(Op::LeaseReturn(worker));
+        if let Some(li) = inner.leases.iter().position(|l| l.key == key) {
+            fx.head.push(Op::LeaseReturn(inner.leases[li].worker_id));
             self.lose(&mut inner, li, why, fx);
         }
         if off {

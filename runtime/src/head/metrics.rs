@@ -236,9 +236,13 @@ impl State {
                 ready += 1;
             }
         }
+        // leases: a leased worker runs its driver's direct tasks, which the
+        // head hears of once done: one running each (as the dashboard).
+        running += self.leased_count() as u64;
         let mut families = vec![Family::gauge(
             "tasks",
-            "Unfinished tasks and actor calls by state: waiting for arguments, ready, running",
+            "Unfinished tasks and actor calls by state: waiting for arguments, ready, running \
+             (a worker leased to a driver counts as one running task)",
         )
         .with(vec![("state", "waiting".into())], waiting as f64)
         .with(vec![("state", "ready".into())], ready as f64)

@@ -32,7 +32,7 @@ impl Client {
         let Some(leases) = self.leases.get() else {
             return Some(spec);
         };
-        if !eligible(&spec) || !leases.on() {
+        if !eligible(&spec) || !leases.on(spec.num_cpus) {
             return Some(spec);
         }
         // Its result comes on a lease's stream: never subscribed at the
@@ -107,7 +107,7 @@ impl Client {
 
     /// A direct task's outcome: into its slot (waking its waiters), and to
     /// the head too when the head knows the object or must from now on.
-    pub(in crate::client) fn on_direct_result(self: &Arc<Self>, worker: u64, r: proto::TaskResult) {
+    pub(in crate::client) fn on_direct_result(self: &Arc<Self>, key: u64, r: proto::TaskResult) {
         let Some(leases) = self.leases.get() else {
             return;
         };
@@ -119,7 +119,7 @@ impl Client {
             promised,
             cancelled,
             tx,
-        }) = leases.finished(worker, id, r.exec_micros, &mut fx)
+        }) = leases.finished(key, id, r.exec_micros, &mut fx)
         else {
             // Not in flight there (the lease was lost and the task placed
             // again): this outcome is not the one its ref gets.
@@ -210,10 +210,10 @@ impl Client {
     }
 
     /// A leased worker gave a task back unrun.
-    pub(in crate::client) fn on_direct_returned(self: &Arc<Self>, worker: u64, id: u64) {
+    pub(in crate::client) fn on_direct_returned(self: &Arc<Self>, key: u64, id: u64) {
         if let Some(leases) = self.leases.get() {
             let mut fx = Effects::default();
-            leases.returned(worker, id, &mut fx);
+            leases.returned(key, id, &mut fx);
             self.apply_effects(fx);
         }
     }
@@ -242,13 +242,13 @@ impl Client {
     /// A lease's stream ended and the head did not say why.
     pub(in crate::client) fn direct_stream_gone(
         self: &Arc<Self>,
-        worker: u64,
+        key: u64,
         why: &str,
         connected: bool,
     ) {
         if let Some(leases) = self.leases.get() {
             let mut fx = Effects::default();
-            leases.stream_gone(worker, why, connected, &mut fx);
+            leases.stream_gone(key, why, connected, &mut fx);
             self.apply_effects(fx);
         }
     }
@@ -320,12 +320,12 @@ impl Client {
         let Some(leases) = self.leases.get() else {
             return;
         };
-        for (worker, address, rx) in fx.open {
+        for (key, address, rx) in fx.open {
             let weak = Arc::downgrade(self);
             let token = self.token.clone();
             leases
                 .runtime
-                .spawn(super::stream::run(weak, worker, address, token, rx));
+                .spawn(super::stream::run(weak, key, address, token, rx));
         }
         for (spec, why) in fx.lost {
             self.replace_lost(spec, &why);

@@ -17,35 +17,35 @@ use crate::proto::{self, direct_op, worker_client::WorkerClient};
 /// The head waits up to 2 s for the exit status itself.
 const WAIT_FOR_END: Duration = Duration::from_secs(5);
 
-/// Runs the stream of the lease on `worker` until it ends.
+/// Runs the stream of lease `key` until it ends.
 pub(in crate::client) async fn run(
     client: Weak<Client>,
-    worker: u64,
+    key: u64,
     address: String,
     token: String,
     rx: UnboundedReceiver<proto::DirectOp>,
 ) {
     let mut connected = false;
-    let why = match serve(&client, worker, &address, token, rx, &mut connected).await {
+    let why = match serve(&client, key, &address, token, rx, &mut connected).await {
         Ok(()) => "the worker closed its stream".to_string(),
         Err(e) => e.to_string(),
     };
     let Some(c) = client.upgrade() else { return };
     let Some(leases) = c.leases.get() else { return };
-    if !leases.stream_ended(worker, connected) {
+    if !leases.stream_ended(key, connected) {
         // Given back by this driver: nothing was lost.
         return;
     }
     drop(c);
     tokio::time::sleep(WAIT_FOR_END).await;
     if let Some(c) = client.upgrade() {
-        c.direct_stream_gone(worker, &why, connected);
+        c.direct_stream_gone(key, &why, connected);
     }
 }
 
 async fn serve(
     client: &Weak<Client>,
-    worker: u64,
+    key: u64,
     address: &str,
     token: String,
     rx: UnboundedReceiver<proto::DirectOp>,
@@ -88,17 +88,17 @@ async fn serve(
         let Some(c) = client.upgrade() else {
             return Ok(());
         };
-        c.on_direct_ops(worker, frame.ops);
+        c.on_direct_ops(key, frame.ops);
     }
 }
 
 impl Client {
     /// Applies what a leased worker sent.
-    fn on_direct_ops(self: &Arc<Self>, worker: u64, ops: Vec<proto::DirectOp>) {
+    fn on_direct_ops(self: &Arc<Self>, key: u64, ops: Vec<proto::DirectOp>) {
         for op in ops.into_iter().filter_map(|o| o.op) {
             match op {
-                direct_op::Op::Result(r) => self.on_direct_result(worker, r),
-                direct_op::Op::Returned(id) => self.on_direct_returned(worker, id),
+                direct_op::Op::Result(r) => self.on_direct_result(key, r),
+                direct_op::Op::Returned(id) => self.on_direct_returned(key, id),
                 _ => {}
             }
         }

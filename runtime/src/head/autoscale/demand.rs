@@ -79,6 +79,8 @@ pub(super) fn demand(head: &Head, opts: &AutoscaleOptions) -> Demand {
             break;
         }
     }
+    // leases: drivers' requests wait like tasks of their shape.
+    waiting += st.lease_demand_cpus();
     Demand {
         unmet_cpus: (waiting - free).max(0.0),
         nodes,

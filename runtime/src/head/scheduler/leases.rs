@@ -193,8 +193,14 @@ impl State {
         } else {
             Self::death_text(pid, &node, &status)
         };
-        self.out
-            .push(session, Op::LeaseEnd(proto::LeaseEnd { worker_id, reason }));
+        self.out.push(
+            session,
+            Op::LeaseEnd(proto::LeaseEnd {
+                worker_id,
+                reason,
+                ..Default::default()
+            }),
+        );
     }
 
     /// A session ended: its requests are withdrawn, its leases end, and
@@ -301,6 +307,22 @@ impl State {
                     break;
                 }
                 let (session, job, cpus) = (q.session, q.job, q.cpus);
+                if !self.feasible(cpus, "", &[]) {
+                    // No node can run tasks of this shape now: they wait
+                    // aside at the head (with a note in `fleet status`,
+                    // and as autoscaler demand), so they go there.
+                    self.control.leases.requests[qi].want = 0;
+                    self.out.push(
+                        session,
+                        Op::LeaseEnd(proto::LeaseEnd {
+                            worker_id: 0,
+                            reason: format!("no node has {cpus} CPUs"),
+                            one_shape: true,
+                            num_cpus: cpus,
+                        }),
+                    );
+                    break;
+                }
                 match self.idle_leasable(job, cpus) {
                     Some(Ok(wc)) => self.grant(qi, wc),
                     Some(Err(())) => {
@@ -313,6 +335,7 @@ impl State {
                             Op::LeaseEnd(proto::LeaseEnd {
                                 worker_id: 0,
                                 reason: "the job's workers serve no direct task stream".into(),
+                                ..Default::default()
                             }),
                         );
                         break;
@@ -454,6 +477,7 @@ impl State {
             Op::LeaseEnd(proto::LeaseEnd {
                 worker_id,
                 reason: "revoked".into(),
+                ..Default::default()
             }),
         );
     }
@@ -469,6 +493,16 @@ impl State {
         let mut v: Vec<(u32, usize)> = per.into_iter().collect();
         v.sort_unstable();
         v
+    }
+
+    /// CPUs of leases asked for and not granted yet (autoscaler demand).
+    pub(in crate::head) fn lease_demand_cpus(&self) -> f64 {
+        self.control
+            .leases
+            .requests
+            .iter()
+            .map(|q| f64::from(q.want.saturating_sub(q.held)) * q.cpus)
+            .sum()
     }
 
     /// Leases asked for and not granted yet, over all requests.
