@@ -155,7 +155,7 @@ impl State {
         };
         o.state = ObjState::Done(payload.clone());
         o.set_contains(nested);
-        let subscribers = std::mem::take(&mut o.subscribers);
+        let subscribers = o.take_subscribers();
         let dependents = o.take_dependents();
         for c in subscribers {
             self.out.push(
