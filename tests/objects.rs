@@ -182,10 +182,14 @@ fn objects_are_freed_when_the_last_ref_is_dropped() {
     // Results may arrive before the head has applied the put: a driver
     // subscribes with its submits (`TaskSpec.subscribe`), so no op sent
     // after the put orders them.
-    wait_until("the head to track the results and the put", GENEROUS, || {
-        let counts = c.counts().expect("local cluster");
-        (counts.objects >= 501).then_some(())
-    });
+    wait_until(
+        "the head to track the results and the put",
+        GENEROUS,
+        || {
+            let counts = c.counts().expect("local cluster");
+            (counts.objects >= 501).then_some(())
+        },
+    );
     drop(refs);
     drop(big);
     wait_until("the head to free every object", GENEROUS, || {

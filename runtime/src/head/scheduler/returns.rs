@@ -153,7 +153,7 @@ impl State {
         let Some(o) = self.objects.get_mut(&id) else {
             return Vec::new();
         };
-        o.state = ObjState::Done(payload.clone());
+        o.state = ObjState::Done(super::super::directory::kept(&payload));
         o.set_contains(nested);
         let subscribers = o.take_subscribers();
         let dependents = o.take_dependents();
