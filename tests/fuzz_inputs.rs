@@ -265,6 +265,7 @@ fn hello(token: &str, role: Role) -> Hello {
         node: "127.0.0.1:6380".into(),
         binary_hash: "feedface-1234".into(),
         submission: "job-0badc0de".into(),
+        direct_address: "127.0.0.1:6390".into(),
         node_info: Some(NodeInfo {
             address: "127.0.0.9:1".into(),
             num_cpus: 0.0,

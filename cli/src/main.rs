@@ -224,9 +224,9 @@ enum Command {
         #[arg(short, long, default_value = "timeline.json")]
         output: PathBuf,
     },
-    /// Lists tasks, actors, objects, nodes or jobs (like `ray list`).
+    /// Lists tasks, actors, objects, nodes, jobs or workers (like `ray list`).
     List {
-        /// tasks, actors, objects, nodes or jobs.
+        /// tasks, actors, objects, nodes, jobs or workers.
         kind: String,
         /// Only rows in this state (tasks: waiting, ready, running,
         /// finished, failed; actors: alive, dead, ...).

@@ -356,6 +356,18 @@ impl Client {
         out
     }
 
+    /// [`Client::deferring_releases`] that hands the deferred releases back
+    /// instead of sending them: a worker keeps them while the driver of a
+    /// direct task has not yet told the head about its result (which may
+    /// contain those refs), then releases them with
+    /// [`Client::release_handle`].
+    pub(crate) fn deferring_releases_kept<T>(&self, f: impl FnOnce() -> T) -> (T, Vec<u64>) {
+        let outer = DEFERRED.with(|d| d.borrow_mut().replace(Vec::new()));
+        let out = f();
+        let held = DEFERRED.with(|d| std::mem::replace(&mut *d.borrow_mut(), outer));
+        (out, held.unwrap_or_default())
+    }
+
     pub(crate) fn release_handle(&self, id: u64) {
         let deferred = DEFERRED.with(|d| match d.borrow_mut().as_mut() {
             Some(held) => {

@@ -6,6 +6,7 @@ mod actors;
 pub(crate) mod autoscale;
 mod dashboard;
 mod detached;
+mod direct_done;
 mod directory;
 mod ids;
 mod jobs;
@@ -284,10 +285,8 @@ impl Head {
                     Op::Hello(_) => {}
                     // leases: the direct task path; the head's side lands
                     // with `head/scheduler/leases.rs` (not yet built).
-                    Op::LeaseRequest(_)
-                    | Op::LeaseReturn(_)
-                    | Op::Promise(_)
-                    | Op::DirectDone(_) => {}
+                    Op::LeaseRequest(_) | Op::LeaseReturn(_) | Op::Promise(_) => {}
+                    Op::DirectDone(d) => st.direct_done(client, d),
                 }
             }
             st.dispatch();

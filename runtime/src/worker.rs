@@ -3,6 +3,7 @@
 
 mod actors;
 pub(crate) mod cancel;
+mod direct;
 pub(crate) mod executor;
 pub(crate) mod generator;
 mod hold;
@@ -51,6 +52,12 @@ fn run(worker_id: u64) -> Result<()> {
         .map_err(|e| Error::Startup(e.to_string()))?;
     let _ = RUNTIME.set(runtime.handle().clone());
     let (out, mut inbound) = runtime.block_on(transport::connect(&head))?;
+    // Bound before the hello that reports it; served once the executor is.
+    let direct = direct::bind()
+        .inspect_err(|e| {
+            tracing::warn!("no Worker.Direct service, drivers cannot lease this worker: {e}")
+        })
+        .ok();
     let hello = proto::Hello {
         protocol_version: crate::head::PROTOCOL_VERSION,
         registry_hash: crate::registry::registry_hash(),
@@ -60,12 +67,16 @@ fn run(worker_id: u64) -> Result<()> {
         token: token.clone(),
         job,
         node,
+        direct_address: direct.as_ref().map(|d| d.1.clone()).unwrap_or_default(),
         ..Default::default()
     };
     let (welcome, leftover) = runtime.block_on(transport::handshake(&out, &mut inbound, hello))?;
     let client = Client::new(&welcome, out, &token);
     crate::context::set_client(Some(client.clone()));
     let executor = Executor::install(client.clone());
+    if let Some((listener, _)) = direct {
+        direct::serve(runtime.handle(), listener, token.clone(), executor.clone())?;
+    }
     let actors = ActorHost::new(client.clone(), runtime.handle().clone());
     let sink = executor.clone();
     let route: transport::WorkerOps = Arc::new(move |op| match op {

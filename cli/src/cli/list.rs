@@ -1,4 +1,4 @@
-//! `fleet list tasks|actors|objects|nodes|jobs`: the head's state as a
+//! `fleet list tasks|actors|objects|nodes|jobs|workers`: the head's state as a
 //! table or as JSON, filtered by state, function, node, with a limit.
 
 use fleet::proto;
@@ -7,7 +7,7 @@ use fleet::{Error, Result};
 /// What to list and how.
 #[derive(Clone, Debug, Default)]
 pub struct ListOptions {
-    /// tasks, actors, objects, nodes or jobs.
+    /// tasks, actors, objects, nodes, jobs or workers.
     pub kind: String,
     /// Only rows in this state (e.g. running, finished, alive).
     pub state: Option<String>,

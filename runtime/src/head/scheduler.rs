@@ -254,6 +254,7 @@ impl State {
                 job,
                 busy_since: 0,
                 held: Vec::new(),
+                direct_address: hello.direct_address.clone(),
             },
         );
     }

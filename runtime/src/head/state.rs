@@ -205,6 +205,9 @@ pub(super) struct Worker {
     /// Resources (besides CPUs) it holds for the tasks in its queue, as
     /// `lease` holds CPUs; empty for tasks that declare none.
     pub(super) held: Vec<proto::Resource>,
+    /// leases: where its `Worker.Direct` service listens (`Hello`), for
+    /// lease grants and `fleet list workers`; empty: it serves none.
+    pub(super) direct_address: String,
 }
 
 pub(super) struct Session {

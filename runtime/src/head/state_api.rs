@@ -1,7 +1,7 @@
 //! The state API behind `fleet list`: rows of tasks (unfinished, then the
-//! recently finished), actors, objects, nodes and jobs (submitted with
-//! `fleet job submit`, and the drivers connected now), filtered by state,
-//! function, node, and cut at a limit, as JSON.
+//! recently finished), actors, objects, nodes, jobs (submitted with
+//! `fleet job submit`, and the drivers connected now) and workers,
+//! filtered by state, function, node, and cut at a limit, as JSON.
 
 use std::collections::HashMap;
 
@@ -12,7 +12,7 @@ use super::state::{ObjState, State};
 use crate::proto::{self, object_value::Payload};
 
 /// The kinds `fleet list` knows.
-pub(crate) const KINDS: &[&str] = &["tasks", "actors", "objects", "nodes", "jobs"];
+pub(crate) const KINDS: &[&str] = &["tasks", "actors", "objects", "nodes", "jobs", "workers"];
 
 fn hex(id: u64) -> String {
     format!("{id:016x}")
@@ -34,6 +34,7 @@ impl State {
             "objects" => self.object_rows(),
             "nodes" => self.node_rows(),
             "jobs" => self.job_rows(submitted, drivers),
+            "workers" => self.worker_rows(),
             other => {
                 return Err(format!(
                     "cannot list `{other}`; choose one of: {}",
@@ -100,6 +101,39 @@ impl State {
             })
         }));
         rows
+    }
+
+    /// Connected workers: where they run, for which job, what they do, and
+    /// where drivers reach their `Worker.Direct` service.
+    fn worker_rows(&self) -> Vec<Value> {
+        let mut rows: Vec<(u64, Value)> = self
+            .workers
+            .values()
+            .map(|w| {
+                let state = if w.blocked {
+                    "blocked"
+                } else if !w.queue.is_empty() {
+                    "busy"
+                } else if w.actors > 0 {
+                    "actor"
+                } else {
+                    "idle"
+                };
+                let row = json!({
+                    "id": w.worker_id.to_string(),
+                    "pid": w.pid,
+                    "node": w.node,
+                    "job": w.job,
+                    "state": state,
+                    "function": &*w.function,
+                    "queued": w.queue.len(),
+                    "direct_address": w.direct_address,
+                });
+                (w.worker_id, row)
+            })
+            .collect();
+        rows.sort_by_key(|(id, _)| *id);
+        rows.into_iter().map(|(_, r)| r).collect()
     }
 
     fn actor_rows(&self) -> Vec<Value> {

@@ -172,8 +172,18 @@ impl JobRunner {
             .stderr(err);
         // What this process was started with must not leak into the driver.
         {
-            use crate::worker::hook::{ENV_HEAD, ENV_JOB, ENV_NODE, ENV_TOKEN, ENV_WORKER_ID};
-            for var in [ENV_WORKER_ID, ENV_HEAD, ENV_TOKEN, ENV_JOB, ENV_NODE] {
+            use crate::worker::hook::{
+                ENV_DIRECT_HOST, ENV_HEAD, ENV_JOB, ENV_NODE, ENV_TOKEN, ENV_WORKER_ID,
+            };
+            let vars = [
+                ENV_WORKER_ID,
+                ENV_HEAD,
+                ENV_TOKEN,
+                ENV_JOB,
+                ENV_NODE,
+                ENV_DIRECT_HOST,
+            ];
+            for var in vars {
                 cmd.env_remove(var);
             }
         }

@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
 
-use crate::worker::hook::{ENV_HEAD, ENV_JOB, ENV_NODE, ENV_TOKEN, ENV_WORKER_ID};
+use crate::worker::hook::{ENV_DIRECT_HOST, ENV_HEAD, ENV_JOB, ENV_NODE, ENV_TOKEN, ENV_WORKER_ID};
 
 /// Called when a worker process exits: (worker id, description).
 pub(crate) type OnExit = Arc<dyn Fn(u64, String) + Send + Sync>;
@@ -124,6 +124,13 @@ impl Drop for Supervisor {
     }
 }
 
+/// The host part of a node's name (`host:port`, `[v6]:port`): the node's
+/// own address, where its workers serve drivers.
+fn host_of(node: &str) -> &str {
+    let host = node.rsplit_once(':').map_or(node, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
 fn spawner(
     env: WorkerEnv,
     rx: mpsc::Receiver<Command_>,
@@ -145,6 +152,7 @@ fn spawner(
             .env(ENV_TOKEN, &env.token)
             .env(ENV_JOB, job.to_string())
             .env(ENV_NODE, &env.node)
+            .env(ENV_DIRECT_HOST, host_of(&env.node))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

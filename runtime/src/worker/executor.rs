@@ -21,19 +21,35 @@ thread_local! {
     static CURRENT: Cell<Option<u64>> = const { Cell::new(None) };
 }
 
+/// Names the task the executor runs now (for [`lend_cpu`]).
+pub(super) fn set_current(task: Option<u64>) {
+    CURRENT.set(task);
+}
+
+use super::direct::{Held, Route};
 use super::hold::{self, Finished, HOLD};
 
-struct Queue {
-    tasks: VecDeque<proto::TaskSpec>,
+pub(super) struct Queue {
+    pub(super) tasks: VecDeque<Queued>,
     /// The running task waits in `get` and has lent its CPU: tasks that
-    /// arrive meanwhile go straight back to the head.
-    lent_by: Option<u64>,
+    /// arrive meanwhile go straight back to where they came from.
+    pub(super) lent_by: Option<u64>,
+}
+
+/// A task waiting in the queue, and where it came from.
+pub(super) struct Queued {
+    pub(super) spec: proto::TaskSpec,
+    /// `None`: from the head; else the driver's `Worker.Direct` stream
+    /// its result goes back on.
+    pub(super) route: Option<Arc<Route>>,
 }
 
 pub(crate) struct Executor {
-    queue: Mutex<Queue>,
-    cv: Condvar,
-    client: Arc<Client>,
+    pub(super) queue: Mutex<Queue>,
+    pub(super) cv: Condvar,
+    pub(super) client: Arc<Client>,
+    /// Results and summaries of direct tasks held back (`worker/direct`).
+    pub(super) direct: Arc<Held>,
 }
 
 /// Tells the node agent reading this worker's output which function runs
@@ -125,6 +141,17 @@ pub(crate) fn send_result(
     outcome: Result<Output, proto::TaskError>,
     started: Instant,
 ) {
+    client.send(Op::Result(result_of(client, spec, outcome, started)));
+}
+
+/// A finished call's outcome as sent: inline if small, else written to
+/// the store.
+pub(crate) fn result_of(
+    client: &Client,
+    spec: &proto::TaskSpec,
+    outcome: Result<Output, proto::TaskError>,
+    started: Instant,
+) -> proto::TaskResult {
     let id = spec.task_id;
     let exec_micros = started.elapsed().as_micros() as u64;
     let start_micros = std::time::SystemTime::now()
@@ -166,7 +193,7 @@ pub(crate) fn send_result(
         }
         Err(e) => (Payload::Error(Box::new(e)), Vec::new()),
     };
-    client.send(Op::Result(proto::TaskResult {
+    proto::TaskResult {
         value: Some(proto::ObjectValue {
             object_id: id,
             payload: Some(payload),
@@ -175,7 +202,7 @@ pub(crate) fn send_result(
         exec_micros,
         start_micros,
         more_returns,
-    }));
+    }
 }
 
 impl Executor {
@@ -188,6 +215,7 @@ impl Executor {
                         lent_by: None,
                     }),
                     cv: Condvar::new(),
+                    direct: Held::new(client.clone()),
                     client,
                 })
             })
@@ -207,7 +235,10 @@ impl Executor {
         if task.generator {
             super::generator::expect(task.task_id);
         }
-        q.tasks.push_back(task);
+        q.tasks.push_back(Queued {
+            spec: task,
+            route: None,
+        });
         self.cv.notify_one();
     }
 
@@ -221,10 +252,14 @@ impl Executor {
                     }
                     // Nothing more to run: held results go now.
                     self.client.flush_held();
+                    self.direct.flush();
                     self.cv.wait(&mut q);
                 }
             };
-            self.execute(task);
+            match task.route {
+                None => self.execute(task.spec),
+                Some(route) => self.execute_direct(task.spec, route),
+            }
         }
     }
 
@@ -234,10 +269,13 @@ impl Executor {
     pub(crate) fn cancel(&self, c: &proto::Cancel) {
         let queued = {
             let mut q = self.queue.lock();
-            let at = q.tasks.iter().position(|t| t.task_id == c.task_id);
+            let at = q
+                .tasks
+                .iter()
+                .position(|t| t.spec.task_id == c.task_id && t.route.is_none());
             at.and_then(|i| q.tasks.remove(i))
         };
-        if let Some(spec) = queued {
+        if let Some(Queued { spec, .. }) = queued {
             if spec.generator {
                 super::generator::forget(spec.task_id);
             }
@@ -302,7 +340,7 @@ impl Executor {
         }
     }
 
-    fn invoke(&self, spec: &proto::TaskSpec) -> Result<Output, proto::TaskError> {
+    pub(super) fn invoke(&self, spec: &proto::TaskSpec) -> Result<Output, proto::TaskError> {
         let client = &self.client;
         let Some(f) = registry::lookup(&spec.function) else {
             return Err(task_error(
@@ -331,18 +369,24 @@ pub(crate) fn lend_cpu() -> Option<Lent> {
     let executor: &'static Executor = EXECUTOR.get()?;
     // What this task waits for may be a result held here.
     executor.client.flush_held();
+    executor.direct.flush();
     let mut q = executor.queue.lock();
     q.lent_by = Some(task);
-    let returned = q
-        .tasks
-        .drain(..)
-        .map(|t| {
-            if t.generator {
-                super::generator::forget(t.task_id);
+    let mut returned = Vec::new();
+    let mut direct = Vec::new();
+    for t in q.tasks.drain(..) {
+        match t.route {
+            Some(route) => direct.push((route, t.spec.task_id)),
+            None => {
+                if t.spec.generator {
+                    super::generator::forget(t.spec.task_id);
+                }
+                returned.push(t.spec.task_id);
             }
-            t.task_id
-        })
-        .collect();
+        }
+    }
+    // Direct tasks go back to their drivers, which place them elsewhere.
+    super::direct::give_back(direct);
     executor.client.send(Op::Blocked(proto::Blocked {
         task_id: task,
         returned,

@@ -16,6 +16,10 @@ pub(crate) const ENV_TOKEN: &str = "FLEET_WORKER_TOKEN";
 pub(crate) const ENV_JOB: &str = "FLEET_WORKER_JOB";
 /// The node that started the worker.
 pub(crate) const ENV_NODE: &str = "FLEET_WORKER_NODE";
+/// The node's own address (its agent's `--node-ip`, or the head node's
+/// address), where the worker serves `Worker.Direct` for leased drivers:
+/// a driver on another machine reaches it there.
+pub(crate) const ENV_DIRECT_HOST: &str = "FLEET_WORKER_DIRECT_HOST";
 
 #[used]
 #[link_section = ".init_array"]

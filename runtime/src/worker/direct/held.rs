@@ -1,0 +1,172 @@
+//! What a worker holds back of its direct tasks: their results, batched
+//! per stream by the same rule as results for the head (`worker/hold.rs`),
+//! and their summaries for the head, batched much more.
+//!
+//! The summaries feed the head's task list, timeline and metrics. Nobody
+//! waits for them, so they go at most every [`DONE_EVERY`] (or once
+//! [`DONE_MAX`] wait): a worker running a sync loop of 30 µs calls wakes
+//! the head some 50 times a second instead of 30,000.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::route::Route;
+use crate::client::Client;
+use crate::proto::{self, client_op::Op};
+
+/// The longest a summary waits before it goes to the head.
+pub(crate) const DONE_EVERY: Duration = Duration::from_millis(20);
+/// Summaries sent in one op at most; more go at once.
+pub(crate) const DONE_MAX: usize = 1024;
+
+/// Held results and summaries of direct tasks.
+pub(crate) struct Held {
+    client: Arc<Client>,
+    results: Mutex<Results>,
+    /// Whether `results` has anything (checked without the lock on every
+    /// idle turn of the executor).
+    holding: AtomicBool,
+    done: Mutex<Done>,
+    /// The direct task running now (id, stream id, function), so a
+    /// driver's cancel reaches only its own task.
+    running: Mutex<Option<(u64, u64, String)>>,
+}
+
+#[derive(Default)]
+struct Results {
+    /// Results per stream, in the order they finished.
+    by_route: Vec<(Arc<Route>, Vec<proto::DirectOp>)>,
+    count: usize,
+    /// When the task of the first held result started.
+    since: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Done {
+    tasks: Vec<proto::DirectTask>,
+    /// A timer will send them.
+    armed: bool,
+}
+
+impl Held {
+    pub(crate) fn new(client: Arc<Client>) -> Arc<Self> {
+        Arc::new(Held {
+            client,
+            results: Mutex::default(),
+            holding: AtomicBool::new(false),
+            done: Mutex::default(),
+            running: Mutex::new(None),
+        })
+    }
+
+    /// Holds `op` (a result) for `route`; returns how many results are held
+    /// and since when.
+    pub(crate) fn hold(
+        &self,
+        route: &Arc<Route>,
+        op: proto::DirectOp,
+        started: Instant,
+    ) -> (usize, Instant) {
+        let mut r = self.results.lock();
+        match r
+            .by_route
+            .iter_mut()
+            .rev()
+            .find(|(k, _)| Arc::ptr_eq(k, route))
+        {
+            Some((_, ops)) => ops.push(op),
+            None => r.by_route.push((route.clone(), vec![op])),
+        }
+        r.count += 1;
+        let since = *r.since.get_or_insert(started);
+        self.holding.store(true, Ordering::Release);
+        (r.count, since)
+    }
+
+    /// Sends the held results, one frame per stream.
+    pub(crate) fn flush(&self) {
+        if !self.holding.load(Ordering::Acquire) {
+            return;
+        }
+        // Sent under the lock, so two flushers cannot reorder them.
+        let mut r = self.results.lock();
+        self.holding.store(false, Ordering::Release);
+        for (route, ops) in r.by_route.drain(..) {
+            route.send(ops);
+        }
+        r.count = 0;
+        r.since = None;
+    }
+
+    /// Sends the held results after [`crate::worker::hold::HOLD`] (the
+    /// next task may run long).
+    pub(crate) fn flush_later(self: &Arc<Self>) {
+        if let Some(rt) = crate::worker::RUNTIME.get() {
+            let me = self.clone();
+            rt.spawn(async move {
+                tokio::time::sleep(crate::worker::hold::HOLD).await;
+                me.flush();
+            });
+        }
+    }
+
+    /// Adds a finished direct task's summary for the head.
+    pub(crate) fn summary(self: &Arc<Self>, task: proto::DirectTask) {
+        let mut d = self.done.lock();
+        d.tasks.push(task);
+        if d.tasks.len() >= DONE_MAX {
+            let tasks = std::mem::take(&mut d.tasks);
+            drop(d);
+            self.send_done(tasks);
+            return;
+        }
+        if d.armed {
+            return;
+        }
+        d.armed = true;
+        drop(d);
+        match crate::worker::RUNTIME.get() {
+            Some(rt) => {
+                let me = self.clone();
+                rt.spawn(async move {
+                    tokio::time::sleep(DONE_EVERY).await;
+                    me.flush_done();
+                });
+            }
+            None => self.flush_done(),
+        }
+    }
+
+    /// Sends the waiting summaries now.
+    pub(crate) fn flush_done(&self) {
+        let tasks = {
+            let mut d = self.done.lock();
+            d.armed = false;
+            std::mem::take(&mut d.tasks)
+        };
+        self.send_done(tasks);
+    }
+
+    fn send_done(&self, tasks: Vec<proto::DirectTask>) {
+        if !tasks.is_empty() {
+            self.client
+                .send(Op::DirectDone(proto::DirectDone { tasks }));
+        }
+    }
+
+    /// Marks a task (id, stream id, function) as running, or none.
+    pub(crate) fn set_running(&self, running: Option<(u64, u64, String)>) {
+        *self.running.lock() = running;
+    }
+
+    /// The function of `task` if it runs now and came on stream `route`.
+    pub(crate) fn runs(&self, task: u64, route: u64) -> Option<String> {
+        match &*self.running.lock() {
+            Some((t, r, f)) if *t == task && *r == route => Some(f.clone()),
+            _ => None,
+        }
+    }
+}
