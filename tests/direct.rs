@@ -669,3 +669,90 @@ fn several_streams_at_once_and_one_after_another() {
         );
     }
 }
+
+/// CPU time of a process so far, in microseconds: the sum over its
+/// threads of `/proc/PID/task/TID/schedstat`.
+fn cpu_micros(pid: u32) -> u64 {
+    let mut ns = 0u64;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        ns += std::fs::read_to_string(t.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    ns / 1000
+}
+
+/// `fleet_tasks_finished_total` of `function` on `/metrics`.
+fn finished_on_metrics(dashboard: &str, function: &str) -> u64 {
+    let want = format!("fleet_tasks_finished_total{{function=\"{function}\"}} ");
+    common::http::get_ok(dashboard, "/metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix(want.as_str())?.parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
+
+/// The figures for the notes: the head's CPU per direct task (what it
+/// spends on the worker's `DirectDone` summaries), frames per task on the
+/// stream, and the same head CPU for tasks this driver submits. Run with
+/// `cargo nextest run --release --test direct --run-ignored only --no-capture figures`.
+#[test]
+#[ignore = "a measurement, run by hand in release"]
+fn figures_head_cpu_per_direct_task() {
+    let s = setup();
+    let token = s.c.token.clone();
+    let head = s.c.head.child.id();
+    let dashboard = s.c.dashboard.clone().expect("a dashboard");
+    const N: u64 = 20_000;
+    for round in 0..3u64 {
+        let before = cpu_micros(head);
+        let started = std::time::Instant::now();
+        let base = finished_on_metrics(&dashboard, "square");
+        let frames = s.rt.block_on(async {
+            let mut stream = open(&s.direct, &token).await.expect("opening the stream");
+            for chunk in 0..N / 500 {
+                stream.send(
+                    (0..500)
+                        .map(|i| {
+                            let n = round * N + chunk * 500 + i;
+                            execute(spec(id(n), "square", vec![enc(&n)]))
+                        })
+                        .collect(),
+                );
+            }
+            stream.until(|ops| results(ops).len() as u64 >= N).await;
+            stream.frames
+        });
+        wait_until("the head to record them", GENEROUS, || {
+            std::thread::sleep(Duration::from_millis(100));
+            (finished_on_metrics(&dashboard, "square") >= base + N).then_some(())
+        });
+        let used = cpu_micros(head) - before;
+        let wall = started.elapsed();
+        // What the head spends idle over as long (keepalives, load reports).
+        let idle_from = cpu_micros(head);
+        std::thread::sleep(wall);
+        let idle = cpu_micros(head) - idle_from;
+        println!(
+            "RESULT direct round {round}: {N} tasks, head CPU {:.2} us/task ({:.2} us/task over \
+             idle), {:.3} stream frames/task, wall {:.2} s",
+            used as f64 / N as f64,
+            used.saturating_sub(idle) as f64 / N as f64,
+            frames as f64 / N as f64,
+            wall.as_secs_f64()
+        );
+
+        let before = cpu_micros(head);
+        let refs: Vec<ObjectRef<u64>> = (0..N).map(square::remote).collect();
+        fleet::get_all(&refs).expect("results");
+        let used = cpu_micros(head) - before;
+        println!(
+            "RESULT driver round {round}: {N} tasks, head CPU {:.2} us/task",
+            used as f64 / N as f64
+        );
+    }
+}
