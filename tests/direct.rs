@@ -64,6 +64,17 @@ fn stubborn(marker: String) -> u64 {
     8
 }
 
+/// Computes for `micros` microseconds (a task of a given size).
+#[remote]
+fn busy(micros: u64) -> u64 {
+    let until = std::time::Instant::now() + Duration::from_micros(micros);
+    let mut n = 0u64;
+    while std::time::Instant::now() < until {
+        n = n.wrapping_add(1);
+    }
+    n
+}
+
 #[remote]
 fn child(x: u64) -> u64 {
     x + 1
@@ -591,55 +602,69 @@ fn finished_on_metrics(dashboard: &str, function: &str) -> u64 {
 #[ignore = "a measurement, run by hand in release"]
 fn figures_head_cpu_per_direct_task() {
     let s = setup();
+    for (function, micros, n) in [("square", 0, 20_000u64), ("busy", 100, 5_000)] {
+        for round in 0..3u64 {
+            figures_round(&s, function, micros, n, round);
+        }
+    }
+}
+
+/// One round of [`figures_head_cpu_per_direct_task`]: `n` tasks of
+/// `short` (argument: the task's index, or `micros` if not 0) on a direct
+/// stream, then as many through the driver.
+fn figures_round(s: &Setup, short: &str, micros: u64, n: u64, round: u64) {
     let token = s.c.token.clone();
     let head = s.c.head.child.id();
     let dashboard = s.c.dashboard.clone().expect("a dashboard");
-    const N: u64 = 20_000;
-    for round in 0..3u64 {
-        let before = cpu_micros(head);
-        let started = std::time::Instant::now();
-        let base = finished_on_metrics(&dashboard, "square");
-        let frames = s.rt.block_on(async {
-            let mut stream = open(&s.direct, &token).await.expect("opening the stream");
-            for chunk in 0..N / 500 {
-                stream.send(
-                    (0..500)
-                        .map(|i| {
-                            let n = round * N + chunk * 500 + i;
-                            execute(spec(id(n), "direct::square", vec![enc(&n)]))
-                        })
-                        .collect(),
-                );
-            }
-            stream.until(|ops| results(ops).len() as u64 >= N).await;
-            stream.frames
-        });
-        wait_until("the head to record them", GENEROUS, || {
-            std::thread::sleep(Duration::from_millis(100));
-            (finished_on_metrics(&dashboard, "square") >= base + N).then_some(())
-        });
-        let used = cpu_micros(head) - before;
-        let wall = started.elapsed();
-        // What the head spends idle over as long (keepalives, load reports).
-        let idle_from = cpu_micros(head);
-        std::thread::sleep(wall);
-        let idle = cpu_micros(head) - idle_from;
-        println!(
-            "RESULT direct round {round}: {N} tasks, head CPU {:.2} us/task ({:.2} us/task over \
-             idle), {:.3} stream frames/task, wall {:.2} s",
-            used as f64 / N as f64,
-            used.saturating_sub(idle) as f64 / N as f64,
-            frames as f64 / N as f64,
-            wall.as_secs_f64()
-        );
+    let function = format!("direct::{short}");
+    let arg = |i: u64| if micros > 0 { micros } else { i };
+    let base = finished_on_metrics(&dashboard, short);
+    let before = cpu_micros(head);
+    let started = std::time::Instant::now();
+    let frames = s.rt.block_on(async {
+        let mut stream = open(&s.direct, &token).await.expect("opening the stream");
+        for chunk in 0..n / 500 {
+            stream.send(
+                (0..500)
+                    .map(|i| {
+                        let k =
+                            (round * n + chunk * 500 + i) | if micros > 0 { 1 << 40 } else { 0 };
+                        execute(spec(id(k), &function, vec![enc(&arg(k))]))
+                    })
+                    .collect(),
+            );
+        }
+        stream.until(|ops| results(ops).len() as u64 >= n).await;
+        stream.frames
+    });
+    // The summaries go within 20 ms of the last result: read the head's
+    // CPU after that, before asking it anything.
+    std::thread::sleep(Duration::from_millis(200));
+    let used = cpu_micros(head) - before;
+    let wall = started.elapsed();
+    let recorded = finished_on_metrics(&dashboard, short) - base;
+    assert_eq!(recorded, n, "the head had not recorded them all");
+    // What the head spends idle over as long (keepalives, load reports).
+    let idle_from = cpu_micros(head);
+    std::thread::sleep(wall);
+    let idle = cpu_micros(head) - idle_from;
+    println!(
+        "RESULT direct {short}({micros} us) round {round}: {n} tasks, head CPU {:.2} us/task \
+         ({:.2} us/task over idle), {frames} stream frames for the {n} results, wall {:.2} s",
+        used as f64 / n as f64,
+        used.saturating_sub(idle) as f64 / n as f64,
+        wall.as_secs_f64()
+    );
 
-        let before = cpu_micros(head);
-        let refs: Vec<ObjectRef<u64>> = (0..N).map(square::remote).collect();
-        fleet::get_all(&refs).expect("results");
-        let used = cpu_micros(head) - before;
-        println!(
-            "RESULT driver round {round}: {N} tasks, head CPU {:.2} us/task",
-            used as f64 / N as f64
-        );
-    }
+    let before = cpu_micros(head);
+    let refs: Vec<ObjectRef<u64>> = match micros {
+        0 => (0..n).map(square::remote).collect(),
+        us => (0..n).map(|_| busy::remote(us)).collect(),
+    };
+    fleet::get_all(&refs).expect("results");
+    let used = cpu_micros(head) - before;
+    println!(
+        "RESULT driver {short}({micros} us) round {round}: {n} tasks, head CPU {:.2} us/task",
+        used as f64 / n as f64
+    );
 }
