@@ -214,7 +214,7 @@ impl State {
             .filter(
                 |(_, o)| matches!(&o.state, ObjState::Done(Payload::Stored(l)) if l.node == name),
             )
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect();
         for id in on_node {
             let lineage = self.objects.get_mut(&id).and_then(|o| o.take_lineage());
@@ -273,7 +273,7 @@ impl State {
             .tasks
             .iter()
             .filter(|(_, t)| t.job == job)
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect();
         for id in tasks {
             let mut e = proto::TaskError {

@@ -79,7 +79,7 @@ impl State {
                     "ready"
                 };
                 json!({
-                    "id": hex(*id),
+                    "id": hex(id),
                     "function": &*t.function,
                     "state": state,
                     "node": worker.map(|w| w.node.clone()).unwrap_or_default(),
@@ -177,7 +177,7 @@ impl State {
                     ObjState::Done(Payload::Error(_)) => ("error", 0, String::new()),
                 };
                 json!({
-                    "id": hex(*id),
+                    "id": hex(id),
                     "state": state,
                     "size": size,
                     "node": node,
