@@ -227,6 +227,14 @@ fn tasks_on_a_direct_stream_run_and_the_head_lists_them() {
     assert_eq!(row["node"].as_str(), Some(s.node.as_str()), "{row}");
     assert_eq!(row["pid"].as_u64(), Some(u64::from(s.worker_pid)), "{row}");
 
+    // The driver's job counts them.
+    wait_until("the job's count of direct tasks", GENEROUS, || {
+        list(&s.c, &["jobs"])
+            .iter()
+            .any(|r| r["type"] == "driver" && r["direct_tasks"].as_u64() >= Some(301))
+            .then_some(())
+    });
+
     // /metrics counts them, and `fleet logs --task` finds the worker.
     let dashboard = s.c.dashboard.as_deref().expect("a dashboard");
     let metrics = common::http::get_ok(dashboard, "/metrics");
