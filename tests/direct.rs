@@ -16,11 +16,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::cli::{fleet_bin, CliCluster};
-use common::{wait_until, Gate, Proc, GENEROUS};
-use fleet::proto::{
-    self, arg, direct_op, object_value::Payload, worker_client::WorkerClient, DirectFrame,
-    DirectOp, ErrorKind, TaskSpec,
+use common::direct::{
+    cancel, enc, error_kind, execute, id, open, payload, result_of, results, spec, value_u64,
 };
+use common::{wait_until, Gate, Proc, GENEROUS};
+use fleet::proto::{self, arg, direct_op, object_value::Payload, DirectOp, ErrorKind};
 use fleet::{remote, ObjectRef};
 
 #[remote]
@@ -62,6 +62,17 @@ fn stubborn(marker: String) -> u64 {
     std::fs::write(&marker, b"running").expect("writing the marker");
     std::thread::sleep(common::GATE_LIMIT);
     8
+}
+
+/// Computes for `micros` microseconds (a task of a given size).
+#[remote]
+fn busy(micros: u64) -> u64 {
+    let until = std::time::Instant::now() + Duration::from_micros(micros);
+    let mut n = 0u64;
+    while std::time::Instant::now() < until {
+        n = n.wrapping_add(1);
+    }
+    n
 }
 
 #[remote]
@@ -148,147 +159,6 @@ fn workers(c: &CliCluster) -> Vec<serde_json::Value> {
     list(c, &["workers"])
 }
 
-/// The spec of a call of `function` (its stable name in this test
-/// binary) with arguments encoded as `#[remote]` encodes them.
-fn spec(id: u64, function: &str, args: Vec<Vec<u8>>) -> TaskSpec {
-    TaskSpec {
-        task_id: id,
-        function: format!("direct::{function}"),
-        args: args
-            .into_iter()
-            .map(|a| proto::Arg {
-                kind: Some(arg::Kind::Value(a.into())),
-            })
-            .collect(),
-        num_cpus: 1.0,
-        ..Default::default()
-    }
-}
-
-fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    postcard::to_stdvec(v).expect("encoding")
-}
-
-fn execute(spec: TaskSpec) -> DirectOp {
-    DirectOp {
-        op: Some(direct_op::Op::Execute(spec)),
-    }
-}
-
-fn cancel(id: u64, force: bool) -> DirectOp {
-    DirectOp {
-        op: Some(direct_op::Op::Cancel(proto::Cancel {
-            task_id: id,
-            force,
-            ..Default::default()
-        })),
-    }
-}
-
-/// Ids of this test's direct tasks: far from any session's prefix.
-fn id(n: u64) -> u64 {
-    0xd1ec_7000_0000_0000 | n
-}
-
-/// One `Worker.Direct` stream, as a driver holds it.
-struct Stream {
-    tx: futures::channel::mpsc::UnboundedSender<DirectFrame>,
-    rx: tonic::Streaming<DirectFrame>,
-    /// Frames received so far.
-    frames: usize,
-}
-
-async fn open(address: &str, token: &str) -> Result<Stream, tonic::Status> {
-    let channel = fleet::daemon::channel(address)
-        .await
-        .expect("connecting to the worker");
-    let mut client = WorkerClient::new(channel);
-    let (tx, rx) = futures::channel::mpsc::unbounded();
-    tx.unbounded_send(DirectFrame {
-        ops: Vec::new(),
-        token: token.to_string(),
-    })
-    .expect("first frame");
-    let response = client.direct(rx).await?;
-    Ok(Stream {
-        tx,
-        rx: response.into_inner(),
-        frames: 0,
-    })
-}
-
-impl Stream {
-    fn send(&self, ops: Vec<DirectOp>) {
-        self.tx
-            .unbounded_send(DirectFrame {
-                ops,
-                token: String::new(),
-            })
-            .expect("the stream is open");
-    }
-
-    /// The next operation the worker sends (None: the stream ended).
-    async fn next_ops(&mut self) -> Option<Vec<direct_op::Op>> {
-        let frame = tokio::time::timeout(GENEROUS, self.rx.message())
-            .await
-            .expect("a frame within the time limit")
-            .ok()??;
-        self.frames += 1;
-        Some(frame.ops.into_iter().filter_map(|o| o.op).collect())
-    }
-
-    /// Collects operations until `done` says enough.
-    async fn until(
-        &mut self,
-        mut done: impl FnMut(&[direct_op::Op]) -> bool,
-    ) -> Vec<direct_op::Op> {
-        let mut got = Vec::new();
-        while !done(&got) {
-            match self.next_ops().await {
-                Some(ops) => got.extend(ops),
-                None => panic!("the stream ended after {got:?}"),
-            }
-        }
-        got
-    }
-}
-
-fn results(ops: &[direct_op::Op]) -> Vec<&proto::TaskResult> {
-    ops.iter()
-        .filter_map(|o| match o {
-            direct_op::Op::Result(r) => Some(r),
-            _ => None,
-        })
-        .collect()
-}
-
-fn result_of(ops: &[direct_op::Op], task: u64) -> Option<&proto::TaskResult> {
-    results(ops)
-        .into_iter()
-        .find(|r| r.value.as_ref().map(|v| v.object_id) == Some(task))
-}
-
-fn payload(r: &proto::TaskResult) -> &Payload {
-    r.value
-        .as_ref()
-        .and_then(|v| v.payload.as_ref())
-        .expect("a payload")
-}
-
-fn value_u64(r: &proto::TaskResult) -> u64 {
-    match payload(r) {
-        Payload::Inline(b) => postcard::from_bytes(b).expect("a u64"),
-        other => panic!("not an inline value: {other:?}"),
-    }
-}
-
-fn error_kind(r: &proto::TaskResult) -> Option<ErrorKind> {
-    match payload(r) {
-        Payload::Error(e) => Some(e.kind()),
-        _ => None,
-    }
-}
-
 #[test]
 fn tasks_on_a_direct_stream_run_and_the_head_lists_them() {
     let s = setup();
@@ -302,7 +172,7 @@ fn tasks_on_a_direct_stream_run_and_the_head_lists_them() {
                     .map(|i| {
                         execute(spec(
                             id(chunk * 100 + i),
-                            "square",
+                            "direct::square",
                             vec![enc(&(chunk * 100 + i))],
                         ))
                     })
@@ -311,7 +181,7 @@ fn tasks_on_a_direct_stream_run_and_the_head_lists_them() {
         }
         stream.send(vec![execute(spec(
             id(1000),
-            "shout",
+            "direct::shout",
             vec![enc(&"hello".to_string())],
         ))]);
         let got = stream.until(|ops| results(ops).len() >= 301).await;
@@ -357,6 +227,14 @@ fn tasks_on_a_direct_stream_run_and_the_head_lists_them() {
     assert_eq!(row["node"].as_str(), Some(s.node.as_str()), "{row}");
     assert_eq!(row["pid"].as_u64(), Some(u64::from(s.worker_pid)), "{row}");
 
+    // The driver's job counts them.
+    wait_until("the job's count of direct tasks", GENEROUS, || {
+        list(&s.c, &["jobs"])
+            .iter()
+            .any(|r| r["type"] == "driver" && r["direct_tasks"].as_u64() >= Some(301))
+            .then_some(())
+    });
+
     // /metrics counts them, and `fleet logs --task` finds the worker.
     let dashboard = s.c.dashboard.as_deref().expect("a dashboard");
     let metrics = common::http::get_ok(dashboard, "/metrics");
@@ -392,8 +270,8 @@ fn cancel_on_a_direct_stream() {
         let mut stream = open(&s.direct, &token).await.expect("opening the stream");
         // A gated task runs; one waits behind it and is cancelled there.
         stream.send(vec![
-            execute(spec(id(1), "gated", vec![enc(&gate.path())])),
-            execute(spec(id(2), "square", vec![enc(&3u64)])),
+            execute(spec(id(1), "direct::gated", vec![enc(&gate.path())])),
+            execute(spec(id(2), "direct::square", vec![enc(&3u64)])),
         ]);
         stream.send(vec![cancel(id(2), false)]);
         let got = stream.until(|ops| result_of(ops, id(2)).is_some()).await;
@@ -411,7 +289,7 @@ fn cancel_on_a_direct_stream() {
         // result is Cancelled.
         stream.send(vec![execute(spec(
             id(3),
-            "until_cancelled",
+            "direct::until_cancelled",
             vec![enc(&m1)],
         ))]);
         wait_until("until_cancelled to run", GENEROUS, || {
@@ -427,7 +305,11 @@ fn cancel_on_a_direct_stream() {
         }
 
         // Force: the answer comes, then the worker exits.
-        stream.send(vec![execute(spec(id(4), "stubborn", vec![enc(&m2)]))]);
+        stream.send(vec![execute(spec(
+            id(4),
+            "direct::stubborn",
+            vec![enc(&m2)],
+        ))]);
         wait_until("stubborn to run", GENEROUS, || {
             Path::new(&m2).exists().then_some(())
         });
@@ -485,17 +367,17 @@ fn a_wrong_token_is_refused_and_the_worker_keeps_serving() {
         let mut stream = open(&s.direct, &token).await.expect("the right token");
         // What the direct path does not take is answered with an error,
         // not run; an unknown function is the task's error as on the head.
-        let mut by_ref = spec(id(1), "square", vec![]);
+        let mut by_ref = spec(id(1), "direct::square", vec![]);
         by_ref.args.push(proto::Arg {
             kind: Some(arg::Kind::ObjectRef(42)),
         });
-        let mut actor_call = spec(id(2), "square", vec![enc(&1u64)]);
+        let mut actor_call = spec(id(2), "direct::square", vec![enc(&1u64)]);
         actor_call.actor_id = 99;
         stream.send(vec![
             execute(by_ref),
             execute(actor_call),
-            execute(spec(id(3), "no_such_function", vec![])),
-            execute(spec(id(4), "square", vec![enc(&12u64)])),
+            execute(spec(id(3), "direct::no_such_function", vec![])),
+            execute(spec(id(4), "direct::square", vec![enc(&12u64)])),
         ]);
         let got = stream.until(|ops| results(ops).len() >= 4).await;
         for task in [1, 2] {
@@ -518,9 +400,9 @@ fn a_task_blocked_in_get_gives_its_queued_tasks_back() {
     s.rt.block_on(async {
         let mut stream = open(&s.direct, &token).await.expect("opening the stream");
         stream.send(vec![
-            execute(spec(id(1), "parent", vec![enc(&41u64)])),
-            execute(spec(id(2), "square", vec![enc(&2u64)])),
-            execute(spec(id(3), "square", vec![enc(&3u64)])),
+            execute(spec(id(1), "direct::parent", vec![enc(&41u64)])),
+            execute(spec(id(2), "direct::square", vec![enc(&2u64)])),
+            execute(spec(id(3), "direct::square", vec![enc(&3u64)])),
         ]);
         let returned = |ops: &[direct_op::Op]| -> Vec<u64> {
             ops.iter()
@@ -560,12 +442,20 @@ fn refs_inside_a_result_are_kept_until_adopted_or_the_stream_ends() {
     };
     s.rt.block_on(async {
         let mut stream = open(&s.direct, &token).await.expect("opening the stream");
-        stream.send(vec![execute(spec(id(1), "make_ref", vec![enc(&5u64)]))]);
+        stream.send(vec![execute(spec(
+            id(1),
+            "direct::make_ref",
+            vec![enc(&5u64)],
+        ))]);
         let got = stream.until(|ops| result_of(ops, id(1)).is_some()).await;
         let inner = nested(&got, id(1));
         // Another task runs after it, so the worker has moved on; the
         // object is still there, held for the driver.
-        stream.send(vec![execute(spec(id(2), "square", vec![enc(&2u64)]))]);
+        stream.send(vec![execute(spec(
+            id(2),
+            "direct::square",
+            vec![enc(&2u64)],
+        ))]);
         stream.until(|ops| result_of(ops, id(2)).is_some()).await;
         assert!(
             object_listed(&s.c, inner),
@@ -579,7 +469,11 @@ fn refs_inside_a_result_are_kept_until_adopted_or_the_stream_ends() {
         });
 
         // The stream's end releases them too.
-        stream.send(vec![execute(spec(id(3), "make_ref", vec![enc(&6u64)]))]);
+        stream.send(vec![execute(spec(
+            id(3),
+            "direct::make_ref",
+            vec![enc(&6u64)],
+        ))]);
         let got = stream.until(|ops| result_of(ops, id(3)).is_some()).await;
         let inner = nested(&got, id(3));
         assert!(object_listed(&s.c, inner));
@@ -599,12 +493,12 @@ fn several_streams_at_once_and_one_after_another() {
         let mut b = open(&s.direct, &token).await.expect("stream b");
         a.send(
             (0..50)
-                .map(|i| execute(spec(id(i), "square", vec![enc(&i)])))
+                .map(|i| execute(spec(id(i), "direct::square", vec![enc(&i)])))
                 .collect(),
         );
         b.send(
             (50..100)
-                .map(|i| execute(spec(id(i), "square", vec![enc(&i)])))
+                .map(|i| execute(spec(id(i), "direct::square", vec![enc(&i)])))
                 .collect(),
         );
         let got_a = a.until(|ops| results(ops).len() >= 50).await;
@@ -626,18 +520,22 @@ fn several_streams_at_once_and_one_after_another() {
         // a new driver connects. The end is seen at the head by the
         // release of a ref kept for a result of the stream (after its
         // queued tasks were dropped).
-        a.send(vec![execute(spec(id(199), "make_ref", vec![enc(&1u64)]))]);
+        a.send(vec![execute(spec(
+            id(199),
+            "direct::make_ref",
+            vec![enc(&1u64)],
+        ))]);
         let got = a.until(|ops| result_of(ops, id(199)).is_some()).await;
         let inner = result_of(&got, id(199)).expect("make_ref").nested_refs[0];
         let gate = Gate::new();
         a.send(vec![execute(spec(
             id(200),
-            "gated",
+            "direct::gated",
             vec![enc(&gate.path())],
         ))]);
         a.send(
             (201..210)
-                .map(|i| execute(spec(id(i), "square", vec![enc(&i)])))
+                .map(|i| execute(spec(id(i), "direct::square", vec![enc(&i)])))
                 .collect(),
         );
         drop(a);
@@ -645,11 +543,19 @@ fn several_streams_at_once_and_one_after_another() {
             (!object_listed(&s.c, inner)).then_some(())
         });
         gate.open();
-        b.send(vec![execute(spec(id(300), "square", vec![enc(&3u64)]))]);
+        b.send(vec![execute(spec(
+            id(300),
+            "direct::square",
+            vec![enc(&3u64)],
+        ))]);
         let got = b.until(|ops| result_of(ops, id(300)).is_some()).await;
         assert!(results(&got).len() == 1, "{got:?}");
         let mut c = open(&s.direct, &token).await.expect("stream c");
-        c.send(vec![execute(spec(id(400), "square", vec![enc(&4u64)]))]);
+        c.send(vec![execute(spec(
+            id(400),
+            "direct::square",
+            vec![enc(&4u64)],
+        ))]);
         let got = c.until(|ops| result_of(ops, id(400)).is_some()).await;
         assert_eq!(value_u64(result_of(&got, id(400)).expect("c's result")), 16);
     });
@@ -668,4 +574,105 @@ fn several_streams_at_once_and_one_after_another() {
             "task {i} of a closed stream ran"
         );
     }
+}
+
+/// CPU time of a process so far, in microseconds: the sum over its
+/// threads of `/proc/PID/task/TID/schedstat`.
+fn cpu_micros(pid: u32) -> u64 {
+    let mut ns = 0u64;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        ns += std::fs::read_to_string(t.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    ns / 1000
+}
+
+/// `fleet_tasks_finished_total` of `function` on `/metrics`.
+fn finished_on_metrics(dashboard: &str, function: &str) -> u64 {
+    let want = format!("fleet_tasks_finished_total{{function=\"{function}\"}} ");
+    common::http::get_ok(dashboard, "/metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix(want.as_str())?.parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
+
+/// The figures for the notes: the head's CPU per direct task (what it
+/// spends on the worker's `DirectDone` summaries), frames per task on the
+/// stream, and the same head CPU for tasks this driver submits. Run with
+/// `cargo nextest run --release --test direct --run-ignored only --no-capture figures`.
+#[test]
+#[ignore = "a measurement, run by hand in release"]
+fn figures_head_cpu_per_direct_task() {
+    let s = setup();
+    for (function, micros, n) in [("square", 0, 20_000u64), ("busy", 100, 5_000)] {
+        for round in 0..3u64 {
+            figures_round(&s, function, micros, n, round);
+        }
+    }
+}
+
+/// One round of [`figures_head_cpu_per_direct_task`]: `n` tasks of
+/// `short` (argument: the task's index, or `micros` if not 0) on a direct
+/// stream, then as many through the driver.
+fn figures_round(s: &Setup, short: &str, micros: u64, n: u64, round: u64) {
+    let token = s.c.token.clone();
+    let head = s.c.head.child.id();
+    let dashboard = s.c.dashboard.clone().expect("a dashboard");
+    let function = format!("direct::{short}");
+    let arg = |i: u64| if micros > 0 { micros } else { i };
+    let base = finished_on_metrics(&dashboard, short);
+    let before = cpu_micros(head);
+    let started = std::time::Instant::now();
+    let frames = s.rt.block_on(async {
+        let mut stream = open(&s.direct, &token).await.expect("opening the stream");
+        for chunk in 0..n / 500 {
+            stream.send(
+                (0..500)
+                    .map(|i| {
+                        let k =
+                            (round * n + chunk * 500 + i) | if micros > 0 { 1 << 40 } else { 0 };
+                        execute(spec(id(k), &function, vec![enc(&arg(k))]))
+                    })
+                    .collect(),
+            );
+        }
+        stream.until(|ops| results(ops).len() as u64 >= n).await;
+        stream.frames
+    });
+    // The summaries go within 20 ms of the last result: read the head's
+    // CPU after that, before asking it anything.
+    std::thread::sleep(Duration::from_millis(200));
+    let used = cpu_micros(head) - before;
+    let wall = started.elapsed();
+    let recorded = finished_on_metrics(&dashboard, short) - base;
+    assert_eq!(recorded, n, "the head had not recorded them all");
+    // What the head spends idle over as long (keepalives, load reports).
+    let idle_from = cpu_micros(head);
+    std::thread::sleep(wall);
+    let idle = cpu_micros(head) - idle_from;
+    println!(
+        "RESULT direct {short}({micros} us) round {round}: {n} tasks, head CPU {:.2} us/task \
+         ({:.2} us/task over idle), {frames} stream frames for the {n} results, wall {:.2} s",
+        used as f64 / n as f64,
+        used.saturating_sub(idle) as f64 / n as f64,
+        wall.as_secs_f64()
+    );
+
+    let before = cpu_micros(head);
+    let refs: Vec<ObjectRef<u64>> = match micros {
+        0 => (0..n).map(square::remote).collect(),
+        us => (0..n).map(|_| busy::remote(us)).collect(),
+    };
+    fleet::get_all(&refs).expect("results");
+    let used = cpu_micros(head) - before;
+    println!(
+        "RESULT driver {short}({micros} us) round {round}: {n} tasks, head CPU {:.2} us/task",
+        used as f64 / n as f64
+    );
 }

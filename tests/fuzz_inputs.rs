@@ -249,6 +249,7 @@ fn task_spec(id: u64) -> TaskSpec {
         node_soft: "127.0.0.3:1234".into(),
         generator: true,
         generator_backpressure: 3,
+        subscribe: true,
     }
 }
 
@@ -1215,6 +1216,7 @@ fn random_op(rng: &mut Rng, ids: &[u64]) -> ClientOp {
                 },
                 generator: rng.below(3) == 0,
                 generator_backpressure: [0, 1, 16, u32::MAX][rng.below(4)],
+                subscribe: rng.below(2) == 0,
             };
             let me = spec.task_id;
             spec.args

@@ -302,6 +302,12 @@ impl Client {
     }
 
     fn new_handle(self: &Arc<Self>, id: u64, state: State) -> Arc<Handle> {
+        self.new_handle_as(id, state, false)
+    }
+
+    /// A handle whose slot is marked subscribed already: the result of a
+    /// task submitted with `TaskSpec.subscribe`.
+    fn new_handle_as(self: &Arc<Self>, id: u64, state: State, subscribed: bool) -> Arc<Handle> {
         // Work submitted after the head went away fails at once, as the
         // work pending then did.
         let state = match (state, self.gone.get()) {
@@ -314,7 +320,7 @@ impl Client {
             id,
             Slot {
                 handles: 1,
-                subscribed: false,
+                subscribed,
                 direct: false,
                 state,
             },

@@ -8,6 +8,7 @@ mod dashboard;
 mod detached;
 mod direct_done;
 mod directory;
+mod ids;
 mod jobs;
 mod metrics;
 mod nodes;
@@ -44,7 +45,9 @@ use state::{Outbox, State};
 pub use state::Counts;
 
 /// Version of the session protocol; a peer with another one is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: `TaskSpec.subscribe` (a driver no longer sends `Subscribe` for the
+/// tasks it submits, so an older head would never send it their results).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Workers that fail to start this many times in a row are not restarted.
 const MAX_START_FAILURES: u32 = 10;

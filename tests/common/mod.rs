@@ -7,6 +7,7 @@
 
 pub(crate) mod browser;
 pub(crate) mod cli;
+pub(crate) mod direct;
 pub(crate) mod hosts;
 pub(crate) mod http;
 pub(crate) mod slurm;

@@ -57,8 +57,11 @@ impl Client {
         } else {
             self.next_id()
         };
-        let handle = self.new_handle(id, State::pending());
+        // Subscribed with the submit itself: the head sends the result
+        // without a `Subscribe` op per task.
+        let handle = self.new_handle_as(id, State::pending(), true);
         spec.task_id = id;
+        spec.subscribe = true;
         spec.args = Vec::with_capacity(args.len());
         // Handles of ref arguments stay alive until the submit is queued, so
         // the head sees the task's pin before any release.

@@ -161,7 +161,7 @@ impl State {
     pub(super) fn creation_done(&mut self, task: &Task, payload: &Payload) {
         let id = task.spec.task_id;
         let Some(a) = self.actors.get_mut(&id) else {
-            for r in a_args(&task.spec.args, &task.spec.nested_refs) {
+            for r in a_args(&task.spec.args, task.spec.nested_refs()) {
                 self.unpin(r);
             }
             return;

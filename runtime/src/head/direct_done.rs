@@ -3,8 +3,9 @@
 //! as cheaply as a finished task's bookkeeping and nothing more. No task
 //! or object record is made; each summary becomes a task event (`fleet
 //! list tasks`, the timeline, `fleet logs --task`, the dashboard), counts
-//! and a run time per function (`/metrics`), the cancelled count, and the
-//! function's mean run time.
+//! and a run time per function (`/metrics`), the cancelled count, the
+//! function's mean run time, and the job's count of direct tasks (`fleet
+//! list jobs`).
 
 use std::sync::Arc;
 
@@ -30,6 +31,10 @@ impl State {
         else {
             return;
         };
+        let job = self.job_of(client);
+        if let Some(j) = self.jobs.get_mut(&job) {
+            j.direct_tasks += done.tasks.len() as u64;
+        }
         // A batch is mostly one function: its name is looked up once per
         // run of tasks, not once per task.
         let mut last: Option<(String, u32, Arc<str>)> = None;

@@ -40,6 +40,9 @@ pub(crate) struct Job {
     pub(super) registry: String,
     /// Workers kept alive on the head's node even when idle.
     pub(super) min_workers: usize,
+    /// Direct tasks of the job its workers reported done
+    /// (`head/direct_done.rs`): the head has no record of them otherwise.
+    pub(super) direct_tasks: u64,
 }
 
 /// Most workers one node runs (blocked tasks can need more than its CPUs).
@@ -88,6 +91,7 @@ impl State {
                 binary,
                 registry,
                 min_workers,
+                direct_tasks: 0,
             },
         );
         self.keep_pool();
@@ -214,7 +218,7 @@ impl State {
             .filter(
                 |(_, o)| matches!(&o.state, ObjState::Done(Payload::Stored(l)) if l.node == name),
             )
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect();
         for id in on_node {
             let lineage = self.objects.get_mut(&id).and_then(|o| o.take_lineage());
@@ -273,7 +277,7 @@ impl State {
             .tasks
             .iter()
             .filter(|(_, t)| t.job == job)
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect();
         for id in tasks {
             let mut e = proto::TaskError {

@@ -77,6 +77,12 @@ impl State {
         if !self.new_object(id, ObjState::Pending, client) {
             return;
         }
+        if std::mem::take(&mut spec.subscribe) {
+            // As a `Subscribe` right after the submit, without the op.
+            if let Some(o) = self.objects.get_mut(&id) {
+                o.add_subscriber(client);
+            }
+        }
         let mut failed = None;
         if spec.num_returns > 1 {
             failed = self.open_returns(client, &spec).err();
@@ -273,7 +279,7 @@ impl State {
                 continue;
             };
             t.worker = None;
-            t.ready_at = std::time::Instant::now();
+            t.ready_at = crate::head::state::clock();
             if let Some(how) = self.control.cancelled.remove(id) {
                 // Cancelled while sent there: it ends here, whatever killed it.
                 let e = self.cancelled_error(*id, how);
@@ -312,7 +318,7 @@ impl State {
             }
             if let Some(t) = self.tasks.get_mut(id) {
                 t.worker = None;
-                t.ready_at = std::time::Instant::now();
+                t.ready_at = crate::head::state::clock();
                 self.ready.push_front(*id);
             }
         }
@@ -612,7 +618,7 @@ impl State {
         };
         task.worker = Some(client);
         self.scheduling_delay
-            .observe(task.ready_at.elapsed().as_secs_f64());
+            .observe(crate::head::state::clock().saturating_sub(task.ready_at) as f64 / 1e9);
         let Some(task) = self.tasks.get(&id) else {
             return;
         };

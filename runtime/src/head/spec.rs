@@ -4,7 +4,8 @@
 //! microbenchmark --scale`), so it is the protobuf `TaskSpec` made small:
 //! no function name (the task record shares an interned one), lists as
 //! exact-size boxed slices, and what few tasks set (a pinned or preferred
-//! node, custom resources) behind one pointer. A worker still receives a
+//! node, custom resources, refs nested in argument values) behind one
+//! pointer. A worker still receives a
 //! whole `TaskSpec` ([`Spec::to_proto`]), built when the task is sent.
 
 use crate::proto;
@@ -15,8 +16,6 @@ pub(super) struct Spec {
     /// Also the id of the task's return object.
     pub(super) task_id: u64,
     pub(super) args: Box<[proto::Arg]>,
-    /// Refs nested inside argument values; pinned while the task lives.
-    pub(super) nested_refs: Box<[u64]>,
     pub(super) num_cpus: f64,
     /// A call of a method of this actor (0: a plain task).
     pub(super) actor_id: u64,
@@ -30,7 +29,8 @@ pub(super) struct Spec {
     pub(super) spread: bool,
     /// Set on the task that creates an actor.
     pub(super) create: Option<Box<proto::ActorSpec>>,
-    /// Pins and resources; `None` for the common task that has none.
+    /// Pins, resources and nested refs; `None` for the common task that
+    /// has none.
     rare: Option<Box<Rare>>,
 }
 
@@ -40,24 +40,28 @@ struct Rare {
     node: String,
     node_soft: String,
     resources: Vec<proto::Resource>,
+    /// Refs nested inside argument values; pinned while the task lives.
+    nested_refs: Box<[u64]>,
 }
 
 impl Spec {
     /// Keeps everything of `spec` but its function name.
     pub(super) fn from_proto(spec: proto::TaskSpec) -> Self {
-        let rare =
-            (!spec.node.is_empty() || !spec.node_soft.is_empty() || !spec.resources.is_empty())
-                .then(|| {
-                    Box::new(Rare {
-                        node: spec.node,
-                        node_soft: spec.node_soft,
-                        resources: spec.resources,
-                    })
-                });
+        let rare = (!spec.node.is_empty()
+            || !spec.node_soft.is_empty()
+            || !spec.resources.is_empty()
+            || !spec.nested_refs.is_empty())
+        .then(|| {
+            Box::new(Rare {
+                node: spec.node,
+                node_soft: spec.node_soft,
+                resources: spec.resources,
+                nested_refs: spec.nested_refs.into_boxed_slice(),
+            })
+        });
         Spec {
             task_id: spec.task_id,
             args: spec.args.into_boxed_slice(),
-            nested_refs: spec.nested_refs.into_boxed_slice(),
             num_cpus: spec.num_cpus,
             actor_id: spec.actor_id,
             parent_task: spec.parent_task,
@@ -79,7 +83,7 @@ impl Spec {
             task_id: self.task_id,
             function: function.to_string(),
             args: self.args.to_vec(),
-            nested_refs: self.nested_refs.to_vec(),
+            nested_refs: self.nested_refs().to_vec(),
             num_cpus: self.num_cpus,
             max_retries: self.max_retries,
             actor_id: self.actor_id,
@@ -93,6 +97,8 @@ impl Spec {
             resources: rare.map(|r| r.resources.clone()).unwrap_or_default(),
             spread: self.spread,
             node_soft: rare.map(|r| r.node_soft.clone()).unwrap_or_default(),
+            // Applied at submit (`State::submit`), never kept.
+            subscribe: false,
         }
     }
 
@@ -110,6 +116,11 @@ impl Spec {
     /// them.
     pub(super) fn pins(&self) -> (&str, &str, &[proto::Resource]) {
         (self.node(), self.node_soft(), self.resources())
+    }
+
+    /// Refs nested inside its argument values (empty for most tasks).
+    pub(super) fn nested_refs(&self) -> &[u64] {
+        self.rare.as_deref().map_or(&[], |r| &r.nested_refs)
     }
 
     /// What it reserves besides CPUs (empty for most tasks).
@@ -152,6 +163,7 @@ mod tests {
             }],
             spread: true,
             node_soft: "b:2".into(),
+            subscribe: false,
         };
         let spec = Spec::from_proto(full.clone());
         assert_eq!(spec.node(), "a:1");
@@ -165,5 +177,13 @@ mod tests {
         assert!(plain.rare.is_none());
         assert_eq!(plain.node(), "");
         assert!(plain.resources().is_empty());
+        assert!(plain.nested_refs().is_empty());
+        let nested = Spec::from_proto(proto::TaskSpec {
+            task_id: 2,
+            nested_refs: vec![8],
+            ..Default::default()
+        });
+        assert_eq!(nested.nested_refs(), &[8]);
+        assert_eq!(nested.node(), "");
     }
 }

@@ -60,7 +60,7 @@ impl State {
             .filter(|(_, o)| !o.spilled)
             .filter_map(|(id, o)| match &o.state {
                 ObjState::Done(Payload::Stored(loc)) if loc.node == node => {
-                    Some((o.last_used, *id, loc.size, loc.path.clone()))
+                    Some((o.last_used, id, loc.size, loc.path.clone()))
                 }
                 _ => None,
             })

@@ -14,6 +14,7 @@ pub(super) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 pub(super) type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 
 use super::actors::ActorEntry;
+use super::ids::IdTable;
 
 /// Most function names the head numbers (see [`State::intern`]).
 const MAX_FUNCTION_IDS: usize = 1 << 16;
@@ -37,9 +38,10 @@ pub(super) struct Obj {
     pub(super) holders: u32,
     /// Pending tasks using it as an argument plus objects that contain it.
     pub(super) pins: u32,
-    /// Inline up to two: usually one driver subscribes, and a heap
-    /// allocation per object cost ~32 bytes of a million queued tasks each.
-    pub(super) subscribers: smallvec::SmallVec<[u32; 2]>,
+    /// The first session to subscribe (0: none); usually the only one, so
+    /// the others wait in `more` ([`Obj::add_subscriber`]). A `SmallVec`
+    /// of two here cost 20 bytes more per queued task.
+    pub(super) subscriber: u32,
     /// Logical time of the last use, for spilling the least recently used.
     pub(super) last_used: u64,
     /// Its file was moved (or is being moved) to the spill folder.
@@ -59,6 +61,8 @@ pub(super) struct Obj {
 /// The rarer parts of an object ([`Obj::more`]).
 #[derive(Default)]
 pub(super) struct ObjMore {
+    /// Sessions subscribed after `Obj::subscriber`.
+    pub(super) subscribers: Vec<u32>,
     /// Tasks waiting for it.
     pub(super) dependents: smallvec::SmallVec<[u64; 1]>,
     /// Refs nested inside this object's value.
@@ -71,6 +75,36 @@ impl Obj {
     /// Its rarer parts, made on first use.
     pub(super) fn more(&mut self) -> &mut ObjMore {
         self.more.get_or_insert_with(Default::default)
+    }
+
+    /// Sends the value to `client` once it is finished.
+    pub(super) fn add_subscriber(&mut self, client: u32) {
+        if self.subscriber == 0 {
+            self.subscriber = client;
+        } else {
+            self.more().subscribers.push(client);
+        }
+    }
+
+    /// Whether `client` is subscribed already.
+    pub(super) fn is_subscriber(&self, client: u32) -> bool {
+        self.subscriber == client
+            || self
+                .more
+                .as_ref()
+                .is_some_and(|m| m.subscribers.contains(&client))
+    }
+
+    /// The subscribed sessions, now to be told; none are left.
+    pub(super) fn take_subscribers(&mut self) -> smallvec::SmallVec<[u32; 2]> {
+        let mut all = smallvec::SmallVec::new();
+        if self.subscriber != 0 {
+            all.push(std::mem::take(&mut self.subscriber));
+        }
+        if let Some(m) = self.more.as_mut() {
+            all.extend(m.subscribers.drain(..));
+        }
+        all
     }
 
     pub(super) fn take_dependents(&mut self) -> smallvec::SmallVec<[u64; 1]> {
@@ -124,8 +158,9 @@ pub(super) struct Task {
     pub(super) retries_left: u32,
     pub(super) worker: Option<u32>,
     pub(super) job: u32,
-    /// When it last became ready to run (for the scheduling delay).
-    pub(super) ready_at: std::time::Instant,
+    /// When it last became ready to run (for the scheduling delay), in
+    /// nanoseconds of [`clock`]: 8 bytes where an `Instant` takes 16.
+    pub(super) ready_at: u64,
 }
 
 impl Task {
@@ -134,6 +169,14 @@ impl Task {
     pub(super) fn full_spec(&self) -> proto::TaskSpec {
         self.spec.to_proto(&self.function)
     }
+}
+
+/// Nanoseconds since the head's first reading of the clock: a monotonic
+/// time small enough for every task record ([`Task::ready_at`]).
+pub(super) fn clock() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 pub(super) struct Worker {
@@ -200,8 +243,9 @@ impl Outbox {
 pub(crate) struct State {
     /// Boxed, as are tasks: a table sized for a million entries has as
     /// many empty slots again, and an empty slot costs what an entry does.
-    pub(super) objects: FastMap<u64, Box<Obj>>,
-    pub(super) tasks: FastMap<u64, Box<Task>>,
+    /// By id, a session's own ids densely (`head/ids.rs`).
+    pub(super) objects: IdTable<Box<Obj>>,
+    pub(super) tasks: IdTable<Box<Task>>,
     pub(super) ready: VecDeque<u64>,
     /// Ready tasks no node has the CPUs for (or pinned to a gone node).
     pub(super) infeasible: Vec<u64>,
@@ -250,8 +294,8 @@ pub(crate) struct State {
 impl State {
     pub(crate) fn new(node: String) -> Self {
         State {
-            objects: FastMap::default(),
-            tasks: FastMap::default(),
+            objects: IdTable::default(),
+            tasks: IdTable::default(),
             ready: VecDeque::new(),
             infeasible: Vec::new(),
             workers: FastMap::default(),
@@ -330,7 +374,7 @@ impl State {
             retries_left,
             worker: None,
             job,
-            ready_at: std::time::Instant::now(),
+            ready_at: clock(),
         })
     }
 
@@ -339,6 +383,8 @@ impl State {
     }
 
     pub(super) fn open_session(&mut self, client: u32, job: u32) {
+        self.objects.open_prefix(client);
+        self.tasks.open_prefix(client);
         self.sessions.insert(
             client,
             Session {
@@ -371,7 +417,7 @@ impl State {
                     if o.creator == client {
                         // Its hold is in `holders`: released below.
                         o.creator = 0;
-                        held.push(*id);
+                        held.push(id);
                     }
                 }
             }
@@ -384,6 +430,8 @@ impl State {
         }
         self.consumer_gone(client);
         self.lease_session_closed(client);
+        self.objects.close_prefix(client);
+        self.tasks.close_prefix(client);
     }
 
     /// Counts for the dashboard, `fleet status` and tests.
@@ -441,7 +489,9 @@ mod tests {
 
     /// The head keeps one `Obj` and one `Task` per queued task (a million
     /// at once in `fleet microbenchmark --scale`): these bounds keep a
-    /// field added without thought from costing every queued task.
+    /// field added without thought from costing every queued task. (Both
+    /// are boxed: malloc rounds a request of n bytes up to a chunk of
+    /// (n + 8) rounded up to 16, so 80 and 128 are chunks of 96 and 144.)
     #[test]
     fn per_task_records_stay_small() {
         let sizes = [
@@ -464,12 +514,15 @@ mod tests {
         assert!(sizes[0].1 <= 40, "{sizes:?}");
         // 64 before the store location was boxed.
         assert!(sizes[1].1 <= 40, "{sizes:?}");
-        // The protobuf `TaskSpec` is 208 bytes plus its function name.
-        assert!(sizes[2].1 <= 96, "{sizes:?}");
-        // 144 before dependents, nested refs and lineage moved to `ObjMore`.
-        assert!(sizes[3].1 <= 104, "{sizes:?}");
-        // 240 (and a function name of its own) before `head/spec.rs`.
-        assert!(sizes[4].1 <= 152, "{sizes:?}");
+        // The protobuf `TaskSpec` is 208 bytes plus its function name; 96
+        // before nested refs moved to `Rare`.
+        assert!(sizes[2].1 <= 80, "{sizes:?}");
+        // 144 before dependents, nested refs and lineage moved to `ObjMore`;
+        // 104 before the second subscriber moved there too.
+        assert!(sizes[3].1 <= 80, "{sizes:?}");
+        // 240 (and a function name of its own) before `head/spec.rs`; 152
+        // before `ready_at` became 8 bytes and `Spec` lost nested refs.
+        assert!(sizes[4].1 <= 128, "{sizes:?}");
     }
 
     /// Dispatch compares function ids instead of names; a name gets one id

@@ -79,7 +79,7 @@ impl State {
                     "ready"
                 };
                 json!({
-                    "id": hex(*id),
+                    "id": hex(id),
                     "function": &*t.function,
                     "state": state,
                     "node": worker.map(|w| w.node.clone()).unwrap_or_default(),
@@ -177,7 +177,7 @@ impl State {
                     ObjState::Done(Payload::Error(_)) => ("error", 0, String::new()),
                 };
                 json!({
-                    "id": hex(*id),
+                    "id": hex(id),
                     "state": state,
                     "size": size,
                     "node": node,
@@ -211,7 +211,8 @@ impl State {
 
     /// Jobs submitted with `fleet job submit` (oldest first), then the
     /// drivers and detached actors' jobs not among them. A submitted job's
-    /// row carries its driver's workers and unfinished tasks while it runs.
+    /// row carries its driver's workers, unfinished tasks and direct tasks
+    /// done (which the head only counts) while it runs.
     /// Every row has the same columns; `--function` matches the
     /// entrypoint.
     fn job_rows(&self, submitted: &[proto::JobInfo], drivers: &HashMap<u32, String>) -> Vec<Value> {
@@ -219,18 +220,19 @@ impl State {
             .iter()
             .map(|(job, id)| (id.as_str(), *job))
             .collect();
-        let counts = |job: Option<u32>| match job.filter(|j| self.jobs.contains_key(j)) {
-            Some(j) => (
+        let counts = |job: Option<u32>| match job.and_then(|j| Some((j, self.jobs.get(&j)?))) {
+            Some((j, info)) => (
                 Some(self.workers.values().filter(|w| w.job == j).count()),
                 Some(self.pending.get(&j).copied().unwrap_or(0)),
+                Some(info.direct_tasks),
             ),
-            None => (None, None),
+            None => (None, None, None),
         };
         let mut rows: Vec<Value> = submitted
             .iter()
             .map(|j| {
                 let driver = by_submission.get(j.id.as_str()).copied();
-                let (workers, unfinished) = counts(driver);
+                let (workers, unfinished, direct) = counts(driver);
                 let entrypoint = std::iter::once(j.program.as_str())
                     .chain(j.args.iter().map(String::as_str))
                     .collect::<Vec<_>>()
@@ -247,6 +249,7 @@ impl State {
                     "exit_code": j.exit_code,
                     "workers": workers,
                     "unfinished_tasks": unfinished,
+                "direct_tasks": direct,
                 })
             })
             .collect();
@@ -257,7 +260,7 @@ impl State {
             .collect();
         own.sort_by_key(|(id, _)| **id);
         rows.extend(own.into_iter().map(|(id, j)| {
-            let (workers, unfinished) = counts(Some(*id));
+            let (workers, unfinished, direct) = counts(Some(*id));
             let (kind, state) = if *id == super::EMBEDDED_JOB || j.driver.is_some() {
                 ("driver", "RUNNING")
             } else {
@@ -275,6 +278,7 @@ impl State {
                 "exit_code": null,
                 "workers": workers,
                 "unfinished_tasks": unfinished,
+                "direct_tasks": direct,
             })
         }));
         rows

@@ -79,8 +79,9 @@ impl Client {
                 Some(match &s.state {
                     State::Ready(p) => Adopt::Put(p.clone()),
                     State::Pending(_) => match leases.adopt_pending(id) {
-                        Some(spec) => {
+                        Some(mut spec) => {
                             s.subscribed = true;
+                            spec.subscribe = true;
                             Adopt::Submit(Box::new(spec))
                         }
                         None => Adopt::Promise,
@@ -96,10 +97,8 @@ impl Client {
                 }),
                 nested_refs: Vec::new(),
             })),
-            Some(Adopt::Submit(spec)) => {
-                self.send(Op::Submit(spec));
-                self.send(Op::Subscribe(id));
-            }
+            // Subscribed with the submit (`TaskSpec.subscribe`).
+            Some(Adopt::Submit(spec)) => self.send(Op::Submit(spec)),
             Some(Adopt::Promise) => self.send(Op::Promise(id)),
             None => {}
         }
@@ -380,8 +379,9 @@ impl Client {
         });
         match via_head {
             Some(true) => {
+                // Subscribed with the submit itself.
+                spec.subscribe = true;
                 self.send(Op::Submit(Box::new(spec)));
-                self.send(Op::Subscribe(id));
             }
             Some(false) if leases.is_off() => {
                 // Promised to the head, and no lease will run it again.

@@ -47,10 +47,10 @@ impl State {
     /// Unfinished tasks by the unfinished task that submitted them.
     fn children_of_unfinished(&self) -> HashMap<u64, Vec<u64>> {
         let mut children: HashMap<u64, Vec<u64>> = HashMap::new();
-        for (id, t) in &self.tasks {
+        for (id, t) in self.tasks.iter() {
             let parent = t.spec.parent_task;
             if parent != 0 && self.tasks.contains_key(&parent) {
-                children.entry(parent).or_default().push(*id);
+                children.entry(parent).or_default().push(id);
             }
         }
         children

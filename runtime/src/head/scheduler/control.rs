@@ -67,7 +67,7 @@ impl State {
         if e.kind() == proto::ErrorKind::Task && t.spec.retry_on_error && t.retries_left > 0 {
             t.retries_left -= 1;
             t.worker = None;
-            t.ready_at = std::time::Instant::now();
+            t.ready_at = crate::head::state::clock();
             tracing::debug!(task = id, "retrying after an error: {}", e.message);
             self.ready.push_back(id);
             return None;

@@ -197,7 +197,7 @@ impl State {
                 },
                 t.spec.max_retries + 1,
             );
-            t.ready_at = std::time::Instant::now();
+            t.ready_at = crate::head::state::clock();
             if oom {
                 // Memory is short now: give it a moment to come back.
                 let used = t.spec.max_retries.saturating_sub(t.retries_left);

@@ -278,7 +278,7 @@ impl State {
             .tasks
             .iter()
             .filter(|(_, t)| t.spec.parent_task == c.task_id && t.job == job)
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect();
         for k in kids {
             self.cancel(

@@ -153,9 +153,9 @@ impl State {
         let Some(o) = self.objects.get_mut(&id) else {
             return Vec::new();
         };
-        o.state = ObjState::Done(payload.clone());
+        o.state = ObjState::Done(super::super::directory::kept(&payload));
         o.set_contains(nested);
-        let subscribers = std::mem::take(&mut o.subscribers);
+        let subscribers = o.take_subscribers();
         let dependents = o.take_dependents();
         for c in subscribers {
             self.out.push(
