@@ -276,7 +276,6 @@ fn hello(token: &str, role: Role) -> Hello {
             store_key: "5eed".into(),
             ..Default::default()
         }),
-        direct_address: "127.0.0.9:2".into(),
     }
 }
 

@@ -634,7 +634,7 @@ impl Leases {
         for l in leases.iter() {
             if l.inflight.iter().any(|t| t.task_id == c.task_id) {
                 let _ = l.tx.send(proto::DirectOp {
-                    op: Some(direct_op::Op::Cancel(c.clone())),
+                    op: Some(direct_op::Op::Cancel(*c)),
                 });
                 let force = cancelled.entry(c.task_id).or_insert(false);
                 *force |= c.force;

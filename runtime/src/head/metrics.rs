@@ -378,7 +378,7 @@ impl State {
         for (job, n) in self.leases_by_job() {
             leases
                 .samples
-                .push(one(vec![("job", job.to_string().into())], n as f64));
+                .push(one(vec![("job", job.to_string())], n as f64));
         }
         families.push(leases);
         families.push(

@@ -298,7 +298,7 @@ impl Client {
             Ok(None) => {
                 if c.recursive {
                     // The tasks it submitted went through the head.
-                    self.send(Op::Cancel(c.clone()));
+                    self.send(Op::Cancel(*c));
                 }
                 true
             }

@@ -281,13 +281,7 @@ impl State {
             .map(|(id, _)| id)
             .collect();
         for k in kids {
-            self.cancel(
-                client,
-                proto::Cancel {
-                    task_id: k,
-                    ..c.clone()
-                },
-            );
+            self.cancel(client, proto::Cancel { task_id: k, ..c });
         }
     }
 
