@@ -11,6 +11,10 @@
 //! through the head, or `WorkerDied`); the memory monitor killing a leased
 //! worker (`OutOfMemory` after the retries); two drivers sharing a CLI
 //! cluster; a cluster across network namespaces.
+//!
+//! Leases are off by default for now (`FLEET_LEASES=1` turns them on):
+//! each test turns them on first (`on()`), and the drivers it starts
+//! inherit that.
 
 mod common;
 
@@ -19,6 +23,11 @@ use std::time::Duration;
 
 use common::{wait_until, Gate, Proc, GATE_LIMIT, GENEROUS};
 use fleet::{remote, Error, ObjectRef};
+
+/// Turns leases on for this process (and the drivers it starts).
+fn on() {
+    std::env::set_var("FLEET_LEASES", "1");
+}
 
 /// What the second driver of `two_drivers_share_a_cluster` runs.
 const SECOND_DRIVER: &str = "FLEET_LEASES_SECOND_DRIVER";
@@ -148,6 +157,7 @@ fn expect_cancelled<T: std::fmt::Debug>(r: fleet::Result<T>, function: &str) -> 
 
 #[test]
 fn direct_tasks_give_correct_results_and_the_head_keeps_no_record_of_them() {
+    on();
     let c = common::cluster(2);
     let refs: Vec<ObjectRef<u64>> = (0..5_000u64).map(square::remote).collect();
     let got = fleet::get_all_timeout(&refs, Some(GENEROUS)).expect("5,000 squares");
@@ -186,6 +196,7 @@ fn with_leases_off_tasks_go_through_the_head() {
 
 #[test]
 fn a_direct_result_is_usable_through_the_head() {
+    on();
     let c = common::cluster(2);
     // Finished: the driver puts its value at the head.
     let nine = square::remote(3);
@@ -214,6 +225,7 @@ fn a_direct_result_is_usable_through_the_head() {
 
 #[test]
 fn a_queued_direct_task_used_through_the_head_runs_there() {
+    on();
     let c = common::cluster(1);
     let gate = Gate::new();
     // Holds the only CPU, so the next one waits in the driver's queue.
@@ -229,6 +241,7 @@ fn a_queued_direct_task_used_through_the_head_runs_there() {
 
 #[test]
 fn cancel_reaches_queued_running_and_forced_direct_tasks() {
+    on();
     let c = common::cluster(1);
     let gate = Gate::new();
     let dir = tempfile::tempdir().expect("temp dir");
@@ -275,6 +288,7 @@ fn cancel_reaches_queued_running_and_forced_direct_tasks() {
 
 #[test]
 fn a_killed_leased_worker_s_task_is_retried_or_reported() {
+    on();
     let c = common::cluster(1);
     let gate = Gate::new();
     let dir = tempfile::tempdir().expect("temp dir");
@@ -311,6 +325,7 @@ fn a_killed_leased_worker_s_task_is_retried_or_reported() {
 
 #[test]
 fn the_memory_monitor_kills_a_leased_worker_and_the_task_ends_out_of_memory() {
+    on();
     let text = std::fs::read_to_string("/proc/meminfo").expect("/proc/meminfo");
     let field = |name: &str| -> u64 {
         text.lines()
@@ -342,6 +357,7 @@ fn the_memory_monitor_kills_a_leased_worker_and_the_task_ends_out_of_memory() {
 /// each must finish (the head shares the workers between their leases).
 #[test]
 fn two_drivers_share_a_cluster_and_both_finish() {
+    on();
     let mut cluster = common::cli::CliCluster::start(0, &[]);
     cluster.add_node("127.0.0.2", 2);
     let exe = std::env::current_exe().expect("test executable");
@@ -395,6 +411,7 @@ fn slow_add(x: u64, pause_ms: u64) -> u64 {
 /// they run, and their results come back correct.
 #[test]
 fn a_cluster_across_network_namespaces_runs_direct_tasks() {
+    on();
     use common::cli::{fleet_bin, Child};
     let Some(hosts) = common::hosts::Hosts::new(3) else {
         return;

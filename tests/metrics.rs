@@ -216,12 +216,12 @@ fn a_live_scrape_passes_promtool_and_counts_the_work_done() {
     );
     // Every square slept 2 ms.
     assert!(value(&s, "fleet_task_run_seconds_sum{function=\"square\"}") >= n * 0.002);
-    // Observed for the tasks the head places; plain tasks from a driver go
-    // to its leased workers (FLEET_LEASES=0: all of them are counted).
-    let placed_by_head = if std::env::var("FLEET_LEASES").is_ok_and(|v| v == "0") {
-        n + FAILED as f64
-    } else {
+    // Observed for the tasks the head places; with FLEET_LEASES=1 plain
+    // tasks from a driver go to its leased workers instead.
+    let placed_by_head = if std::env::var("FLEET_LEASES").is_ok_and(|v| v == "1") {
         0.0
+    } else {
+        n + FAILED as f64
     };
     assert!(value(&s, "fleet_task_scheduling_delay_seconds_count") >= placed_by_head);
     for state in ["waiting", "ready", "running"] {

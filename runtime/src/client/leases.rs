@@ -27,7 +27,11 @@ use super::Backlog;
 use crate::error::Error;
 use crate::proto::{self, arg, client_op::Op, direct_op};
 
-/// `FLEET_LEASES=0` sends every task through the head, as before leases.
+/// `FLEET_LEASES=1` sends a driver's plain tasks to leased workers; unset
+/// or `0`, every task goes through the head. Off by default for now: the
+/// head's list of running tasks (`fleet list tasks --state running`) does
+/// not show direct tasks, and a driver that exits at once can leave its
+/// last tasks uncounted by the head (their summaries are batched).
 pub(crate) const ENV_LEASES: &str = "FLEET_LEASES";
 /// How long a lease with nothing to run is kept: a driver's loop of
 /// `get(f.remote(..))` leaves its lease idle between two calls, and a
@@ -40,9 +44,10 @@ const MAX_WANT: u32 = 1024;
 /// session stops asking and sends every task through the head.
 const MAX_CONNECT_FAILURES: u32 = 3;
 
-/// Whether this process's driver uses leases (`FLEET_LEASES`, default on).
+/// Whether this process's driver uses leases (`FLEET_LEASES=1`; default
+/// off, see [`ENV_LEASES`]).
 pub(crate) fn enabled_by_env() -> bool {
-    std::env::var(ENV_LEASES).map_or(true, |v| v.trim() != "0")
+    std::env::var(ENV_LEASES).is_ok_and(|v| v.trim() == "1")
 }
 
 /// Whether `spec` may take the direct path: a plain function with inline
