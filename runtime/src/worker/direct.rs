@@ -39,6 +39,9 @@ const FIRST_FRAME: Duration = Duration::from_secs(30);
 /// How long a force-cancelled worker waits, after its last frame left,
 /// before it exits: time for the frame to reach the socket.
 const EXIT_GRACE: Duration = Duration::from_millis(100);
+/// The longest a force-cancelled worker waits for its answer to be taken
+/// (a driver that reads nothing does not keep the task running).
+const EXIT_LIMIT: Duration = Duration::from_secs(2);
 
 /// Binds the port drivers reach this worker on. Returns the listener and
 /// the address to report in `Hello.direct_address`.
@@ -233,4 +236,18 @@ fn exit_soon(task: u64) {
         tokio::time::sleep(EXIT_GRACE).await;
         super::cancel::die_for(task);
     });
+}
+
+/// Ends this process after [`EXIT_LIMIT`] whatever happens to the answer
+/// of a force cancel.
+pub(crate) fn exit_at_the_latest(task: u64) {
+    match super::RUNTIME.get() {
+        Some(rt) => {
+            rt.spawn(async move {
+                tokio::time::sleep(EXIT_LIMIT).await;
+                super::cancel::die_for(task);
+            });
+        }
+        None => super::cancel::die_for(task),
+    }
 }

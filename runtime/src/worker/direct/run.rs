@@ -157,6 +157,7 @@ impl Executor {
                 crate::worker::cancel::die_for(c.task_id);
             }
             route.send_then_exit(vec![result_op(result)], c.task_id);
+            super::exit_at_the_latest(c.task_id);
         }
     }
 
