@@ -376,8 +376,11 @@ fn head_cost(n: usize, o: &EfficiencyOptions, per_us: f64) -> anyhow::Result<Vec
         ..Default::default()
     })?;
     // Warm up: a worker on every node, the function's run time known.
+    // Through the head (`retry_on_error` keeps a task off the leased path),
+    // which starts a worker wherever tasks wait; leases would start only
+    // as many as the driver's queue needs.
     let warm: Vec<ObjectRef<u64>> = (0..(200 * n as u64))
-        .map(|i| lcg_task::remote(1000, i))
+        .map(|i| lcg_task::options().retry_on_error(true).remote(1000, i))
         .collect();
     fleet::get_all(&warm)?;
     drop(warm);
