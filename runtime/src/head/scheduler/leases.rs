@@ -116,8 +116,9 @@ impl State {
         }
     }
 
-    /// The lease on worker session `wc` is over: the worker is idle again.
-    fn end_lease(&mut self, wc: u32) -> Option<Held> {
+    /// Forgets the lease on worker session `wc` and counts it off its
+    /// request, dropping requests that neither want nor hold a lease.
+    fn take_lease(&mut self, wc: u32) -> Option<Held> {
         let held = self.control.leases.leased.remove(&wc)?;
         let l = &mut self.control.leases;
         if let Some(q) = l
@@ -128,6 +129,12 @@ impl State {
             q.held = q.held.saturating_sub(1);
         }
         l.requests.retain(|q| q.want > 0 || q.held > 0);
+        Some(held)
+    }
+
+    /// The lease on worker session `wc` is over: the worker is idle again.
+    fn end_lease(&mut self, wc: u32) -> Option<Held> {
+        let held = self.take_lease(wc)?;
         let no_function = self.no_function.clone();
         if let Some(w) = self.workers.get_mut(&wc) {
             w.queue.retain(|t| *t != LEASED);
@@ -147,18 +154,9 @@ impl State {
     /// A worker's session ended: its lease ends too, and its lessee hears
     /// why (the worker's CPUs are given back by `worker_lost`).
     pub(in crate::head) fn lease_worker_lost(&mut self, wc: u32, w: &Worker) {
-        let Some(held) = self.control.leases.leased.remove(&wc) else {
+        let Some(held) = self.take_lease(wc) else {
             return;
         };
-        let l = &mut self.control.leases;
-        if let Some(q) = l
-            .requests
-            .iter_mut()
-            .find(|q| q.session == held.session && q.cpus.to_bits() == held.cpus.to_bits())
-        {
-            q.held = q.held.saturating_sub(1);
-        }
-        l.requests.retain(|q| q.want > 0 || q.held > 0);
         self.control
             .leases
             .dying
