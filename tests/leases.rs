@@ -9,8 +9,10 @@
 //! nested in a value, inside a `put`); cancel of queued, running and
 //! force-cancelled direct tasks; a leased worker killed mid-task (retried
 //! through the head, or `WorkerDied`); the memory monitor killing a leased
-//! worker (`OutOfMemory` after the retries); two drivers sharing a CLI
-//! cluster; a cluster across network namespaces.
+//! worker (`OutOfMemory` after the retries, and naming the node without
+//! them); two drivers sharing a CLI cluster; a lease revoked for a task on
+//! the head's path and for a driver left without one (every task sent on
+//! it completes exactly once); a cluster across network namespaces.
 //!
 //! Leases are off by default for now (`FLEET_LEASES=1` turns them on):
 //! each test turns them on first (`on()`), and the drivers it starts
@@ -351,6 +353,132 @@ fn the_memory_monitor_kills_a_leased_worker_and_the_task_ends_out_of_memory() {
     }
     assert!(dir.path().join("started-2").exists(), "retried once");
     assert!(!dir.path().join("started-3").exists());
+
+    // No retry: the direct attempt's own error names the node its leased
+    // worker ran on (here the local cluster's one node).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let r = hog::options().max_retries(0).remote(s(dir.path()));
+    match fleet::get_timeout(&r, Some(GENEROUS)) {
+        Err(Error::OutOfMemory {
+            function,
+            node,
+            message,
+        }) => {
+            assert!(function.ends_with("hog"), "{function}");
+            assert_eq!(node, fleet::current_node().expect("a node"));
+            assert!(message.contains("FLEET_MEMORY_THRESHOLD"), "{message}");
+        }
+        other => panic!("expected OutOfMemory, got {other:?}"),
+    }
+    assert!(!dir.path().join("started-2").exists(), "no retry was left");
+}
+
+/// Notes its run in `dir` (`ran-N`; a second run of the same N leaves
+/// `again-N`), then waits for `gate`; returns `n`.
+#[remote]
+fn noted(dir: String, gate: String, n: u64) -> u64 {
+    let dir = PathBuf::from(dir);
+    let first = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dir.join(format!("ran-{n}")))
+        .is_ok();
+    if !first {
+        std::fs::write(dir.join(format!("again-{n}")), b"again").expect("mark");
+    }
+    let deadline = std::time::Instant::now() + GATE_LIMIT;
+    while !Path::new(&gate).exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    n
+}
+
+/// Files in `dir` whose name starts with `prefix`.
+fn count_files(dir: &Path, prefix: &str) -> usize {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        })
+        .count()
+}
+
+/// The head takes a lease back when a task on its own path waits for the
+/// CPUs the lease holds: the driver finishes every task it had sent on
+/// that lease (each runs exactly once, on the worker it was sent to),
+/// sends it nothing more, and gives it back; the waiting task then runs on
+/// that worker, and the tasks the driver queued meanwhile on a new lease.
+/// `fleet_leases_revoked_total` counts it, and the lease gauge drops.
+#[test]
+fn a_revoked_lease_finishes_what_it_was_sent_and_ends() {
+    on();
+    let c = common::cluster(1);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = s(dir.path());
+    // Its first run teaches the driver how long it takes, so the next
+    // ones are pipelined: several in flight on the one lease.
+    let open = Gate::new();
+    open.open();
+    let warm = noted::remote(d.clone(), open.path(), 0);
+    assert_eq!(fleet::get_timeout(&warm, Some(GENEROUS)).expect("warm"), 0);
+    let gate = Gate::new();
+    let sent: Vec<ObjectRef<u64>> = (1..=6)
+        .map(|n| noted::remote(d.clone(), gate.path(), n))
+        .collect();
+    wait_until("the first task to run", GENEROUS, || {
+        dir.path().join("ran-1").exists().then_some(())
+    });
+    leased(&c);
+    let worker = c.worker_pids();
+    assert_eq!(c.counts().expect("counts").leases_revoked, 0);
+    // A task the head places (its argument is an object the head holds)
+    // finds the only CPU leased: the head revokes the lease.
+    let forty_one = fleet::put(41u64).expect("put");
+    let via_head = add::remote(&forty_one, 1);
+    wait_until("the head to revoke the lease", GENEROUS, || {
+        (c.counts().expect("counts").leases_revoked >= 1).then_some(())
+    });
+    // Queued in the driver now: the revoked lease takes nothing more.
+    let later: Vec<ObjectRef<u64>> = (7..=9)
+        .map(|n| noted::remote(d.clone(), gate.path(), n))
+        .collect();
+    gate.open();
+    let got = fleet::get_all_timeout(&sent, Some(GENEROUS)).expect("the revoked lease's tasks");
+    assert_eq!(got, (1..=6).collect::<Vec<u64>>());
+    assert_eq!(
+        fleet::get_timeout(&via_head, Some(GENEROUS)).expect("the head's task"),
+        42
+    );
+    let got = fleet::get_all_timeout(&later, Some(GENEROUS)).expect("the later tasks");
+    assert_eq!(got, vec![7, 8, 9]);
+    assert_eq!(count_files(dir.path(), "ran-"), 10, "every task ran");
+    assert_eq!(count_files(dir.path(), "again-"), 0, "a task ran twice");
+    // The same one worker did it all: the lease ended, it did not die.
+    assert_eq!(c.worker_pids(), worker);
+    let counts = c.counts().expect("counts");
+    assert!(
+        counts.tasks == 0,
+        "the head still has {} tasks",
+        counts.tasks
+    );
+    // Given back once idle; /metrics says what happened.
+    wait_until("the leases to be given back", GENEROUS, || {
+        (c.counts().expect("counts").leased == 0).then_some(())
+    });
+    let url = c.dashboard_url().expect("a dashboard").to_string();
+    let text = common::http::get_ok(&url, "/metrics");
+    let revoked = text
+        .lines()
+        .find(|l| l.starts_with("fleet_leases_revoked_total "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .expect("fleet_leases_revoked_total in /metrics");
+    assert!(revoked >= 1.0, "{text}");
+    assert!(
+        !text.lines().any(|l| l.starts_with("fleet_leases{")),
+        "a lease is still shown: {text}"
+    );
 }
 
 /// Both drivers submit many short tasks at once to a cluster of 2 CPUs;
@@ -376,6 +504,81 @@ fn two_drivers_share_a_cluster_and_both_finish() {
     assert!(status.success(), "the second driver failed ({status})");
 }
 
+/// Until `gate` exists, sleeps `pause_ms`; notes its run in `dir` as
+/// `noted` does; returns `n`.
+#[remote]
+fn busy_until(dir: String, gate: String, pause_ms: u64, n: u64) -> u64 {
+    let dir = PathBuf::from(dir);
+    let first = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dir.join(format!("ran-{n}")))
+        .is_ok();
+    if !first {
+        std::fs::write(dir.join(format!("again-{n}")), b"again").expect("mark");
+    }
+    if !Path::new(&gate).exists() {
+        std::thread::sleep(Duration::from_millis(pause_ms));
+    }
+    n
+}
+
+/// A driver that holds the cluster's only CPU with a long stream of
+/// direct tasks (minutes of work) does not starve another driver: the
+/// head revokes its lease, it finishes what it had sent and gives the
+/// worker back, the other driver's job gets the CPU and finishes, and the
+/// first driver's tasks all complete exactly once afterwards.
+#[test]
+fn a_waiting_driver_gets_a_lease_revoked_from_a_busy_one() {
+    on();
+    let mut cluster = common::cli::CliCluster::start(0, &[]);
+    cluster.add_node("127.0.0.2", 1);
+    let _driver = cluster.join();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = s(dir.path());
+    let gate = Gate::new();
+    // 20 ms each: 3,000 of them are a minute of work for the one CPU.
+    let mine: Vec<ObjectRef<u64>> = (0..3_000u64)
+        .map(|n| busy_until::remote(d.clone(), gate.path(), 20, n))
+        .collect();
+    wait_until("this driver's tasks to run", GENEROUS, || {
+        dir.path().join("ran-0").exists().then_some(())
+    });
+    let exe = std::env::current_exe().expect("test executable");
+    let mut second = common::cli::Child::spawn(
+        std::process::Command::new(exe)
+            .args(["second_driver", "--exact", "--ignored", "--nocapture"])
+            .env("FLEET_ADDRESS", &cluster.address)
+            .env("FLEET_TOKEN", &cluster.token)
+            .env(SECOND_DRIVER, "few"),
+    );
+    let status = common::hosts::wait_exit(&mut second, GENEROUS);
+    assert!(status.success(), "the second driver failed ({status})");
+    let (done, _) = fleet::wait(&mine, mine.len(), Duration::ZERO).expect("wait");
+    assert!(
+        done.len() < mine.len(),
+        "this driver's tasks all finished before the second driver did"
+    );
+    let dashboard = cluster.dashboard.clone().expect("a dashboard");
+    let text = common::http::get_ok(&dashboard, "/metrics");
+    assert!(
+        text.lines().any(|l| l
+            .strip_prefix("fleet_leases_revoked_total ")
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .is_some_and(|v| v >= 1.0)),
+        "no lease was revoked: {text}"
+    );
+    gate.open();
+    let got = fleet::get_all_timeout(&mine, Some(GENEROUS)).expect("this driver's tasks");
+    assert!(got.iter().enumerate().all(|(i, v)| *v == i as u64));
+    assert_eq!(
+        count_files(dir.path(), "ran-"),
+        mine.len(),
+        "every task ran"
+    );
+    assert_eq!(count_files(dir.path(), "again-"), 0, "a task ran twice");
+}
+
 /// The other driver of `two_drivers_share_a_cluster_and_both_finish`,
 /// and the driver on its own host of
 /// `a_cluster_across_network_namespaces_runs_direct_tasks` (`slow`).
@@ -390,6 +593,10 @@ fn second_driver() {
         // About 3 s of 10 ms tasks on 2 CPUs, while the test watches.
         let refs: Vec<_> = (0..600u64).map(|x| slow_add::remote(x, 10)).collect();
         let got = fleet::get_all_timeout(&refs, Some(GENEROUS)).expect("slow adds");
+        assert!(got.iter().enumerate().all(|(i, v)| *v == i as u64 + 1));
+    } else if scenario == "few" {
+        let refs: Vec<ObjectRef<u64>> = (0..20u64).map(|x| add::remote(x, 1)).collect();
+        let got = fleet::get_all_timeout(&refs, Some(GENEROUS)).expect("the second driver's adds");
         assert!(got.iter().enumerate().all(|(i, v)| *v == i as u64 + 1));
     } else {
         let refs: Vec<ObjectRef<u64>> = (0..3_000u64).map(|x| add::remote(x, 1)).collect();

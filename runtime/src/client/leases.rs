@@ -125,6 +125,8 @@ struct Lease {
     key: u64,
     worker_id: u64,
     cpus: f64,
+    /// The node its worker runs on (named in `OutOfMemory`).
+    node: String,
     /// The stream's outbound side.
     tx: UnboundedSender<proto::DirectOp>,
     /// Sent and not answered, in order: the first runs.
@@ -161,8 +163,9 @@ pub(super) struct Finished {
 pub(super) struct Effects {
     /// Ops for the head, in order.
     pub(super) head: Vec<Op>,
-    /// Tasks whose worker died: retried through the head, or failed.
-    pub(super) lost: Vec<(proto::TaskSpec, String)>,
+    /// Tasks whose worker died: retried through the head, or failed
+    /// (task, why, the node it ran on).
+    pub(super) lost: Vec<(proto::TaskSpec, String, String)>,
     /// Cancelled tasks whose worker was lost: (id, function, how).
     pub(super) cancelled: Vec<(u64, String, bool)>,
     /// Streams to open: (lease key, address, outbound receiver).
@@ -304,6 +307,7 @@ impl Leases {
             key,
             worker_id: g.worker_id,
             cpus: g.num_cpus.max(0.0),
+            node: g.node.clone(),
             tx,
             inflight: VecDeque::new(),
             revoked: false,
@@ -443,8 +447,11 @@ impl Leases {
             if let Some(i) = inner.shapes.iter().position(|s| same_cpus(s.cpus, cpus)) {
                 let s = inner.shapes.swap_remove(i);
                 self.backlog.taken(s.queue.len());
-                fx.lost
-                    .extend(s.queue.into_iter().map(|t| (t, String::new())));
+                fx.lost.extend(
+                    s.queue
+                        .into_iter()
+                        .map(|t| (t, String::new(), String::new())),
+                );
             }
             return;
         }
@@ -488,7 +495,7 @@ impl Leases {
             });
         }
         if let Some(first) = inflight.pop_front() {
-            fx.lost.push((first, why.to_string()));
+            fx.lost.push((first, why.to_string(), lease.node.clone()));
         }
         let cpus = lease.cpus;
         if let Some(i) = inner.shapes.iter().position(|s| same_cpus(s.cpus, cpus)) {
@@ -549,7 +556,7 @@ impl Leases {
         for s in shapes {
             self.backlog.taken(s.queue.len());
             for spec in s.queue {
-                fx.lost.push((spec, String::new()));
+                fx.lost.push((spec, String::new(), String::new()));
             }
             if s.sent_want > 0 {
                 fx.head.push(Op::LeaseRequest(proto::LeaseRequest {
@@ -685,12 +692,12 @@ impl Leases {
 }
 
 /// The error a direct task's running attempt ends with when its worker is
-/// lost and no retry is left.
-pub(super) fn lost_error(function: &str, why: &str) -> Error {
+/// lost and no retry is left; `node` is where that worker ran.
+pub(super) fn lost_error(function: &str, why: &str, node: &str) -> Error {
     if let Some(detail) = why.strip_prefix("out of memory") {
         return Error::OutOfMemory {
             function: function.to_string(),
-            node: String::new(),
+            node: node.to_string(),
             message: detail.trim_start_matches([':', ' ']).to_string(),
         };
     }

@@ -382,6 +382,13 @@ impl State {
         }
         families.push(leases);
         families.push(
+            Family::counter(
+                "leases_revoked",
+                "Leases the head took back because other work waited for their CPUs",
+            )
+            .with(Vec::new(), self.leases_revoked() as f64),
+        );
+        families.push(
             Family::gauge(
                 "objects",
                 "Objects the head tracks (pending, inline or stored)",

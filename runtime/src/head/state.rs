@@ -454,6 +454,7 @@ impl State {
                 .get(&self.local_node)
                 .map_or(0, |n| n.info.store_capacity),
             leased: self.leased_count(),
+            leases_revoked: self.leases_revoked(),
         }
     }
 }
@@ -481,6 +482,9 @@ pub struct Counts {
     pub store_capacity: u64,
     /// Workers leased to drivers, which send them tasks directly.
     pub leased: usize,
+    /// Leases the head took back so far, because other work waited for
+    /// their CPUs (each driver finishes what it sent first).
+    pub leases_revoked: u64,
 }
 
 #[cfg(test)]

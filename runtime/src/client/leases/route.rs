@@ -326,8 +326,8 @@ impl Client {
                 .runtime
                 .spawn(super::stream::run(weak, key, address, token, rx));
         }
-        for (spec, why) in fx.lost {
-            self.replace_lost(spec, &why);
+        for (spec, why, node) in fx.lost {
+            self.replace_lost(spec, &why, &node);
         }
         for (id, function, force) in fx.cancelled {
             let e = cancelled_error(id, &function, force);
@@ -348,14 +348,14 @@ impl Client {
     /// the head with one retry less (it may be what killed the worker; the
     /// head knows how to back off), or fails it when none is left. `why`
     /// empty: the session gave up on leases, and the task was not run.
-    fn replace_lost(self: &Arc<Self>, mut spec: proto::TaskSpec, why: &str) {
+    fn replace_lost(self: &Arc<Self>, mut spec: proto::TaskSpec, why: &str, node: &str) {
         let Some(leases) = self.leases.get() else {
             return;
         };
         let id = spec.task_id;
         if !why.is_empty() {
             if spec.max_retries == 0 {
-                let e = lost_error(&spec.function, why);
+                let e = lost_error(&spec.function, why, node);
                 let promised = leases.take_promise(id);
                 self.settle_direct(
                     id,
@@ -386,7 +386,7 @@ impl Client {
             Some(false) if leases.is_off() => {
                 // Promised to the head, and no lease will run it again.
                 leases.take_promise(id);
-                let e = lost_error(&spec.function, "no leased worker can be reached");
+                let e = lost_error(&spec.function, "no leased worker can be reached", node);
                 self.settle_direct(id, Payload::Error(Box::new(e.to_wire())), Vec::new(), true);
             }
             Some(false) => {
@@ -398,7 +398,7 @@ impl Client {
                 // Nobody holds its ref any more: not worth running again,
                 // but a head that was promised it must hear the end.
                 if leases.take_promise(id) {
-                    let e = lost_error(&spec.function, "not run again: its ref was dropped");
+                    let e = lost_error(&spec.function, "not run again: its ref was dropped", node);
                     self.settle_direct(id, Payload::Error(Box::new(e.to_wire())), Vec::new(), true);
                 }
             }

@@ -28,6 +28,8 @@ pub(in crate::head) enum Later {
     Requeue(u64),
     /// leases: tell a dead leased worker's driver, without its exit status.
     LeaseEnd(u64),
+    /// leases: look again at requests that wait for a revocation.
+    LeaseCheck,
 }
 
 /// The running task of a worker whose session ended.
@@ -157,6 +159,7 @@ impl State {
                 }
             }
             Later::LeaseEnd(worker_id) => self.lease_died(worker_id, None),
+            Later::LeaseCheck => self.lease_check_due(),
             Later::Requeue(id) => {
                 if self.tasks.get(&id).is_some_and(|t| t.worker.is_none()) {
                     self.ready.push_front(id);

@@ -43,6 +43,15 @@ pub(in crate::head) struct Leases {
     /// status says how they died: (lessee, pid, node).
     dying: FastMap<u64, (u32, u32, String)>,
     last_revoke: Option<Instant>,
+    /// Leases revoked so far (`fleet_leases_revoked_total`).
+    revoked: u64,
+    /// A session that had no lease and got one revoked for it: the next
+    /// free CPU goes to it, not back to the session that gave it up
+    /// (which asks again at once, and was first in line).
+    favored: Option<u32>,
+    /// A dispatch pass is due to look at starved requests again (nothing
+    /// else may wake the head while leased workers run direct tasks).
+    check_armed: bool,
 }
 
 /// A session's wish for leased workers of one shape.
@@ -127,6 +136,10 @@ impl State {
             .find(|q| q.session == held.session && q.cpus.to_bits() == held.cpus.to_bits())
         {
             q.held = q.held.saturating_sub(1);
+            if q.held == 0 {
+                // It waits with nothing from now (fairness, below).
+                q.since = Instant::now();
+            }
         }
         l.requests.retain(|q| q.want > 0 || q.held > 0);
         Some(held)
@@ -291,11 +304,21 @@ impl State {
         if l.requests.iter().all(|q| q.held >= q.want) && l.leased.is_empty() {
             return;
         }
-        let mut starved = false;
+        let mut starved = None;
+        // A session a lease was revoked for has the next free CPU: the
+        // others wait until it holds one (or wants none).
+        let favored = self.control.leases.favored.filter(|s| {
+            self.control
+                .leases
+                .requests
+                .iter()
+                .any(|q| q.session == *s && q.held == 0 && q.want > 0)
+        });
+        self.control.leases.favored = favored;
         for qi in 0..self.control.leases.requests.len() {
             loop {
                 let q = &self.control.leases.requests[qi];
-                if q.held >= q.want {
+                if q.held >= q.want || favored.is_some_and(|f| f != q.session) {
                     break;
                 }
                 let (session, job, cpus) = (q.session, q.job, q.cpus);
@@ -346,8 +369,15 @@ impl State {
                                     .leased
                                     .values()
                                     .any(|h| h.session != session);
-                                if q.held == 0 && others && q.since.elapsed() > REVOKE_EVERY {
-                                    starved = true;
+                                if q.held == 0 && others {
+                                    let waited = q.since.elapsed();
+                                    if waited > REVOKE_EVERY {
+                                        starved = starved.or(Some(session));
+                                    } else {
+                                        // Nothing else may wake the head
+                                        // before it has waited long enough.
+                                        self.check_leases_in(REVOKE_EVERY - waited);
+                                    }
                                 }
                             }
                         }
@@ -362,9 +392,27 @@ impl State {
             .retain(|q| q.want > 0 || q.held > 0);
         // Head-path tasks that found no place also wait on leased CPUs.
         let tasks_wait = !self.ready.is_empty();
-        if starved || tasks_wait {
-            self.revoke_one();
+        if starved.is_some() || tasks_wait {
+            self.revoke_one(starved);
         }
+    }
+
+    /// Runs a dispatch pass after `after` (once, however often asked
+    /// before it runs): a starved request or a rate-limited revocation
+    /// needs one although no op may arrive meanwhile.
+    fn check_leases_in(&mut self, after: Duration) {
+        if !self.control.leases.check_armed {
+            self.control.leases.check_armed = true;
+            self.out
+                .later
+                .push((after + Duration::from_millis(1), super::Later::LeaseCheck));
+        }
+    }
+
+    /// The pass asked for by [`State::check_leases_in`] is due (the
+    /// dispatch pass itself follows).
+    pub(in crate::head) fn lease_check_due(&mut self) {
+        self.control.leases.check_armed = false;
     }
 
     /// An idle worker of `job` on a node with `cpus` free: `Ok` with a
@@ -428,11 +476,19 @@ impl State {
 
     /// Fairness: when work waits and no CPU is free, the session holding
     /// the most leases gives one back (it finishes what it sent first), at
-    /// most one per [`REVOKE_EVERY`].
-    fn revoke_one(&mut self) {
+    /// most one per [`REVOKE_EVERY`]. `starved`: the session without a
+    /// lease it is revoked for, which gets the next free CPU.
+    fn revoke_one(&mut self, starved: Option<u32>) {
         let l = &self.control.leases;
-        if l.leased.is_empty() || l.last_revoke.is_some_and(|t| t.elapsed() < REVOKE_EVERY) {
+        if l.leased.is_empty() {
             return;
+        }
+        if let Some(t) = l.last_revoke {
+            let since = t.elapsed();
+            if since < REVOKE_EVERY {
+                self.check_leases_in(REVOKE_EVERY - since);
+                return;
+            }
         }
         if self
             .nodes
@@ -461,6 +517,10 @@ impl State {
         };
         let l = &mut self.control.leases;
         l.last_revoke = Some(Instant::now());
+        l.revoked += 1;
+        if starved.is_some() {
+            l.favored = starved;
+        }
         if let Some(h) = l.leased.get_mut(&wc) {
             h.revoked = true;
         }
@@ -505,6 +565,11 @@ impl State {
             .iter()
             .map(|q| q.want.saturating_sub(q.held))
             .sum()
+    }
+
+    /// Leases the head has revoked since it started.
+    pub(in crate::head) fn leases_revoked(&self) -> u64 {
+        self.control.leases.revoked
     }
 
     /// Workers leased now.
