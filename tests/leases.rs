@@ -692,3 +692,70 @@ fn a_cluster_across_network_namespaces_runs_direct_tasks() {
     assert!(line.contains("workers"), "{line}");
     drop((driver, node, head));
 }
+
+/// Returns `len` bytes of 7 once `gate` exists.
+#[remote]
+fn bytes_after(gate: String, len: usize) -> Vec<u8> {
+    common::wait_for_path(Path::new(&gate));
+    vec![7u8; len]
+}
+
+/// The local cluster's store file of object `id`, if it is there (the
+/// store is `/dev/shm/fleet-<this pid>-<key>/`, a file per object).
+fn store_file(id: fleet::ObjectId) -> Option<PathBuf> {
+    let prefix = format!("fleet-{}-", std::process::id());
+    let name = format!("{:016x}", id.as_u64());
+    std::fs::read_dir("/dev/shm")
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path().join(&name))
+        .find(|p| p.exists())
+}
+
+/// A large direct result lives in the node's store; once the driver drops
+/// its last ref the file goes, while the lease's stream is still open
+/// (a task still runs on it), not only when the stream ends.
+#[test]
+fn a_dropped_stored_direct_result_frees_its_file_while_the_stream_is_open() {
+    on();
+    let c = common::cluster(1);
+    let open = Gate::new();
+    open.open();
+    // Teaches the driver the function's run time: the next two go to the
+    // one lease together.
+    let warm = bytes_after::remote(open.path(), 8);
+    assert_eq!(
+        fleet::get_timeout(&warm, Some(GENEROUS))
+            .expect("warm")
+            .len(),
+        8
+    );
+    let closed = Gate::new();
+    let big = bytes_after::remote(open.path(), 4 << 20);
+    let holds = bytes_after::remote(closed.path(), 8);
+    let value = fleet::get_timeout(&big, Some(GENEROUS)).expect("the large result");
+    assert!(value.len() == 4 << 20 && value.iter().all(|b| *b == 7));
+    drop(value);
+    let id = big.id();
+    store_file(id).expect("the large result is a file in the node's store");
+    leased(&c);
+    drop(big);
+    wait_until("the dropped result's file to go", GENEROUS, || {
+        store_file(id).is_none().then_some(())
+    });
+    // The lease's stream was open all along: its last task still runs.
+    let (ready, _) = fleet::wait(std::slice::from_ref(&holds), 1, Duration::ZERO).expect("wait");
+    assert!(
+        ready.is_empty(),
+        "the task holding the lease finished early"
+    );
+    assert_eq!(c.counts().expect("counts").leased, 1);
+    closed.open();
+    assert_eq!(
+        fleet::get_timeout(&holds, Some(GENEROUS))
+            .expect("holds")
+            .len(),
+        8
+    );
+}

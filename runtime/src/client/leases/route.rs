@@ -141,9 +141,7 @@ impl Client {
                     promised,
                 );
                 if kept {
-                    let _ = tx.send(proto::DirectOp {
-                        op: Some(direct_op::Op::Adopted(id)),
-                    });
+                    self.discard_unused(id, payload, r.nested_refs, promised, tx);
                 }
             }
             _ => {
@@ -162,6 +160,42 @@ impl Client {
             }
         }
         self.apply_effects(fx);
+    }
+
+    /// A cancelled task's result came back anyway, with a file in its
+    /// node's store or refs its worker keeps: the head is handed it and
+    /// frees it at once (the file is named nowhere else), and the worker
+    /// lets its refs go once the head has it. Promised to the head, the
+    /// id is taken by the cancelled outcome: the worker just lets go.
+    fn discard_unused(
+        &self,
+        id: u64,
+        payload: Payload,
+        nested: Vec<u64>,
+        promised: bool,
+        tx: tokio::sync::mpsc::UnboundedSender<proto::DirectOp>,
+    ) {
+        let adopted = proto::DirectOp {
+            op: Some(direct_op::Op::Adopted(id)),
+        };
+        let Some(leases) = self.leases.get().filter(|_| !promised) else {
+            let _ = tx.send(adopted);
+            return;
+        };
+        self.send(Op::Put(proto::Put {
+            value: Some(proto::ObjectValue {
+                object_id: id,
+                payload: Some(payload),
+            }),
+            nested_refs: nested,
+        }));
+        self.send(Op::Release(id));
+        let request_id = self.slots.reserve(1);
+        leases.hold_adopted(request_id, tx, id);
+        self.send(Op::Lookup(proto::Lookup {
+            request_id,
+            name: String::new(),
+        }));
     }
 
     /// Finishes direct task `id` with `payload`. The head gets it as a

@@ -51,6 +51,18 @@ struct Done {
     armed: bool,
 }
 
+/// Frees the store files of results that will never be delivered.
+fn discard_stored(client: &Client, ops: Vec<proto::DirectOp>) {
+    for op in ops {
+        if let Some(proto::direct_op::Op::Result(r)) = op.op {
+            if let Some(proto::object_value::Payload::Stored(loc)) = r.value.and_then(|v| v.payload)
+            {
+                client.store().discard(&loc.path);
+            }
+        }
+    }
+}
+
 impl Held {
     pub(crate) fn new(client: Arc<Client>) -> Arc<Self> {
         Arc::new(Held {
@@ -95,7 +107,13 @@ impl Held {
         let mut r = self.results.lock();
         self.holding.store(false, Ordering::Release);
         for (route, ops) in r.by_route.drain(..) {
-            route.send(ops);
+            if route.is_closed() {
+                // Its driver is gone: nobody will adopt what these results
+                // wrote to the node's store, so the files go now.
+                discard_stored(&self.client, ops);
+            } else {
+                route.send(ops);
+            }
         }
         r.count = 0;
         r.since = None;
