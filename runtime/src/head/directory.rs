@@ -35,8 +35,12 @@ impl State {
                 creator: 0,
             }),
         );
+        let in_pages = self.objects.in_pages_of(id, holder);
         if let Some(s) = self.sessions.get_mut(&holder) {
             s.created += 1;
+            if !in_pages {
+                s.elsewhere.insert(id);
+            }
             let job = s.job;
             if let Some(o) = self.objects.get_mut(&id) {
                 o.job = job;
@@ -125,6 +129,9 @@ impl State {
                     o.subscriber = 0;
                 }
                 s.created = s.created.saturating_sub(1);
+                if !s.elsewhere.is_empty() {
+                    s.elsewhere.remove(&id);
+                }
                 true
             }
             None => s.holds.remove(&id),

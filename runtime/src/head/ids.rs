@@ -273,6 +273,35 @@ impl<V> IdTable<V> {
         }
     }
 
+    /// Whether `id` sits in the pages of session `prefix` (so
+    /// [`IdTable::iter_prefix_mut`] finds it), not in the hash map.
+    pub(super) fn in_pages_of(&self, id: u64, prefix: u32) -> bool {
+        let (run, page, slot) = split(id);
+        run == u64::from(prefix)
+            && self
+                .runs
+                .get(&run)
+                .and_then(|r| r.slot(page, slot))
+                .is_some_and(Option::is_some)
+    }
+
+    /// The entries in the pages of session `prefix`, mutably: what a
+    /// session made, without a look at any other session's (closing a
+    /// session costs its own ids, not the whole table).
+    pub(super) fn iter_prefix_mut(&mut self, prefix: u32) -> impl Iterator<Item = (u64, &mut V)> {
+        let run = u64::from(prefix);
+        self.runs.get_mut(&run).into_iter().flat_map(move |r| {
+            let first = r.first;
+            r.pages.iter_mut().enumerate().flat_map(move |(i, p)| {
+                let page = first + i as u64;
+                p.slots.iter_mut().enumerate().filter_map(move |(s, v)| {
+                    let id = run << SEQ_BITS | page << PAGE_BITS | s as u64;
+                    v.as_mut().map(|v| (id, v))
+                })
+            })
+        })
+    }
+
     /// Every entry with its id, in no particular order.
     pub(super) fn iter(&self) -> impl Iterator<Item = (u64, &V)> {
         let dense = self.runs.iter().flat_map(|(run, r)| {
@@ -287,7 +316,10 @@ impl<V> IdTable<V> {
         dense.chain(self.other.iter().map(|(id, v)| (*id, v)))
     }
 
-    /// Every entry with its id, mutably, in no particular order.
+    /// Every entry with its id, mutably, in no particular order (for
+    /// tests: the head itself looks at one session's entries at a time,
+    /// [`IdTable::iter_prefix_mut`]).
+    #[cfg(test)]
     pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = (u64, &mut V)> {
         let dense = self.runs.iter_mut().flat_map(|(run, r)| {
             let (run, first) = (*run, r.first);

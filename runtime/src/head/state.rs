@@ -215,6 +215,10 @@ pub(super) struct Session {
     pub(super) holds: FastSet<u64>,
     /// Objects whose `creator` it still is.
     pub(super) created: usize,
+    /// Those of them not in its own pages of the object table (a
+    /// generator's items, ids far from its run): closing the session looks
+    /// at its pages and these, not at every object.
+    pub(super) elsewhere: FastSet<u64>,
     /// The job its tasks belong to.
     pub(super) job: u32,
 }
@@ -390,6 +394,7 @@ impl State {
             Session {
                 holds: FastSet::default(),
                 created: 0,
+                elsewhere: FastSet::default(),
                 job,
             },
         );
@@ -411,13 +416,21 @@ impl State {
         if let Some(s) = self.sessions.remove(&client) {
             let mut held: Vec<u64> = s.holds.into_iter().collect();
             if s.created > 0 {
-                // One pass over all objects, once per session that made
-                // objects and still holds some.
-                for (id, o) in self.objects.iter_mut() {
+                // What it made is in its own pages, or noted as elsewhere:
+                // other sessions' objects are not looked at.
+                for (id, o) in self.objects.iter_prefix_mut(client) {
                     if o.creator == client {
                         // Its hold is in `holders`: released below.
                         o.creator = 0;
                         held.push(id);
+                    }
+                }
+                for id in s.elsewhere {
+                    if let Some(o) = self.objects.get_mut(&id) {
+                        if o.creator == client {
+                            o.creator = 0;
+                            held.push(id);
+                        }
                     }
                 }
             }

@@ -125,3 +125,63 @@ fn a_sessions_tasks_live_in_pages_until_it_closes() {
     assert_eq!(st.objects.pages(), 0);
     assert_eq!(st.tasks.pages(), 0);
 }
+
+fn put(st: &mut State, client: u32, id: u64) {
+    st.put(
+        client,
+        proto::Put {
+            value: Some(proto::ObjectValue {
+                object_id: id,
+                payload: Some(value()),
+            }),
+            nested_refs: Vec::new(),
+        },
+    );
+}
+
+/// Closing a session frees what it made, found in its own pages and in
+/// its note of objects made elsewhere (ids of another session's run, ids
+/// far from its own), and lets go of what it held; another session's
+/// objects stay as they were.
+#[test]
+fn closing_a_session_frees_only_what_it_made_and_held() {
+    const OTHER: u32 = 2;
+    let mut st = head();
+    st.open_session(OTHER, 7);
+    let mine = |seq: u64| u64::from(DRIVER) << 40 | seq;
+    let theirs = |seq: u64| u64::from(OTHER) << 40 | seq;
+    for seq in 1..=3000 {
+        put(&mut st, DRIVER, mine(seq));
+    }
+    for seq in 1..=5 {
+        put(&mut st, OTHER, theirs(seq));
+    }
+    // Made by OTHER with ids that are not in its pages: one in the
+    // driver's run (as a generator's item is named by the worker running
+    // it), one far beyond its own run (hashed).
+    put(&mut st, OTHER, mine(3001));
+    put(&mut st, OTHER, theirs(1 << 30));
+    assert!(st.objects.in_pages_of(mine(3001), DRIVER));
+    assert!(!st.objects.in_pages_of(theirs(1 << 30), OTHER));
+    assert!(st.objects.in_pages_of(theirs(1), OTHER));
+    assert_eq!(st.sessions[&OTHER].elsewhere.len(), 2);
+    // Released before the end: no longer noted.
+    put(&mut st, OTHER, theirs(1 << 31));
+    st.release(OTHER, theirs(1 << 31));
+    assert_eq!(st.sessions[&OTHER].elsewhere.len(), 2);
+    // It also holds two of the driver's.
+    st.acquire(OTHER, mine(1));
+    st.acquire(OTHER, mine(2));
+    assert_eq!(st.objects.len(), 3000 + 7);
+    st.close_session(OTHER);
+    assert_eq!(st.objects.len(), 3000, "OTHER's 7 objects are freed");
+    for seq in 1..=3000 {
+        let o = st.objects.get(&mine(seq)).expect("the driver's object");
+        assert_eq!(o.creator, DRIVER);
+        assert_eq!(o.holders, 1, "only the driver holds {seq}");
+    }
+    assert!(st.objects.get(&mine(3001)).is_none());
+    st.close_session(DRIVER);
+    assert_eq!(st.objects.len(), 0);
+    assert_eq!(st.objects.pages(), 0);
+}

@@ -144,3 +144,34 @@ fn ids_behind_the_run_and_closed_sessions() {
     assert!(t.runs.is_empty());
     assert_eq!(t.len(), 0);
 }
+
+/// A session's own entries are found without looking at others': those
+/// in its pages, not those hashed, nor another session's.
+#[test]
+fn a_prefix_yields_only_the_entries_in_its_pages() {
+    let mut t: IdTable<u64> = IdTable::default();
+    t.open_prefix(1);
+    t.open_prefix(2);
+    for s in 1..=2 * PAGE as u64 {
+        t.insert(id(1, s), s);
+    }
+    for s in 1..=10 {
+        t.insert(id(2, s), 100 + s);
+    }
+    // Far beyond session 2's run: hashed.
+    t.insert(id(2, 1 << 30), 7);
+    assert!(t.in_pages_of(id(2, 3), 2));
+    assert!(!t.in_pages_of(id(2, 3), 1));
+    assert!(!t.in_pages_of(id(2, 1 << 30), 2));
+    assert!(!t.in_pages_of(id(2, 11), 2), "no entry there");
+    let mut seen: Vec<(u64, u64)> = t.iter_prefix_mut(2).map(|(k, v)| (k, *v)).collect();
+    seen.sort_unstable();
+    let expected: Vec<(u64, u64)> = (1..=10).map(|s| (id(2, s), 100 + s)).collect();
+    assert_eq!(seen, expected);
+    for (_, v) in t.iter_prefix_mut(2) {
+        *v += 1;
+    }
+    assert_eq!(t.get(&id(2, 4)), Some(&105));
+    assert_eq!(t.get(&id(1, 4)), Some(&4), "session 1 untouched");
+    assert_eq!(t.iter_prefix_mut(3).count(), 0, "no such session");
+}
