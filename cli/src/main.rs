@@ -337,6 +337,10 @@ enum Command {
         /// Vec<f64>) put, passed and returned; 0 skips them.
         #[arg(long, default_value_t = 200)]
         value_mib: usize,
+        /// With --efficiency: after each Fleet run, its CPU per task by
+        /// process and thread, with sleeps and preemptions.
+        #[arg(long)]
+        threads: bool,
     },
 }
 
@@ -608,6 +612,7 @@ fn main() -> anyhow::Result<()> {
             node_cpus,
             repeat,
             value_mib,
+            threads,
             num_cpus,
             scale,
             scale_tasks,
@@ -627,6 +632,7 @@ fn main() -> anyhow::Result<()> {
                 node_cpus: node_cpus.max(1),
                 repeat: repeat.max(1),
                 value_mib,
+                threads,
                 ..Default::default()
             };
             if !sizes.is_empty() {

@@ -277,6 +277,11 @@ impl Client {
         out
     }
 
+    /// Since when the oldest result held back waits (`None`: none is).
+    pub(crate) fn held_since(&self) -> Option<std::time::Instant> {
+        self.held.lock().since
+    }
+
     /// Sends what is held back, if anything.
     pub(crate) fn flush_held(&self) {
         if !self.holding.load(Ordering::Acquire) {

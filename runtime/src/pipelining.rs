@@ -25,6 +25,17 @@ pub(crate) const MAX_PIPELINE: usize = 128;
 /// batch, against a round trip saved on every task.
 pub(crate) const LONG_MICROS: f64 = 20_000.0;
 
+/// Queued work per worker for short tasks when no other worker can be had
+/// (a driver's leases once the head said `LeaseFull`): every frame between
+/// driver and worker wakes a thread on each side (tens of microseconds on
+/// a virtual machine), and a worker sends its results once half its queue
+/// is done, so the deeper the queue, the fewer the frames per task. Kept
+/// shallower while more workers may come, so that a burst spreads over
+/// them instead of queueing on the first.
+pub(crate) const DEEP_PIPELINE_MICROS: f64 = 12_000.0;
+/// At most this many tasks per worker in a deep pipeline.
+pub(crate) const MAX_DEEP_PIPELINE: usize = 1024;
+
 /// Tasks per worker for a function whose tasks ran `run_micros` on
 /// average (`None`: never ran, so nothing is known and it goes alone).
 pub(crate) fn depth(run_micros: Option<f64>) -> usize {
@@ -32,5 +43,16 @@ pub(crate) fn depth(run_micros: Option<f64>) -> usize {
         None => 1,
         Some(m) if m > LONG_MICROS => 1,
         Some(m) => (1 + (PIPELINE_MICROS / m.max(1.0)).ceil() as usize).clamp(2, MAX_PIPELINE),
+    }
+}
+
+/// [`depth`] when no other worker can be had: about
+/// [`DEEP_PIPELINE_MICROS`] of queued work (never less than [`depth`]).
+pub(crate) fn deep_depth(run_micros: Option<f64>) -> usize {
+    match run_micros {
+        None => 1,
+        Some(m) if m > LONG_MICROS => 1,
+        Some(m) => (1 + (DEEP_PIPELINE_MICROS / m.max(1.0)).ceil() as usize)
+            .clamp(depth(Some(m)), MAX_DEEP_PIPELINE),
     }
 }

@@ -14,6 +14,7 @@
 
 mod nodes;
 pub mod sim;
+mod threads;
 
 use std::time::{Duration, Instant};
 
@@ -97,6 +98,9 @@ pub struct EfficiencyOptions {
     /// MiB of the large values put, passed and returned as `Blob`,
     /// `Vec<u8>` and `Vec<f64>` (0: skip that part).
     pub value_mib: usize,
+    /// After each Fleet run, where its CPU went, by process role and
+    /// thread name (`efficiency/threads.rs`).
+    pub threads: bool,
 }
 
 impl Default for EfficiencyOptions {
@@ -118,6 +122,7 @@ impl Default for EfficiencyOptions {
             node_cpus: 1,
             repeat: 3,
             value_mib: 200,
+            threads: false,
         }
     }
 }
@@ -324,6 +329,9 @@ fn local(o: &EfficiencyOptions, parallel: Parallel, per_us: f64) -> anyhow::Resu
         pids.push(std::process::id());
         let cpu0 = cpu_of(&pids);
         let sleeps0 = sleeps_of(&workers);
+        let threads0 = o
+            .threads
+            .then(|| threads::Snapshot::take(std::process::id(), &workers));
         let t = Instant::now();
         let refs: Vec<ObjectRef<u64>> = (0..size.count as u64)
             .map(|i| lcg_task::remote(it, i))
@@ -334,6 +342,9 @@ fn local(o: &EfficiencyOptions, parallel: Parallel, per_us: f64) -> anyhow::Resu
         let fleet = t.elapsed();
         let cpu = cpu_of(&pids).saturating_sub(cpu0) as f64;
         let sleeps = sleeps_of(&workers).saturating_sub(sleeps0) as f64;
+        let threads1 = o
+            .threads
+            .then(|| threads::Snapshot::take(std::process::id(), &workers));
         anyhow::ensure!(got == want, "Fleet computed {got}, not {want}");
         drop(refs);
         let busy = cpu / (fleet.as_secs_f64() * 1e6);
@@ -360,6 +371,9 @@ fn local(o: &EfficiencyOptions, parallel: Parallel, per_us: f64) -> anyhow::Resu
             row.overhead_us,
             row.dry_per_100
         );
+        if let (Some(before), Some(after)) = (&threads0, &threads1) {
+            after.print_since(before, size.count);
+        }
         rows.push(row);
     }
     drop(cluster);

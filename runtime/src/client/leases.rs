@@ -116,6 +116,9 @@ struct Shape {
     queue: VecDeque<proto::TaskSpec>,
     /// The `want` last sent to the head.
     sent_want: u32,
+    /// The head granted all it can for now (`LeaseFull`, since the want
+    /// last grew or a lease was last granted): leases held queue deeper.
+    full: bool,
 }
 
 /// One worker leased to this session.
@@ -210,6 +213,7 @@ impl Leases {
                     cpus,
                     queue: VecDeque::new(),
                     sent_want: 0,
+                    full: false,
                 });
                 inner.shapes.len() - 1
             }
@@ -230,7 +234,11 @@ impl Leases {
         } = inner;
         let shape = &mut shapes[i];
         while let Some(front) = shape.queue.front() {
-            let depth = crate::pipelining::depth(micros.get(&front.function).copied());
+            let run_micros = micros.get(&front.function).copied();
+            let depth = match shape.full {
+                true => crate::pipelining::deep_depth(run_micros),
+                false => crate::pipelining::depth(run_micros),
+            };
             // As the head pipelines: only behind tasks of the same function
             // (a task queued behind another function's long one would wait
             // for it while another worker is free).
@@ -286,6 +294,8 @@ impl Leases {
         let shrink = shape.queue.is_empty() && want < shape.sent_want;
         if grow || shrink {
             shape.sent_want = want;
+            // The head answers a grown want with grants or `LeaseFull`.
+            shape.full &= !grow;
             fx.head.push(Op::LeaseRequest(proto::LeaseRequest {
                 num_cpus: cpus,
                 want,
@@ -322,6 +332,19 @@ impl Leases {
             .iter()
             .position(|s| same_cpus(s.cpus, g.num_cpus.max(0.0)))
         {
+            // More may come: queue shallow until the head says otherwise.
+            inner.shapes[i].full = false;
+            self.pump(&mut inner, i, fx);
+        }
+    }
+
+    /// The head has no more leases of `cpus` to give for now: the leases
+    /// held take deeper queues (`pipelining::deep_depth`).
+    pub(super) fn full(&self, f: proto::LeaseFull, fx: &mut Effects) {
+        let mut inner = self.inner.lock();
+        let cpus = f.num_cpus.max(0.0);
+        if let Some(i) = inner.shapes.iter().position(|s| same_cpus(s.cpus, cpus)) {
+            inner.shapes[i].full = true;
             self.pump(&mut inner, i, fx);
         }
     }

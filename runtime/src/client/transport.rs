@@ -148,6 +148,7 @@ pub(crate) async fn receive(
         // leases: for drivers, both transports (gRPC and in-process).
         Some(head_op::Op::LeaseGrant(g)) => client.on_lease_grant(g),
         Some(head_op::Op::LeaseEnd(e)) => client.on_lease_end(e),
+        Some(head_op::Op::LeaseFull(f)) => client.on_lease_full(f),
         Some(other) => {
             if let Some(worker) = &worker {
                 worker(other);

@@ -27,7 +27,7 @@ pub(super) fn set_current(task: Option<u64>) {
 }
 
 use super::direct::{Held, Route};
-use super::hold::{self, Finished, HOLD};
+use super::hold::{self, Finished};
 
 pub(super) struct Queue {
     pub(super) tasks: VecDeque<Queued>,
@@ -50,6 +50,8 @@ pub(crate) struct Executor {
     pub(super) client: Arc<Client>,
     /// Results and summaries of direct tasks held back (`worker/direct`).
     pub(super) direct: Arc<Held>,
+    /// Sends head-path results held too long (started with the first).
+    watchdog: std::sync::OnceLock<Arc<hold::Watchdog>>,
 }
 
 /// Tells the node agent reading this worker's output which function runs
@@ -217,6 +219,7 @@ impl Executor {
                     cv: Condvar::new(),
                     direct: Held::new(client.clone()),
                     client,
+                    watchdog: std::sync::OnceLock::new(),
                 })
             })
             .clone()
@@ -330,12 +333,19 @@ impl Executor {
             self.client.flush_held();
         } else if results == 1 {
             // The next task may run long: the result goes out by `HOLD`.
-            if let Some(rt) = super::RUNTIME.get() {
-                let client = self.client.clone();
-                rt.spawn(async move {
-                    tokio::time::sleep(HOLD).await;
-                    client.flush_held();
-                });
+            match super::RUNTIME.get() {
+                Some(rt) => self
+                    .watchdog
+                    .get_or_init(|| {
+                        let (a, b) = (Arc::downgrade(&self.client), Arc::downgrade(&self.client));
+                        hold::Watchdog::start(
+                            rt,
+                            move || a.upgrade().and_then(|c| c.held_since()),
+                            move || b.upgrade().map(|c| c.flush_held()).is_some(),
+                        )
+                    })
+                    .arm(),
+                None => self.client.flush_held(),
             }
         }
     }

@@ -263,6 +263,15 @@ impl Client {
         }
     }
 
+    /// The head has no more leases of a shape to give for now.
+    pub(crate) fn on_lease_full(self: &Arc<Self>, f: proto::LeaseFull) {
+        if let Some(leases) = self.leases.get() {
+            let mut fx = Effects::default();
+            leases.full(f, &mut fx);
+            self.apply_effects(fx);
+        }
+    }
+
     /// The head ended a lease.
     pub(crate) fn on_lease_end(self: &Arc<Self>, end: proto::LeaseEnd) {
         if let Some(leases) = self.leases.get() {

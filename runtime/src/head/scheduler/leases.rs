@@ -63,6 +63,9 @@ struct Request {
     want: u32,
     held: u32,
     since: Instant,
+    /// The session was told no more can be granted now (`LeaseFull`),
+    /// since its want last grew or it was last granted one.
+    told_full: bool,
 }
 
 /// A leased worker.
@@ -91,6 +94,9 @@ impl State {
                 if r.want > q.want.max(q.held) {
                     q.since = Instant::now();
                 }
+                if r.want > q.want {
+                    q.told_full = false;
+                }
                 q.want = r.want;
             }
             None => l.requests.push(Request {
@@ -100,6 +106,7 @@ impl State {
                 want: r.want,
                 held: 0,
                 since: Instant::now(),
+                told_full: false,
             }),
         }
         l.requests.retain(|q| q.want > 0 || q.held > 0);
@@ -361,6 +368,7 @@ impl State {
                         match self.node_for_worker(job, cpus, "", &[]) {
                             Some(node) => self.request_worker(&node, job),
                             None => {
+                                self.tell_full(qi);
                                 let q = &self.control.leases.requests[qi];
                                 // Another session waits with no lease at all.
                                 let others = self
@@ -438,6 +446,7 @@ impl State {
     fn grant(&mut self, qi: usize, wc: u32) {
         let q = &mut self.control.leases.requests[qi];
         q.held += 1;
+        q.told_full = false;
         let (session, cpus) = (q.session, q.cpus);
         let Some(address) = self.workers.get(&wc).map(|w| w.direct_address.clone()) else {
             return;
@@ -472,6 +481,19 @@ impl State {
                 node: node.to_string(),
             }),
         );
+    }
+
+    /// Request `qi` wants more leases than the cluster has CPUs free for:
+    /// its session hears it once (per growth of its want, or grant), and
+    /// queues deeper on the leases it holds.
+    fn tell_full(&mut self, qi: usize) {
+        let q = &mut self.control.leases.requests[qi];
+        if !q.told_full {
+            q.told_full = true;
+            let (session, num_cpus) = (q.session, q.cpus);
+            self.out
+                .push(session, Op::LeaseFull(proto::LeaseFull { num_cpus }));
+        }
     }
 
     /// Fairness: when work waits and no CPU is free, the session holding

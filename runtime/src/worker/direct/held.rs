@@ -33,6 +33,8 @@ pub(crate) struct Held {
     /// The direct task running now (id, stream id, function), so a
     /// driver's cancel reaches only its own task.
     running: Mutex<Option<(u64, u64, String)>>,
+    /// Sends results held too long (started with the first batch).
+    watchdog: std::sync::OnceLock<Arc<crate::worker::hold::Watchdog>>,
 }
 
 #[derive(Default)]
@@ -71,6 +73,7 @@ impl Held {
             holding: AtomicBool::new(false),
             done: Mutex::default(),
             running: Mutex::new(None),
+            watchdog: std::sync::OnceLock::new(),
         })
     }
 
@@ -120,15 +123,21 @@ impl Held {
     }
 
     /// Sends the held results after [`crate::worker::hold::HOLD`] (the
-    /// next task may run long).
+    /// next task may run long), by the worker's watchdog.
     pub(crate) fn flush_later(self: &Arc<Self>) {
-        if let Some(rt) = crate::worker::RUNTIME.get() {
-            let me = self.clone();
-            rt.spawn(async move {
-                tokio::time::sleep(crate::worker::hold::HOLD).await;
-                me.flush();
-            });
-        }
+        let Some(rt) = crate::worker::RUNTIME.get() else {
+            return self.flush();
+        };
+        self.watchdog
+            .get_or_init(|| {
+                let (a, b) = (Arc::downgrade(self), Arc::downgrade(self));
+                crate::worker::hold::Watchdog::start(
+                    rt,
+                    move || a.upgrade().and_then(|h| h.results.lock().since),
+                    move || b.upgrade().map(|h| h.flush()).is_some(),
+                )
+            })
+            .arm();
     }
 
     /// Adds a finished direct task's summary for the head.
