@@ -125,6 +125,38 @@ mod tests {
         }
     }
 
+    /// The watchdog flushes a batch that waited `HOLD`, goes idle, and
+    /// flushes the next batch armed after that too.
+    #[test]
+    fn the_watchdog_flushes_each_batch_once_it_waited_hold() {
+        use parking_lot::Mutex;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()
+            .expect("a runtime");
+        let held: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let (tx, rx) = std::sync::mpsc::channel::<Duration>();
+        let (a, b) = (held.clone(), held.clone());
+        let dog = Watchdog::start(
+            rt.handle(),
+            move || *a.lock(),
+            move || {
+                if let Some(first) = b.lock().take() {
+                    let _ = tx.send(first.elapsed());
+                }
+                true
+            },
+        );
+        for _ in 0..2 {
+            *held.lock() = Some(Instant::now());
+            dog.arm();
+            let waited = rx.recv_timeout(Duration::from_secs(30)).expect("a flush");
+            assert!(waited >= HOLD, "flushed after {waited:?}, before HOLD");
+            assert!(held.lock().is_none());
+        }
+    }
+
     #[test]
     fn a_lone_task_sends_its_result_at_once() {
         assert!(send_now(finished(5, 0, 1, 5)));

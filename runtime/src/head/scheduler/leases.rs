@@ -604,3 +604,6 @@ impl State {
         self.control.leases.leased.contains_key(&wc)
     }
 }
+
+#[cfg(test)]
+mod tests;
