@@ -127,6 +127,12 @@ impl Cluster {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        if self.head.is_none() {
+            // A joined driver's job ends with its session, and its workers
+            // with it: their summaries of its direct tasks go first. (A
+            // local cluster's head goes too: nobody would read them.)
+            self.client.finish_leases();
+        }
         crate::context::clear_client(&self.client);
         // The head stops its workers first, a worker still starting among
         // them, and only then its server: a worker must not find the door

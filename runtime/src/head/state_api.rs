@@ -89,6 +89,19 @@ impl State {
                 })
             })
             .collect();
+        // leases: direct tasks their workers reported running.
+        rows.extend(self.workers.values().filter_map(|w| {
+            let r = w.direct_running.as_ref()?;
+            Some(json!({
+                "id": hex(r.task_id),
+                "function": &*r.function,
+                "state": "running",
+                "node": w.node.clone(),
+                "pid": w.pid,
+                "job": w.job,
+                "retries_left": null,
+            }))
+        }));
         rows.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
         rows.extend(self.events.iter().rev().map(|e| {
             json!({

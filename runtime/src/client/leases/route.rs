@@ -8,11 +8,16 @@
 //! included.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::{eligible, lost_error, Effects, Finished, Leases};
 use crate::client::{Client, State};
 use crate::error::Error;
 use crate::proto::{self, client_op::Op, direct_op, object_value::Payload};
+
+/// The longest a leaving driver waits for its leased workers to confirm
+/// that the head has their summaries (one round trip each, normally).
+const FINISH_LIMIT: Duration = Duration::from_secs(2);
 
 impl Client {
     /// Lets this driver send eligible tasks to leased workers. Call on the
@@ -45,6 +50,16 @@ impl Client {
         leases.enqueue(spec, &mut fx);
         self.apply_effects(fx);
         None
+    }
+
+    /// The driver leaves: waits (at most [`FINISH_LIMIT`]) until its
+    /// leased workers' summaries of its tasks reached the head, which
+    /// stops the job's workers once this session ends (see
+    /// `Leases::finish`).
+    pub(crate) fn finish_leases(&self) {
+        if let Some(leases) = self.leases.get() {
+            leases.finish(FINISH_LIMIT);
+        }
     }
 
     /// Waits while too many direct tasks are unsent.
