@@ -256,7 +256,7 @@ fn start_local(config: &Config) -> Result<Inner> {
         .await?;
         let client = Client::new(&welcome, out, &session_token);
         if crate::client::leases_enabled() {
-            client.enable_leases();
+            client.enable_leases(welcome.max_pending_tasks);
         }
         tokio::spawn(transport::receive(client.clone(), leftover, inbound, None));
         Ok::<_, Error>(client)
@@ -424,7 +424,7 @@ fn join(address: &str, config: &Config) -> Result<Inner> {
             transport::handshake(&out, &mut inbound, hello(token.clone(), hash)).await?;
         let client = Client::new(&welcome, out, &token);
         if crate::client::leases_enabled() {
-            client.enable_leases();
+            client.enable_leases(welcome.max_pending_tasks);
         }
         client.set_backlog(backlog);
         tokio::spawn(transport::receive(client.clone(), leftover, inbound, None));

@@ -88,6 +88,8 @@ pub(crate) struct Leases {
     runtime: tokio::runtime::Handle,
     /// Signalled when `Inner::flushing` empties (see `ending.rs`).
     flushed: parking_lot::Condvar,
+    /// The head's bound on a job's unfinished tasks, for direct tasks.
+    max_pending: usize,
 }
 
 #[derive(Default)]
@@ -192,8 +194,12 @@ fn same_cpus(a: f64, b: f64) -> bool {
 }
 
 impl Leases {
-    pub(crate) fn new(runtime: tokio::runtime::Handle) -> Self {
+    pub(crate) fn new(runtime: tokio::runtime::Handle, max_pending: u64) -> Self {
         Leases {
+            max_pending: match max_pending {
+                0 => usize::MAX,
+                n => usize::try_from(n).unwrap_or(usize::MAX),
+            },
             inner: Mutex::new(Inner::default()),
             backlog: Backlog::default(),
             linger: Arc::new(tokio::sync::Notify::new()),
@@ -207,6 +213,24 @@ impl Leases {
     pub(super) fn on(&self, cpus: f64) -> bool {
         let inner = self.inner.lock();
         !inner.off && !inner.refused.iter().any(|c| same_cpus(*c, cpus.max(0.0)))
+    }
+
+    /// `Some((unfinished, limit))` if this driver's unfinished direct tasks
+    /// (queued or sent) reached the head's bound: the next fails.
+    pub(super) fn full(&self) -> Option<(usize, usize)> {
+        // Without the lock while far from it (every submit asks): in flight
+        // are at most the leases (one a CPU; MAX_WANT a shape) times their
+        // pipelining depth.
+        let queued = usize::try_from(self.backlog.queued()).unwrap_or(0);
+        let in_flight_at_most = MAX_WANT as usize * crate::pipelining::MAX_PIPELINE;
+        if queued.saturating_add(in_flight_at_most) < self.max_pending {
+            return None;
+        }
+        let inner = self.inner.lock();
+        let queued: usize = inner.shapes.iter().map(|s| s.queue.len()).sum();
+        let sent: usize = inner.leases.iter().map(|l| l.inflight.len()).sum();
+        let unfinished = queued + sent;
+        (unfinished >= self.max_pending).then_some((unfinished, self.max_pending))
     }
 
     /// Queues an eligible task (already given a pending, direct slot).

@@ -224,8 +224,9 @@ impl State {
 
     /// Jobs submitted with `fleet job submit` (oldest first), then the
     /// drivers and detached actors' jobs not among them. A submitted job's
-    /// row carries its driver's workers, unfinished tasks and direct tasks
-    /// done (which the head only counts) while it runs.
+    /// row carries its driver's workers, unfinished tasks (direct ones once
+    /// reported running) and direct tasks done (which the head only
+    /// counts) while it runs.
     /// Every row has the same columns; `--function` matches the
     /// entrypoint.
     fn job_rows(&self, submitted: &[proto::JobInfo], drivers: &HashMap<u32, String>) -> Vec<Value> {
@@ -236,7 +237,15 @@ impl State {
         let counts = |job: Option<u32>| match job.and_then(|j| Some((j, self.jobs.get(&j)?))) {
             Some((j, info)) => (
                 Some(self.workers.values().filter(|w| w.job == j).count()),
-                Some(self.pending.get(&j).copied().unwrap_or(0)),
+                // Direct tasks count once their worker said they run.
+                Some(
+                    self.pending.get(&j).copied().unwrap_or(0)
+                        + self
+                            .workers
+                            .values()
+                            .filter(|w| w.job == j && w.direct_running.is_some())
+                            .count(),
+                ),
                 Some(info.direct_tasks),
             ),
             None => (None, None, None),

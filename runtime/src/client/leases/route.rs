@@ -22,10 +22,12 @@ const FINISH_LIMIT: Duration = Duration::from_secs(2);
 impl Client {
     /// Lets this driver send eligible tasks to leased workers. Call on the
     /// session's runtime (its streams run there).
-    pub(crate) fn enable_leases(&self) {
+    /// `max_pending` is the head's bound on a job's unfinished tasks (0:
+    /// none), applied here to direct tasks, which the head never holds.
+    pub(crate) fn enable_leases(&self, max_pending: u64) {
         let _ = self
             .leases
-            .set(Leases::new(tokio::runtime::Handle::current()));
+            .set(Leases::new(tokio::runtime::Handle::current(), max_pending));
     }
 
     /// Sends `spec` down the direct path if it may take it (its handle is
@@ -39,6 +41,29 @@ impl Client {
         };
         if !eligible(&spec) || !leases.on(spec.num_cpus) {
             return Some(spec);
+        }
+        if let Some((unfinished, limit)) = leases.full() {
+            // As the head fails a task past its bound, at once.
+            let mut e = proto::TaskError {
+                function: spec.function.clone(),
+                message: format!(
+                    "the job has {unfinished} unfinished tasks, the limit \
+                     (FLEET_MAX_PENDING_TASKS) is {limit}; wait for results before submitting \
+                     more"
+                ),
+                ..Default::default()
+            };
+            e.set_kind(proto::ErrorKind::Task);
+            // Never heard of by the head: nothing to release there.
+            self.slots.with(spec.task_id, |s| {
+                s.direct = true;
+                s.subscribed = true;
+            });
+            self.on_ready(proto::ObjectValue {
+                object_id: spec.task_id,
+                payload: Some(Payload::Error(Box::new(e))),
+            });
+            return None;
         }
         // Its result comes on a lease's stream: never subscribed at the
         // head, never released there unless adopted.
@@ -414,6 +439,14 @@ impl Client {
                 );
                 return;
             }
+            // Said as the head says it of its own tasks (a local cluster's
+            // driver shows the head's log): once, naming how the worker
+            // ended. The first attempt ran here, with every retry left.
+            tracing::warn!(
+                "{why} while running task {id:016x} (`{}`); task retried, attempt 2 of {}",
+                spec.function,
+                spec.max_retries + 1,
+            );
             spec.max_retries -= 1;
         }
         // Through the head, unless the head was promised this object (it
