@@ -415,6 +415,7 @@ fn head_frames() -> Vec<HeadFrame> {
                 store_key: "5eed".into(),
                 ..Default::default()
             }],
+            max_pending_tasks: 10_000_000,
         }))),
         hop(head_op::Op::Refused(
             "wrong or missing cluster token".into(),

@@ -14,9 +14,11 @@
 //! the head's path and for a driver left without one (every task sent on
 //! it completes exactly once); a cluster across network namespaces.
 //!
-//! Leases are off by default for now (`FLEET_LEASES=1` turns them on):
-//! each test turns them on first (`on()`), and the drivers it starts
-//! inherit that.
+//! Leases are on by default (`FLEET_LEASES=0` turns them off): each test
+//! still turns them on first (`on()`), so that a run with the variable set
+//! to 0 (CI runs some files so) tests them all the same, and the drivers
+//! it starts inherit that. Covered too: a shape no node can run goes
+//! through the head, and back to leases once a node that can joins.
 
 mod common;
 
@@ -26,7 +28,8 @@ use std::time::Duration;
 use common::{wait_until, Gate, Proc, GATE_LIMIT, GENEROUS};
 use fleet::{remote, Error, ObjectRef};
 
-/// Turns leases on for this process (and the drivers it starts).
+/// Turns leases on for this process (and the drivers it starts), whatever
+/// the environment the tests run in says.
 fn on() {
     std::env::set_var("FLEET_LEASES", "1");
 }
@@ -757,5 +760,68 @@ fn a_dropped_stored_direct_result_frees_its_file_while_the_stream_is_open() {
             .expect("holds")
             .len(),
         8
+    );
+}
+
+/// `fleet list <kind> --json` against a CLI cluster.
+fn list_json(cluster: &common::cli::CliCluster, kind: &str) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new(common::cli::fleet_bin())
+        .args(["list", kind, "--json", "--address", &cluster.address])
+        .env("FLEET_TOKEN", &cluster.token)
+        .output()
+        .expect("running fleet list");
+    assert!(
+        out.status.success(),
+        "fleet list {kind}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON rows")
+}
+
+/// A driver that starts before any node can run its tasks (autoscaling
+/// from none) is refused leases of their shape, and its tasks wait at the
+/// head; once a node joins, the head says so and the driver's tasks of
+/// that shape take leases again (it would use the head for the rest of
+/// its session before).
+#[test]
+fn an_infeasible_shape_goes_back_to_leases_when_a_node_joins() {
+    on();
+    let mut cluster = common::cli::CliCluster::start(0, &[]);
+    let _driver = cluster.join();
+    let first = square::remote(3);
+    // Refused: the task went to the head, which holds it (no node).
+    wait_until(
+        "the head to hold the task no node can run",
+        GENEROUS,
+        || {
+            list_json(&cluster, "tasks")
+                .iter()
+                .any(|r| {
+                    r["function"]
+                        .as_str()
+                        .is_some_and(|f| f.ends_with("square"))
+                })
+                .then_some(())
+        },
+    );
+    cluster.add_node("127.0.0.2", 2);
+    assert_eq!(
+        fleet::get_timeout(&first, Some(GENEROUS)).expect("first"),
+        9
+    );
+    let refs: Vec<ObjectRef<u64>> = (0..200u64).map(square::remote).collect();
+    let got = fleet::get_all_timeout(&refs, Some(GENEROUS)).expect("200 squares");
+    assert!(got.iter().enumerate().all(|(i, v)| *v == (i * i) as u64));
+    // Their leased workers' summaries count them as this driver's direct
+    // tasks.
+    wait_until(
+        "the head to count the driver's direct tasks",
+        GENEROUS,
+        || {
+            list_json(&cluster, "jobs")
+                .iter()
+                .any(|r| r["type"] == "driver" && r["direct_tasks"].as_u64() >= Some(200))
+                .then_some(())
+        },
     );
 }

@@ -5,6 +5,7 @@
 mod backlog;
 mod leases;
 mod remote;
+mod replies;
 mod slots;
 mod streams;
 mod submit;
@@ -417,38 +418,6 @@ impl Client {
             object_id: id,
             payload: Some(Payload::Error(Box::new(err.to_wire()))),
         });
-    }
-
-    /// Asks the head which actor has `name`: (id, class), or `None`.
-    pub(crate) fn lookup_actor(&self, name: &str) -> Result<Option<(u64, String)>> {
-        let request_id = self.slots.reserve(1);
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.replies.insert(request_id, tx);
-        if let Some(why) = self.gone.get() {
-            self.replies.remove(&request_id);
-            return Err(Error::Connection(why.clone()));
-        }
-        self.send(Op::Lookup(proto::Lookup {
-            request_id,
-            name: name.to_string(),
-        }));
-        let reply = rx.recv_timeout(Duration::from_secs(60));
-        self.replies.remove(&request_id);
-        match reply {
-            Ok(r) if r.actor_id == 0 => Ok(None),
-            Ok(r) => Ok(Some((r.actor_id, r.class))),
-            Err(_) => Err(Error::Connection(format!(
-                "no answer from the head looking up actor `{name}`"
-            ))),
-        }
-    }
-
-    pub(crate) fn on_reply(&self, reply: proto::Reply) {
-        if let Some((_, tx)) = self.replies.remove(&reply.request_id) {
-            let _ = tx.send(reply);
-        } else {
-            self.on_direct_ack(reply.request_id);
-        }
     }
 
     /// A value arrived from the head (or failed locally).

@@ -127,6 +127,12 @@ impl Cluster {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        if self.head.is_none() {
+            // A joined driver's job ends with its session, and its workers
+            // with it: their summaries of its direct tasks go first. (A
+            // local cluster's head goes too: nobody would read them.)
+            self.client.finish_leases();
+        }
         crate::context::clear_client(&self.client);
         // The head stops its workers first, a worker still starting among
         // them, and only then its server: a worker must not find the door
@@ -250,7 +256,7 @@ fn start_local(config: &Config) -> Result<Inner> {
         .await?;
         let client = Client::new(&welcome, out, &session_token);
         if crate::client::leases_enabled() {
-            client.enable_leases();
+            client.enable_leases(welcome.max_pending_tasks);
         }
         tokio::spawn(transport::receive(client.clone(), leftover, inbound, None));
         Ok::<_, Error>(client)
@@ -418,7 +424,7 @@ fn join(address: &str, config: &Config) -> Result<Inner> {
             transport::handshake(&out, &mut inbound, hello(token.clone(), hash)).await?;
         let client = Client::new(&welcome, out, &token);
         if crate::client::leases_enabled() {
-            client.enable_leases();
+            client.enable_leases(welcome.max_pending_tasks);
         }
         client.set_backlog(backlog);
         tokio::spawn(transport::receive(client.clone(), leftover, inbound, None));

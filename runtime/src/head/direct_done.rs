@@ -5,11 +5,13 @@
 //! list tasks`, the timeline, `fleet logs --task`, the dashboard), counts
 //! and a run time per function (`/metrics`), the cancelled count, the
 //! function's mean run time, and the job's count of direct tasks (`fleet
-//! list jobs`).
+//! list jobs`). A task that runs long is reported once while it runs
+//! (`DirectTask.running`): its worker shows it as running (`fleet list
+//! tasks`) until its summary comes or the worker is gone.
 
 use std::sync::Arc;
 
-use super::state::State;
+use super::state::{DirectRunning, State};
 use crate::proto::{self, ErrorKind};
 
 impl State {
@@ -32,13 +34,17 @@ impl State {
             return;
         };
         let job = self.job_of(client);
+        let mut tasks = done.tasks;
+        if tasks.iter().any(|t| t.running) || self.reports_running(client) {
+            tasks = self.note_running(client, tasks);
+        }
         if let Some(j) = self.jobs.get_mut(&job) {
-            j.direct_tasks += done.tasks.len() as u64;
+            j.direct_tasks += tasks.len() as u64;
         }
         // A batch is mostly one function: its name is looked up once per
         // run of tasks, not once per task.
         let mut last: Option<(String, u32, Arc<str>)> = None;
-        for t in done.tasks {
+        for t in tasks {
             let (function_id, function) = match &last {
                 Some((name, id, shared)) if *name == t.function => (*id, shared.clone()),
                 _ => {
@@ -67,5 +73,44 @@ impl State {
                 t.exec_micros,
             );
         }
+    }
+
+    /// Whether worker session `client` has a direct task listed running.
+    fn reports_running(&self, client: u32) -> bool {
+        self.workers
+            .get(&client)
+            .is_some_and(|w| w.direct_running.is_some())
+    }
+
+    /// Takes the running reports out of `tasks` (noted on their worker)
+    /// and ends the one a finished summary closes; returns the finished.
+    fn note_running(
+        &mut self,
+        client: u32,
+        tasks: Vec<proto::DirectTask>,
+    ) -> Vec<proto::DirectTask> {
+        let mut finished = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            if t.running {
+                let function = self.intern(&t.function).1;
+                if let Some(w) = self.workers.get_mut(&client) {
+                    w.direct_running = Some(Box::new(DirectRunning {
+                        task_id: t.task_id,
+                        function,
+                    }));
+                }
+                continue;
+            }
+            if let Some(w) = self.workers.get_mut(&client) {
+                if w.direct_running
+                    .as_ref()
+                    .is_some_and(|r| r.task_id == t.task_id)
+                {
+                    w.direct_running = None;
+                }
+            }
+            finished.push(t);
+        }
+        finished
     }
 }

@@ -274,6 +274,17 @@ impl State {
         // leases: a worker leased to a driver runs its direct tasks, which
         // the head hears of only once done: at least one each.
         tasks.running += self.leased_count() as u64;
+        // Those reported running (long ones) are shown by function too.
+        for r in self
+            .workers
+            .values()
+            .filter_map(|w| w.direct_running.as_ref())
+        {
+            functions
+                .entry(short(&r.function).to_string())
+                .or_default()
+                .running += 1;
+        }
         for (name, c) in &self.finished {
             let f = functions.entry(name.clone()).or_default();
             f.finished = c.finished;

@@ -48,6 +48,7 @@ impl State {
             tracing::info!(node = %name, "node rejoined; its old entry is replaced");
         }
         self.add_node(name, Some(client), info.clone());
+        self.leases_feasible_again();
         Ok(())
     }
 

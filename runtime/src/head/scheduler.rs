@@ -256,6 +256,7 @@ impl State {
                 busy_since: 0,
                 held: Vec::new(),
                 direct_address: hello.direct_address.clone(),
+                direct_running: None,
             },
         );
     }

@@ -104,6 +104,10 @@ impl Head {
                 spill_dir: info.spill_dir,
                 store_capacity: info.store_capacity,
                 stores,
+                max_pending_tasks: match hello.role() {
+                    Role::Driver => st.max_pending as u64,
+                    _ => 0,
+                },
             }))),
         }
     }

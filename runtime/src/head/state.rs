@@ -208,6 +208,15 @@ pub(super) struct Worker {
     /// leases: where its `Worker.Direct` service listens (`Hello`), for
     /// lease grants and `fleet list workers`; empty: it serves none.
     pub(super) direct_address: String,
+    /// leases: the direct task it reported running (`DirectTask.running`)
+    /// and has not reported finished: listed by `fleet list tasks`.
+    pub(super) direct_running: Option<Box<DirectRunning>>,
+}
+
+/// A direct task a worker runs now (see `head/direct_done.rs`).
+pub(super) struct DirectRunning {
+    pub(super) task_id: u64,
+    pub(super) function: Arc<str>,
 }
 
 pub(super) struct Session {

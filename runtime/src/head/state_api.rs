@@ -89,6 +89,19 @@ impl State {
                 })
             })
             .collect();
+        // leases: direct tasks their workers reported running.
+        rows.extend(self.workers.values().filter_map(|w| {
+            let r = w.direct_running.as_ref()?;
+            Some(json!({
+                "id": hex(r.task_id),
+                "function": &*r.function,
+                "state": "running",
+                "node": w.node.clone(),
+                "pid": w.pid,
+                "job": w.job,
+                "retries_left": null,
+            }))
+        }));
         rows.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
         rows.extend(self.events.iter().rev().map(|e| {
             json!({
@@ -211,8 +224,9 @@ impl State {
 
     /// Jobs submitted with `fleet job submit` (oldest first), then the
     /// drivers and detached actors' jobs not among them. A submitted job's
-    /// row carries its driver's workers, unfinished tasks and direct tasks
-    /// done (which the head only counts) while it runs.
+    /// row carries its driver's workers, unfinished tasks (direct ones once
+    /// reported running) and direct tasks done (which the head only
+    /// counts) while it runs.
     /// Every row has the same columns; `--function` matches the
     /// entrypoint.
     fn job_rows(&self, submitted: &[proto::JobInfo], drivers: &HashMap<u32, String>) -> Vec<Value> {
@@ -223,7 +237,15 @@ impl State {
         let counts = |job: Option<u32>| match job.and_then(|j| Some((j, self.jobs.get(&j)?))) {
             Some((j, info)) => (
                 Some(self.workers.values().filter(|w| w.job == j).count()),
-                Some(self.pending.get(&j).copied().unwrap_or(0)),
+                // Direct tasks count once their worker said they run.
+                Some(
+                    self.pending.get(&j).copied().unwrap_or(0)
+                        + self
+                            .workers
+                            .values()
+                            .filter(|w| w.job == j && w.direct_running.is_some())
+                            .count(),
+                ),
                 Some(info.direct_tasks),
             ),
             None => (None, None, None),

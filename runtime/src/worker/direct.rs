@@ -39,6 +39,9 @@ const FIRST_FRAME: Duration = Duration::from_secs(30);
 /// How long a force-cancelled worker waits, after its last frame left,
 /// before it exits: time for the frame to reach the socket.
 const EXIT_GRACE: Duration = Duration::from_millis(100);
+/// The longest a worker waits for the head's answer after it flushed its
+/// summaries for a leaving driver (the driver bounds its wait too).
+const FLUSH_LIMIT: Duration = Duration::from_secs(5);
 /// The longest a force-cancelled worker waits for its answer to be taken
 /// (a driver that reads nothing does not keep the task running).
 const EXIT_LIMIT: Duration = Duration::from_secs(2);
@@ -175,6 +178,9 @@ impl proto::worker_server::Worker for Direct {
                 }
             }
             executor.drop_route(&route);
+            // Its driver may be gone for good, and its job's workers with
+            // it: the summaries of its tasks go to the head now.
+            executor.direct.flush_done();
         });
         Ok(Response::new(Box::pin(outbound(rx))))
     }
@@ -187,10 +193,31 @@ fn apply(executor: &Arc<Executor>, route: &Arc<Route>, ops: Vec<proto::DirectOp>
             Op::Execute(spec) => executor.push_direct(spec, route),
             Op::Cancel(c) => executor.cancel_direct(&c, route),
             Op::Adopted(id) => route.adopted(&executor.client, id),
+            Op::Flush(_) => flush_for(executor, route),
             // Only a worker sends these.
-            Op::Result(_) | Op::Returned(_) => {}
+            Op::Result(_) | Op::Returned(_) | Op::Flushed(_) => {}
         }
     }
+}
+
+/// The driver is done with this lease (it leaves): the summaries held
+/// for the head go now, and the driver hears `flushed` once the head has
+/// applied them (a round trip on this worker's session follows them), so
+/// it may end its session without leaving its last tasks uncounted.
+fn flush_for(executor: &Arc<Executor>, route: &Arc<Route>) {
+    let held = executor.direct.clone();
+    let client = executor.client.clone();
+    let route = route.clone();
+    // The round trip blocks a thread: not one of the runtime's.
+    tokio::task::spawn_blocking(move || {
+        held.flush_done();
+        if !client.round_trip(FLUSH_LIMIT) {
+            tracing::debug!("no answer from the head after flushing direct task summaries");
+        }
+        route.send(vec![proto::DirectOp {
+            op: Some(Op::Flushed(true)),
+        }]);
+    });
 }
 
 /// The frames a stream sends: whatever is queued when the I/O thread

@@ -8,19 +8,26 @@
 //! included.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::{eligible, lost_error, Effects, Finished, Leases};
 use crate::client::{Client, State};
 use crate::error::Error;
 use crate::proto::{self, client_op::Op, direct_op, object_value::Payload};
 
+/// The longest a leaving driver waits for its leased workers to confirm
+/// that the head has their summaries (one round trip each, normally).
+const FINISH_LIMIT: Duration = Duration::from_secs(2);
+
 impl Client {
     /// Lets this driver send eligible tasks to leased workers. Call on the
     /// session's runtime (its streams run there).
-    pub(crate) fn enable_leases(&self) {
+    /// `max_pending` is the head's bound on a job's unfinished tasks (0:
+    /// none), applied here to direct tasks, which the head never holds.
+    pub(crate) fn enable_leases(&self, max_pending: u64) {
         let _ = self
             .leases
-            .set(Leases::new(tokio::runtime::Handle::current()));
+            .set(Leases::new(tokio::runtime::Handle::current(), max_pending));
     }
 
     /// Sends `spec` down the direct path if it may take it (its handle is
@@ -35,6 +42,29 @@ impl Client {
         if !eligible(&spec) || !leases.on(spec.num_cpus) {
             return Some(spec);
         }
+        if let Some((unfinished, limit)) = leases.full() {
+            // As the head fails a task past its bound, at once.
+            let mut e = proto::TaskError {
+                function: spec.function.clone(),
+                message: format!(
+                    "the job has {unfinished} unfinished tasks, the limit \
+                     (FLEET_MAX_PENDING_TASKS) is {limit}; wait for results before submitting \
+                     more"
+                ),
+                ..Default::default()
+            };
+            e.set_kind(proto::ErrorKind::Task);
+            // Never heard of by the head: nothing to release there.
+            self.slots.with(spec.task_id, |s| {
+                s.direct = true;
+                s.subscribed = true;
+            });
+            self.on_ready(proto::ObjectValue {
+                object_id: spec.task_id,
+                payload: Some(Payload::Error(Box::new(e))),
+            });
+            return None;
+        }
         // Its result comes on a lease's stream: never subscribed at the
         // head, never released there unless adopted.
         self.slots.with(spec.task_id, |s| {
@@ -45,6 +75,16 @@ impl Client {
         leases.enqueue(spec, &mut fx);
         self.apply_effects(fx);
         None
+    }
+
+    /// The driver leaves: waits (at most [`FINISH_LIMIT`]) until its
+    /// leased workers' summaries of its tasks reached the head, which
+    /// stops the job's workers once this session ends (see
+    /// `Leases::finish`).
+    pub(crate) fn finish_leases(&self) {
+        if let Some(leases) = self.leases.get() {
+            leases.finish(FINISH_LIMIT);
+        }
     }
 
     /// Waits while too many direct tasks are unsent.
@@ -267,7 +307,7 @@ impl Client {
     pub(crate) fn on_lease_full(self: &Arc<Self>, f: proto::LeaseFull) {
         if let Some(leases) = self.leases.get() {
             let mut fx = Effects::default();
-            leases.full(f, &mut fx);
+            leases.cluster_full(f, &mut fx);
             self.apply_effects(fx);
         }
     }
@@ -408,6 +448,14 @@ impl Client {
                 );
                 return;
             }
+            // Said as the head says it of its own tasks (a local cluster's
+            // driver shows the head's log): once, naming how the worker
+            // ended. The first attempt ran here, with every retry left.
+            tracing::warn!(
+                "{why} while running task {id:016x} (`{}`); task retried, attempt 2 of {}",
+                spec.function,
+                spec.max_retries + 1,
+            );
             spec.max_retries -= 1;
         }
         // Through the head, unless the head was promised this object (it

@@ -99,6 +99,11 @@ impl Client {
             match op {
                 direct_op::Op::Result(r) => self.on_direct_result(key, r),
                 direct_op::Op::Returned(id) => self.on_direct_returned(key, id),
+                direct_op::Op::Flushed(_) => {
+                    if let Some(l) = self.leases.get() {
+                        l.flushed(key);
+                    }
+                }
                 _ => {}
             }
         }

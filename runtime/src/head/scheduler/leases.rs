@@ -15,6 +15,8 @@
 //! dependents wait and nothing frees it, until the same session's `Put`
 //! completes it (or the session ends and it is lost).
 
+mod promises;
+
 use std::time::{Duration, Instant};
 
 use crate::proto::{self, head_op::Op};
@@ -52,6 +54,9 @@ pub(in crate::head) struct Leases {
     /// A dispatch pass is due to look at starved requests again (nothing
     /// else may wake the head while leased workers run direct tasks).
     check_armed: bool,
+    /// Shapes refused to sessions because no node could run them: (session,
+    /// CPUs). They hear when a node that can joins (`LeaseEnd.feasible`).
+    refused: Vec<(u32, f64)>,
 }
 
 /// A session's wish for leased workers of one shape.
@@ -226,6 +231,7 @@ impl State {
     pub(in crate::head) fn lease_session_closed(&mut self, client: u32) {
         let l = &mut self.control.leases;
         l.requests.retain(|q| q.session != client);
+        l.refused.retain(|(s, _)| *s != client);
         let mine: Vec<u32> = l
             .leased
             .iter()
@@ -253,53 +259,30 @@ impl State {
         }
     }
 
-    /// `client` will put `id` (a direct task's object, not finished yet):
-    /// it is pending here until then.
-    pub(in crate::head) fn promise(&mut self, client: u32, id: u64) {
-        if !self.new_object(id, super::super::state::ObjState::Pending, client) {
+    /// The cluster grew (a node joined): sessions refused a shape that a
+    /// node can run now may ask for leases of it again. Without this, a
+    /// driver that started before its first node (autoscaling from none)
+    /// would send every task through the head for the rest of its session.
+    pub(in crate::head) fn leases_feasible_again(&mut self) {
+        if self.control.leases.refused.is_empty() {
             return;
         }
-        let job = self.job_of(client);
-        *self.pending.entry(job).or_default() += 1;
-        let spec = proto::TaskSpec {
-            task_id: id,
-            function: "(direct task)".into(),
-            ..Default::default()
-        };
-        let task = self.make_task(spec, 0, 0, job);
-        self.tasks.insert(id, task);
-        self.control.leases.promises.insert(id, client);
-    }
-
-    /// A `Put`: completes a promised object, else stores a new one.
-    pub(in crate::head) fn put_or_fulfil(&mut self, client: u32, p: proto::Put) {
-        let id = p.value.as_ref().map_or(0, |v| v.object_id);
-        let l = &mut self.control.leases;
-        if l.promises.is_empty() || l.promises.get(&id) != Some(&client) {
-            return self.put(client, p);
-        }
-        l.promises.remove(&id);
-        let Some(payload) = p.value.and_then(|v| v.payload) else {
-            return;
-        };
-        self.complete(id, payload, p.nested_refs);
-    }
-
-    /// A cancel: the head's own tasks as before; for a direct task (the
-    /// head does not have it), the tasks it submitted through the head.
-    pub(in crate::head) fn cancel_any(&mut self, client: u32, c: proto::Cancel) {
-        if self.tasks.contains_key(&c.task_id) || !c.recursive {
-            return self.cancel(client, c);
-        }
-        let job = self.job_of(client);
-        let kids: Vec<u64> = self
-            .tasks
-            .iter()
-            .filter(|(_, t)| t.spec.parent_task == c.task_id && t.job == job)
-            .map(|(id, _)| id)
-            .collect();
-        for k in kids {
-            self.cancel(client, proto::Cancel { task_id: k, ..c });
+        let refused = std::mem::take(&mut self.control.leases.refused);
+        for (session, cpus) in refused {
+            if !self.feasible(cpus, "", &[]) {
+                self.control.leases.refused.push((session, cpus));
+                continue;
+            }
+            self.out.push(
+                session,
+                Op::LeaseEnd(proto::LeaseEnd {
+                    worker_id: 0,
+                    reason: format!("a node with {cpus} CPUs joined"),
+                    one_shape: true,
+                    num_cpus: cpus,
+                    feasible: true,
+                }),
+            );
         }
     }
 
@@ -333,7 +316,15 @@ impl State {
                     // No node can run tasks of this shape now: they wait
                     // aside at the head (with a note in `fleet status`,
                     // and as autoscaler demand), so they go there.
-                    self.control.leases.requests[qi].want = 0;
+                    let l = &mut self.control.leases;
+                    l.requests[qi].want = 0;
+                    if !l
+                        .refused
+                        .iter()
+                        .any(|(s, c)| *s == session && c.to_bits() == cpus.to_bits())
+                    {
+                        l.refused.push((session, cpus));
+                    }
                     self.out.push(
                         session,
                         Op::LeaseEnd(proto::LeaseEnd {
@@ -341,6 +332,7 @@ impl State {
                             reason: format!("no node has {cpus} CPUs"),
                             one_shape: true,
                             num_cpus: cpus,
+                            feasible: false,
                         }),
                     );
                     break;

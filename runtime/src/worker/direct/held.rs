@@ -5,7 +5,10 @@
 //! The summaries feed the head's task list, timeline and metrics. Nobody
 //! waits for them, so they go at most every [`DONE_EVERY`] (or once
 //! [`DONE_MAX`] wait): a worker running a sync loop of 30 µs calls wakes
-//! the head some 50 times a second instead of 30,000.
+//! the head some 50 times a second instead of 30,000. A task still
+//! running at a tick, [`DONE_EVERY`] after it started, is reported once as
+//! running (`DirectTask.running`), so that `fleet list tasks` shows it; a
+//! task shorter than that costs the head nothing more.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -30,11 +33,24 @@ pub(crate) struct Held {
     /// idle turn of the executor).
     holding: AtomicBool,
     done: Mutex<Done>,
-    /// The direct task running now (id, stream id, function), so a
-    /// driver's cancel reaches only its own task.
-    running: Mutex<Option<(u64, u64, String)>>,
+    /// The direct task running now, so a driver's cancel reaches only its
+    /// own task, and the head hears of it if it runs long.
+    running: Mutex<Option<Running>>,
     /// Sends results held too long (started with the first batch).
     watchdog: std::sync::OnceLock<Arc<crate::worker::hold::Watchdog>>,
+}
+
+/// A direct task that runs now.
+struct Running {
+    task: u64,
+    /// Its stream's id.
+    route: u64,
+    function: String,
+    started: Instant,
+    /// `started` as wall-clock microseconds, for the head's records.
+    start_micros: u64,
+    /// The head was told it runs.
+    reported: bool,
 }
 
 #[derive(Default)]
@@ -150,20 +166,60 @@ impl Held {
             self.send_done(tasks);
             return;
         }
-        if d.armed {
-            return;
-        }
-        d.armed = true;
         drop(d);
+        self.arm(DONE_EVERY);
+    }
+
+    /// Makes sure a tick comes within `after` (one timer at a time).
+    fn arm(self: &Arc<Self>, after: Duration) {
+        {
+            let mut d = self.done.lock();
+            if d.armed {
+                return;
+            }
+            d.armed = true;
+        }
         match crate::worker::RUNTIME.get() {
             Some(rt) => {
                 let me = self.clone();
                 rt.spawn(async move {
-                    tokio::time::sleep(DONE_EVERY).await;
-                    me.flush_done();
+                    tokio::time::sleep(after).await;
+                    me.tick();
                 });
             }
             None => self.flush_done(),
+        }
+    }
+
+    /// The timer: sends the waiting summaries, and reports the running
+    /// task once it has run [`DONE_EVERY`]; if it has not yet, looks again
+    /// when it will have.
+    fn tick(self: &Arc<Self>) {
+        let (tasks, again) = {
+            let mut d = self.done.lock();
+            let mut tasks = std::mem::take(&mut d.tasks);
+            let mut again = None;
+            if let Some(r) = self.running.lock().as_mut().filter(|r| !r.reported) {
+                let ran = r.started.elapsed();
+                if ran >= DONE_EVERY {
+                    r.reported = true;
+                    tasks.push(proto::DirectTask {
+                        task_id: r.task,
+                        function: r.function.clone(),
+                        start_micros: r.start_micros,
+                        running: true,
+                        ..Default::default()
+                    });
+                } else {
+                    again = Some(DONE_EVERY - ran);
+                }
+            }
+            d.armed = false;
+            (tasks, again)
+        };
+        self.send_done(tasks);
+        if let Some(after) = again {
+            self.arm(after);
         }
     }
 
@@ -184,15 +240,29 @@ impl Held {
         }
     }
 
-    /// Marks a task (id, stream id, function) as running, or none.
-    pub(crate) fn set_running(&self, running: Option<(u64, u64, String)>) {
-        *self.running.lock() = running;
+    /// Marks a task (id, stream id, function) as running, or none. A tick
+    /// is due by the time it has run [`DONE_EVERY`].
+    pub(crate) fn set_running(self: &Arc<Self>, running: Option<(u64, u64, String)>) {
+        let starts = running.is_some();
+        *self.running.lock() = running.map(|(task, route, function)| Running {
+            task,
+            route,
+            function,
+            started: Instant::now(),
+            start_micros: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64),
+            reported: false,
+        });
+        if starts {
+            self.arm(DONE_EVERY);
+        }
     }
 
     /// The function of `task` if it runs now and came on stream `route`.
     pub(crate) fn runs(&self, task: u64, route: u64) -> Option<String> {
         match &*self.running.lock() {
-            Some((t, r, f)) if *t == task && *r == route => Some(f.clone()),
+            Some(r) if r.task == task && r.route == route => Some(r.function.clone()),
             _ => None,
         }
     }

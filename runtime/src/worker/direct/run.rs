@@ -50,6 +50,7 @@ fn summary(function: String, result: &proto::TaskResult) -> proto::DirectTask {
         exec_micros: result.exec_micros,
         error_kind,
         error,
+        running: false,
     }
 }
 
