@@ -186,10 +186,19 @@ fn a_live_scrape_passes_promtool_and_counts_the_work_done() {
     gate.open();
     assert_eq!(fleet::get(&held).expect("held"), 1);
 
-    let done = wait_until("the last result counted", GENEROUS, || {
+    // Direct tasks reach the head's counts in their workers' summaries,
+    // batched per worker: wait until every worker's last batch is in.
+    let done = wait_until("the last results counted", GENEROUS, || {
         let text = get_ok(&dashboard, "/metrics");
         let s = samples(&text);
-        (s.get("fleet_tasks_finished_total{function=\"hold\"}") == Some(&1.0)).then_some(text)
+        let is = |k: &str, v: f64| s.get(k) == Some(&v);
+        (is("fleet_tasks_finished_total{function=\"hold\"}", 1.0)
+            && is("fleet_tasks_finished_total{function=\"square\"}", N as f64)
+            && is(
+                "fleet_tasks_failed_total{function=\"reject\"}",
+                FAILED as f64,
+            ))
+        .then_some(text)
     });
     promtool_check(&done);
     let s = samples(&done);
