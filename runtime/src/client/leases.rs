@@ -221,7 +221,7 @@ impl Leases {
 
     /// `Some((unfinished, limit))` if this driver's unfinished direct tasks
     /// (queued or sent) reached the head's bound: the next fails.
-    pub(super) fn full(&self) -> Option<(usize, usize)> {
+    pub(super) fn at_limit(&self) -> Option<(usize, usize)> {
         // Without the lock while far from it (every submit asks): in flight
         // are at most the leases (one a CPU; MAX_WANT a shape) times their
         // pipelining depth.

@@ -42,6 +42,9 @@ const EXIT_GRACE: Duration = Duration::from_millis(100);
 /// The longest a worker waits for the head's answer after it flushed its
 /// summaries for a leaving driver (the driver bounds its wait too).
 const FLUSH_LIMIT: Duration = Duration::from_secs(5);
+/// The longest a result with refs inside waits for the head to have what
+/// this worker sent before it (see `direct/run.rs`).
+const ORDER_LIMIT: Duration = Duration::from_secs(5);
 /// The longest a force-cancelled worker waits for its answer to be taken
 /// (a driver that reads nothing does not keep the task running).
 const EXIT_LIMIT: Duration = Duration::from_secs(2);

@@ -42,7 +42,7 @@ impl Client {
         if !eligible(&spec) || !leases.on(spec.num_cpus) {
             return Some(spec);
         }
-        if let Some((unfinished, limit)) = leases.full() {
+        if let Some((unfinished, limit)) = leases.at_limit() {
             // As the head fails a task past its bound, at once.
             let mut e = proto::TaskError {
                 function: spec.function.clone(),

@@ -209,6 +209,26 @@ impl Executor {
             }
             return;
         }
+        if !result.nested_refs.is_empty() {
+            // The refs inside were made through this worker's session (a
+            // put, a submit): the head must have them before the driver's
+            // `Put` of this result names them, or it pins nothing and they
+            // are freed once this worker lets go. That `Put` comes by
+            // another session: the result waits for a round trip on ours.
+            let client = self.client.clone();
+            let direct = self.direct.clone();
+            let send = move || {
+                client.round_trip(super::ORDER_LIMIT);
+                // Behind the results held, as they ran first.
+                direct.flush();
+                route.send(vec![result_op(result)]);
+            };
+            match crate::worker::RUNTIME.get() {
+                Some(rt) => drop(rt.spawn_blocking(send)),
+                None => send(),
+            }
+            return;
+        }
         let (held, since) = self.direct.hold(&route, result_op(result), started);
         let queued = {
             let q = self.queue.lock();
