@@ -154,12 +154,6 @@ fn task_returns_a_ref_to_its_own_put() {
 
 #[test]
 fn recursive_tasks_deeper_than_the_cpus_do_not_deadlock() {
-    // KNOWN BUG with leases (the default), not head-path-only behaviour: in
-    // about 2 runs of 3 the driver never gets `fib(8)`'s result, although
-    // the head counted all 67 fib tasks finished and no lease is held any
-    // more; it hangs so at c8241ed with FLEET_LEASES=1 too. The head's path
-    // is kept here until that is fixed.
-    std::env::set_var("FLEET_LEASES", "0");
     let _c = cluster(2);
     // 16 levels of tasks each blocked in `get` on the next, on 2 CPUs.
     assert_eq!(get(&countdown::remote(16)), (0..=16u64).sum::<u64>());

@@ -27,7 +27,6 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::Backlog;
-use crate::error::Error;
 use crate::proto::{self, arg, client_op::Op, direct_op};
 
 /// `FLEET_LEASES=0` sends every task of a driver through the head; unset
@@ -89,6 +88,15 @@ pub(crate) struct Leases {
     runtime: tokio::runtime::Handle,
     /// Signalled when `Inner::flushing` empties (see `ending.rs`).
     flushed: parking_lot::Condvar,
+    /// Held while ops for the head are decided (under `inner`) and sent
+    /// (after it, with the rest of the effects): two threads' ops reach
+    /// the head in the order they were decided. Without it a stale
+    /// `LeaseRequest` of want 0 (a revoked lease given back, on the
+    /// stream's task) could follow a newer want of 1 (a submit on the
+    /// user's thread, woken by that same result) and withdraw it: the task
+    /// waited for a lease forever (tests/tasks.rs recursive tasks).
+    /// Reentrant: effects may queue tasks again (`replace_lost`).
+    pub(super) order: parking_lot::ReentrantMutex<()>,
     /// The head's bound on a job's unfinished tasks, for direct tasks.
     max_pending: usize,
 }
@@ -210,6 +218,7 @@ impl Leases {
             linger_started: AtomicBool::new(false),
             runtime,
             flushed: parking_lot::Condvar::new(),
+            order: parking_lot::ReentrantMutex::new(()),
         }
     }
 
@@ -562,21 +571,5 @@ impl Leases {
             });
         }
         self.linger.notify_one();
-    }
-}
-
-/// The error a direct task's running attempt ends with when its worker is
-/// lost and no retry is left; `node` is where that worker ran.
-pub(super) fn lost_error(function: &str, why: &str, node: &str) -> Error {
-    if let Some(detail) = why.strip_prefix("out of memory") {
-        return Error::OutOfMemory {
-            function: function.to_string(),
-            node: node.to_string(),
-            message: detail.trim_start_matches([':', ' ']).to_string(),
-        };
-    }
-    Error::WorkerDied {
-        function: function.to_string(),
-        message: format!("{why}, while running it (retries used up)"),
     }
 }

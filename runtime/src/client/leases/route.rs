@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{eligible, lost_error, Effects, Finished, Leases};
+use super::{eligible, Effects, Finished, Leases};
 use crate::client::{Client, State};
 use crate::error::Error;
 use crate::proto::{self, client_op::Op, direct_op, object_value::Payload};
@@ -71,6 +71,7 @@ impl Client {
             s.direct = true;
             s.subscribed = true;
         });
+        let _order = leases.order.lock();
         let mut fx = Effects::default();
         leases.enqueue(spec, &mut fx);
         self.apply_effects(fx);
@@ -153,6 +154,7 @@ impl Client {
         let Some(value) = r.value else { return };
         let Some(payload) = value.payload else { return };
         let id = value.object_id;
+        let _order = leases.order.lock();
         let mut fx = Effects::default();
         let Some(Finished {
             promised,
@@ -285,6 +287,7 @@ impl Client {
     /// A leased worker gave a task back unrun.
     pub(in crate::client) fn on_direct_returned(self: &Arc<Self>, key: u64, id: u64) {
         if let Some(leases) = self.leases.get() {
+            let _order = leases.order.lock();
             let mut fx = Effects::default();
             leases.returned(key, id, &mut fx);
             self.apply_effects(fx);
@@ -295,6 +298,7 @@ impl Client {
     pub(crate) fn on_lease_grant(self: &Arc<Self>, g: proto::LeaseGrant) {
         match self.leases.get() {
             Some(leases) => {
+                let _order = leases.order.lock();
                 let mut fx = Effects::default();
                 leases.granted(g, &mut fx);
                 self.apply_effects(fx);
@@ -306,6 +310,7 @@ impl Client {
     /// The head has no more leases of a shape to give for now.
     pub(crate) fn on_lease_full(self: &Arc<Self>, f: proto::LeaseFull) {
         if let Some(leases) = self.leases.get() {
+            let _order = leases.order.lock();
             let mut fx = Effects::default();
             leases.cluster_full(f, &mut fx);
             self.apply_effects(fx);
@@ -315,6 +320,7 @@ impl Client {
     /// The head ended a lease.
     pub(crate) fn on_lease_end(self: &Arc<Self>, end: proto::LeaseEnd) {
         if let Some(leases) = self.leases.get() {
+            let _order = leases.order.lock();
             let mut fx = Effects::default();
             leases.ended(end, &mut fx);
             self.apply_effects(fx);
@@ -329,6 +335,7 @@ impl Client {
         connected: bool,
     ) {
         if let Some(leases) = self.leases.get() {
+            let _order = leases.order.lock();
             let mut fx = Effects::default();
             leases.stream_gone(key, why, connected, &mut fx);
             self.apply_effects(fx);
@@ -340,6 +347,7 @@ impl Client {
         let Some(leases) = self.leases.get() else {
             return false;
         };
+        let _order = leases.order.lock();
         let mut fx = Effects::default();
         let left = leases.return_idle(&mut fx);
         self.apply_effects(fx);
@@ -481,6 +489,7 @@ impl Client {
                 self.settle_direct(id, Payload::Error(Box::new(e.to_wire())), Vec::new(), true);
             }
             Some(false) => {
+                let _order = leases.order.lock();
                 let mut fx = Effects::default();
                 leases.enqueue(spec, &mut fx);
                 self.apply_effects(fx);
@@ -507,5 +516,21 @@ fn cancelled_error(id: u64, function: &str, force: bool) -> Error {
     Error::Cancelled {
         function: function.to_string(),
         message: format!("task {id:016x} was cancelled ({how})"),
+    }
+}
+
+/// The error a direct task's running attempt ends with when its worker is
+/// lost and no retry is left; `node` is where that worker ran.
+fn lost_error(function: &str, why: &str, node: &str) -> Error {
+    if let Some(detail) = why.strip_prefix("out of memory") {
+        return Error::OutOfMemory {
+            function: function.to_string(),
+            node: node.to_string(),
+            message: detail.trim_start_matches([':', ' ']).to_string(),
+        };
+    }
+    Error::WorkerDied {
+        function: function.to_string(),
+        message: format!("{why}, while running it (retries used up)"),
     }
 }
