@@ -286,12 +286,7 @@ impl Client {
 
     /// A leased worker gave a task back unrun.
     pub(in crate::client) fn on_direct_returned(self: &Arc<Self>, key: u64, id: u64) {
-        if let Some(leases) = self.leases.get() {
-            let _order = leases.order.lock();
-            let mut fx = Effects::default();
-            leases.returned(key, id, &mut fx);
-            self.apply_effects(fx);
-        }
+        self.with_leases(|leases, fx| leases.returned(key, id, fx));
     }
 
     /// The head leased a worker to this session.
@@ -309,22 +304,12 @@ impl Client {
 
     /// The head has no more leases of a shape to give for now.
     pub(crate) fn on_lease_full(self: &Arc<Self>, f: proto::LeaseFull) {
-        if let Some(leases) = self.leases.get() {
-            let _order = leases.order.lock();
-            let mut fx = Effects::default();
-            leases.cluster_full(f, &mut fx);
-            self.apply_effects(fx);
-        }
+        self.with_leases(|leases, fx| leases.cluster_full(f, fx));
     }
 
     /// The head ended a lease.
     pub(crate) fn on_lease_end(self: &Arc<Self>, end: proto::LeaseEnd) {
-        if let Some(leases) = self.leases.get() {
-            let _order = leases.order.lock();
-            let mut fx = Effects::default();
-            leases.ended(end, &mut fx);
-            self.apply_effects(fx);
-        }
+        self.with_leases(|leases, fx| leases.ended(end, fx));
     }
 
     /// A lease's stream ended and the head did not say why.
@@ -334,24 +319,13 @@ impl Client {
         why: &str,
         connected: bool,
     ) {
-        if let Some(leases) = self.leases.get() {
-            let _order = leases.order.lock();
-            let mut fx = Effects::default();
-            leases.stream_gone(key, why, connected, &mut fx);
-            self.apply_effects(fx);
-        }
+        self.with_leases(|leases, fx| leases.stream_gone(key, why, connected, fx));
     }
 
     /// Gives back idle leases; whether one is left to look at later.
     pub(in crate::client) fn return_idle_leases(self: &Arc<Self>) -> bool {
-        let Some(leases) = self.leases.get() else {
-            return false;
-        };
-        let _order = leases.order.lock();
-        let mut fx = Effects::default();
-        let left = leases.return_idle(&mut fx);
-        self.apply_effects(fx);
-        left
+        self.with_leases(|leases, fx| leases.return_idle(fx))
+            .unwrap_or(false)
     }
 
     /// Cancels `id` if it is a direct task; returns whether it was.
@@ -400,6 +374,21 @@ impl Client {
     /// The head answered a request: a held `adopted` may go out.
     pub(crate) fn on_direct_ack(&self, request_id: u64) -> bool {
         self.leases.get().is_some_and(|l| l.acked(request_id))
+    }
+
+    /// Runs `decide` on the leases, under their order lock until its
+    /// effects are applied (so ops for the head leave in the order they
+    /// were decided); `None` if this driver has no leases.
+    fn with_leases<R>(
+        self: &Arc<Self>,
+        decide: impl FnOnce(&Leases, &mut Effects) -> R,
+    ) -> Option<R> {
+        let leases = self.leases.get()?;
+        let _order = leases.order.lock();
+        let mut fx = Effects::default();
+        let r = decide(leases, &mut fx);
+        self.apply_effects(fx);
+        Some(r)
     }
 
     /// Does what the direct path decided under its lock.

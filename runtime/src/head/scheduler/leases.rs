@@ -273,16 +273,7 @@ impl State {
                 self.control.leases.refused.push((session, cpus));
                 continue;
             }
-            self.out.push(
-                session,
-                Op::LeaseEnd(proto::LeaseEnd {
-                    worker_id: 0,
-                    reason: format!("a node with {cpus} CPUs joined"),
-                    one_shape: true,
-                    num_cpus: cpus,
-                    feasible: true,
-                }),
-            );
+            self.tell_shape(session, cpus, true);
         }
     }
 
@@ -325,16 +316,7 @@ impl State {
                     {
                         l.refused.push((session, cpus));
                     }
-                    self.out.push(
-                        session,
-                        Op::LeaseEnd(proto::LeaseEnd {
-                            worker_id: 0,
-                            reason: format!("no node has {cpus} CPUs"),
-                            one_shape: true,
-                            num_cpus: cpus,
-                            feasible: false,
-                        }),
-                    );
+                    self.tell_shape(session, cpus, false);
                     break;
                 }
                 match self.idle_leasable(job, cpus) {
@@ -471,6 +453,26 @@ impl State {
                 address,
                 num_cpus: cpus,
                 node: node.to_string(),
+            }),
+        );
+    }
+
+    /// Tells `session` whether some node can run tasks of `cpus` CPUs now
+    /// (`LeaseEnd` with `one_shape`): if not, its tasks of that shape go
+    /// through the head; once one can, they take leases again.
+    fn tell_shape(&mut self, session: u32, cpus: f64, feasible: bool) {
+        let reason = match feasible {
+            true => format!("a node with {cpus} CPUs joined"),
+            false => format!("no node has {cpus} CPUs"),
+        };
+        self.out.push(
+            session,
+            Op::LeaseEnd(proto::LeaseEnd {
+                worker_id: 0,
+                reason,
+                one_shape: true,
+                num_cpus: cpus,
+                feasible,
             }),
         );
     }
