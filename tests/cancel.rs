@@ -303,16 +303,12 @@ fn the_dashboard_counts_cancelled_tasks() {
     // Direct tasks cancelled in the driver's queue reach the head's count
     // as a summary on the driver's session stream, which may be applied
     // just after `get` returns: wait for the count, up to a deadline.
-    let deadline = std::time::Instant::now() + GENEROUS;
-    let after = loop {
+    let after = wait_until("the cancelled count", GENEROUS, || {
         let n = snapshot(&url)["tasks"]["cancelled"]
             .as_u64()
             .expect("a count");
-        if n >= before + 3 || std::time::Instant::now() > deadline {
-            break n;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    };
+        (n >= before + 3).then_some(n)
+    });
     assert_eq!(after, before + 3);
     let page = {
         use std::io::{Read, Write};

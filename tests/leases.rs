@@ -763,21 +763,6 @@ fn a_dropped_stored_direct_result_frees_its_file_while_the_stream_is_open() {
     );
 }
 
-/// `fleet list <kind> --json` against a CLI cluster.
-fn list_json(cluster: &common::cli::CliCluster, kind: &str) -> Vec<serde_json::Value> {
-    let out = std::process::Command::new(common::cli::fleet_bin())
-        .args(["list", kind, "--json", "--address", &cluster.address])
-        .env("FLEET_TOKEN", &cluster.token)
-        .output()
-        .expect("running fleet list");
-    assert!(
-        out.status.success(),
-        "fleet list {kind}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON rows")
-}
-
 /// A driver that starts before any node can run its tasks (autoscaling
 /// from none) is refused leases of their shape, and its tasks wait at the
 /// head; once a node joins, the head says so and the driver's tasks of
@@ -794,7 +779,8 @@ fn an_infeasible_shape_goes_back_to_leases_when_a_node_joins() {
         "the head to hold the task no node can run",
         GENEROUS,
         || {
-            list_json(&cluster, "tasks")
+            cluster
+                .list_json("tasks")
                 .iter()
                 .any(|r| {
                     r["function"]
@@ -818,7 +804,8 @@ fn an_infeasible_shape_goes_back_to_leases_when_a_node_joins() {
         "the head to count the driver's direct tasks",
         GENEROUS,
         || {
-            list_json(&cluster, "jobs")
+            cluster
+                .list_json("jobs")
                 .iter()
                 .any(|r| r["type"] == "driver" && r["direct_tasks"].as_u64() >= Some(200))
                 .then_some(())

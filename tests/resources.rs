@@ -311,13 +311,7 @@ fn a_task_no_node_can_satisfy_waits_until_a_node_with_it_joins() {
     });
     assert_eq!((used, total), (1.0, 2.0));
     // `fleet list nodes` says so too.
-    let out = Command::new(fleet_bin())
-        .args(["list", "nodes", "--json", "--address", &c.address])
-        .env("FLEET_TOKEN", &c.token)
-        .output()
-        .expect("running fleet list");
-    let rows: Vec<serde_json::Value> =
-        serde_json::from_slice(&out.stdout).expect("fleet list nodes --json");
+    let rows = c.list_json("nodes");
     let row = rows
         .iter()
         .find(|r| r["name"] == node.as_str())

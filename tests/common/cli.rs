@@ -192,6 +192,21 @@ impl CliCluster {
         }
     }
 
+    /// `fleet list <kind> --json` against this cluster: its rows.
+    pub(crate) fn list_json(&self, kind: &str) -> Vec<serde_json::Value> {
+        let out = Command::new(fleet_bin())
+            .args(["list", kind, "--json", "--address", &self.address])
+            .env("FLEET_TOKEN", &self.token)
+            .output()
+            .expect("running fleet list");
+        assert!(
+            out.status.success(),
+            "fleet list {kind}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON rows")
+    }
+
     /// Kills the head (SIGKILL) and starts a new head process on the same
     /// port with the same token; the node agents are left running.
     pub(crate) fn restart_head(&mut self, head_cpus: u32, extra: &[&str]) {
