@@ -416,6 +416,7 @@ fn head_frames() -> Vec<HeadFrame> {
                 ..Default::default()
             }],
             max_pending_tasks: 10_000_000,
+            summary_every_ms: 160,
         }))),
         hop(head_op::Op::Refused(
             "wrong or missing cluster token".into(),
@@ -448,6 +449,7 @@ fn head_frames() -> Vec<HeadFrame> {
             }))),
         })),
         hop(head_op::Op::DestroyActor(44)),
+        hop(head_op::Op::SummaryEveryMs(160)),
         hop(head_op::Op::Reply(Reply {
             request_id: 1,
             actor_id: 45,

@@ -32,7 +32,7 @@ pub(crate) const LONG_MICROS: f64 = 20_000.0;
 /// is done, so the deeper the queue, the fewer the frames per task. Kept
 /// shallower while more workers may come, so that a burst spreads over
 /// them instead of queueing on the first.
-pub(crate) const DEEP_PIPELINE_MICROS: f64 = 12_000.0;
+pub(crate) const DEEP_PIPELINE_MICROS: f64 = 24_000.0;
 /// At most this many tasks per worker in a deep pipeline.
 pub(crate) const MAX_DEEP_PIPELINE: usize = 1024;
 

@@ -72,6 +72,7 @@ fn run(worker_id: u64) -> Result<()> {
     };
     let (welcome, leftover) = runtime.block_on(transport::handshake(&out, &mut inbound, hello))?;
     let client = Client::new(&welcome, out, &token);
+    direct::set_done_every_ms(welcome.summary_every_ms);
     crate::context::set_client(Some(client.clone()));
     let executor = Executor::install(client.clone());
     if let Some((listener, _)) = direct {
@@ -88,6 +89,7 @@ fn run(worker_id: u64) -> Result<()> {
             actors.cancel(c.task_id);
         }
         head_op::Op::GeneratorAck(a) => generator::on_ack(&a),
+        head_op::Op::SummaryEveryMs(ms) => direct::set_done_every_ms(ms),
         _ => {}
     });
     runtime.spawn(async move {

@@ -8,11 +8,36 @@
 //! list jobs`). A task that runs long is reported once while it runs
 //! (`DirectTask.running`): its worker shows it as running (`fleet list
 //! tasks`) until its summary comes or the worker is gone.
+//!
+//! Each worker sends its summaries once per period, which the head sets:
+//! [`SUMMARY_MS_PER_WORKER`] times the number of workers, within
+//! [`SUMMARY_EVERY_MS`]. Up to 100 workers the summaries then wake the head
+//! about 100 times a second in all, whatever the cluster's size: with a
+//! fixed 20 ms, 16 workers of 100 µs tasks woke it 800 times a second and
+//! tripled its CPU per task. Past that, each worker reports once a second
+//! (as Ray's task events do); a task listed as running shows once it has
+//! run a period.
 
 use std::sync::Arc;
 
 use super::state::{DirectRunning, State};
-use crate::proto::{self, ErrorKind};
+use crate::proto::{self, head_op::Op, ErrorKind};
+
+#[cfg(test)]
+mod tests;
+
+/// Shortest and longest period of workers' summaries, in milliseconds.
+pub(crate) const SUMMARY_EVERY_MS: (u32, u32) = (20, 1_000);
+/// Period of workers' summaries per worker in the cluster.
+pub(crate) const SUMMARY_MS_PER_WORKER: u32 = 10;
+
+/// The period of summaries for a cluster of `workers` workers.
+pub(crate) fn summary_every_ms(workers: usize) -> u32 {
+    let (least, most) = SUMMARY_EVERY_MS;
+    (workers.min(u32::MAX as usize) as u32)
+        .saturating_mul(SUMMARY_MS_PER_WORKER)
+        .clamp(least, most)
+}
 
 impl State {
     /// Applies a worker's `DirectDone`. Only a worker's session may send
@@ -112,5 +137,22 @@ impl State {
             finished.push(t);
         }
         finished
+    }
+
+    /// Tells every worker a new period of summaries once the number of
+    /// workers has moved it by half or more from what they were told (not
+    /// on every worker that comes or goes). Called as workers join and
+    /// leave.
+    pub(super) fn pace_summaries(&mut self) {
+        let every = summary_every_ms(self.workers.len());
+        let told = self.summary_every_ms.max(1);
+        if every * 2 < told * 3 && every * 3 > told * 2 {
+            return;
+        }
+        self.summary_every_ms = every;
+        let workers: Vec<u32> = self.workers.keys().copied().collect();
+        for w in workers {
+            self.out.push(w, Op::SummaryEveryMs(every));
+        }
     }
 }

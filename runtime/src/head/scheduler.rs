@@ -259,11 +259,13 @@ impl State {
                 direct_running: None,
             },
         );
+        self.pace_summaries();
     }
 
     /// A worker's session ended: its running task is retried or fails with
     /// `WorkerDied`; tasks queued behind it had not started and go back.
     pub(super) fn worker_lost(&mut self, client: u32, w: Worker) {
+        self.pace_summaries();
         self.lease_worker_lost(client, &w);
         if !w.blocked {
             self.give_cpus(&w.node, w.lease);
@@ -609,6 +611,7 @@ impl State {
                 }
                 tracing::debug!(pid = w.pid, "idle worker told to exit");
                 self.out.reap.push(c);
+                self.pace_summaries();
             }
         }
     }

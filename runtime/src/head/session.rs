@@ -108,6 +108,10 @@ impl Head {
                     Role::Driver => st.max_pending as u64,
                     _ => 0,
                 },
+                summary_every_ms: match hello.role() {
+                    Role::Worker => st.summary_every_ms,
+                    _ => 0,
+                },
             }))),
         }
     }

@@ -279,6 +279,9 @@ pub(crate) struct State {
     pub(super) function_names: Vec<(Arc<str>, Arc<str>)>,
     /// An empty name, shared: what an idle worker's `function` is.
     pub(super) no_function: Arc<str>,
+    /// The period of direct tasks' summaries workers were last told
+    /// (`head/direct_done.rs`), in milliseconds.
+    pub(super) summary_every_ms: u32,
     pub(super) out: Outbox,
     pub(super) actors: HashMap<u64, ActorEntry>,
     pub(super) names: HashMap<String, u64>,
@@ -320,6 +323,7 @@ impl State {
             function_ids: FastMap::default(),
             function_names: Vec::new(),
             no_function: Arc::from(""),
+            summary_every_ms: super::direct_done::SUMMARY_EVERY_MS.0,
             out: Outbox::default(),
             actors: HashMap::new(),
             names: HashMap::new(),

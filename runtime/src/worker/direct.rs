@@ -24,7 +24,7 @@ use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-pub(crate) use held::Held;
+pub(crate) use held::{set_done_every_ms, Held};
 pub(crate) use route::Route;
 pub(crate) use run::give_back;
 

@@ -51,7 +51,8 @@ pub(crate) struct Executor {
     /// Results and summaries of direct tasks held back (`worker/direct`).
     pub(super) direct: Arc<Held>,
     /// Sends head-path results held too long (started with the first).
-    watchdog: std::sync::OnceLock<Arc<hold::Watchdog>>,
+    /// `None` inside: no timer could be made, results go at once.
+    watchdog: std::sync::OnceLock<Option<hold::Watchdog>>,
 }
 
 /// Tells the node agent reading this worker's output which function runs
@@ -332,10 +333,9 @@ impl Executor {
         if now {
             self.client.flush_held();
         } else if results == 1 {
-            // The next task may run long: the result goes out by `HOLD`.
-            match super::RUNTIME.get() {
-                Some(rt) => self
-                    .watchdog
+            // The next task may run long: the result goes out by `LATEST`.
+            let dog = super::RUNTIME.get().and_then(|rt| {
+                self.watchdog
                     .get_or_init(|| {
                         let (a, b) = (Arc::downgrade(&self.client), Arc::downgrade(&self.client));
                         hold::Watchdog::start(
@@ -343,8 +343,15 @@ impl Executor {
                             move || a.upgrade().and_then(|c| c.held_since()),
                             move || b.upgrade().map(|c| c.flush_held()).is_some(),
                         )
+                        .inspect_err(|e| {
+                            tracing::warn!("results are not held: no hold timer ({e})")
+                        })
+                        .ok()
                     })
-                    .arm(),
+                    .as_ref()
+            });
+            match dog {
+                Some(dog) => dog.arm(since),
                 None => self.client.flush_held(),
             }
         }

@@ -15,16 +15,25 @@
 //! - and at most [`HOLD`] after the first held result (a timer sends them
 //!   if the next task runs long), and never more than [`HOLD_MAX`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+mod timer;
 
 /// The longest a result is held back. Long enough that a worker with a
 /// deep queue (`pipelining::deep_depth`, some 12 ms of work) sends its
 /// results in a few frames rather than one per task: each frame wakes a
 /// thread on both sides, which cost 30–60 µs of CPU per task of 1 ms on
 /// this project's 2-core VM when every result went alone.
-pub(crate) const HOLD: Duration = Duration::from_micros(5_000);
+pub(crate) const HOLD: Duration = Duration::from_micros(10_000);
+/// The longest a result can wait in fact: a task that runs longer than
+/// the one before it may take its batch past [`HOLD`], and the watchdog
+/// sends the batch then. The margin keeps a few microseconds of jitter in
+/// task times from waking the watchdog for a batch about to go anyway.
+pub(crate) const LATEST: Duration = Duration::from_micros(HOLD.as_micros() as u64 * 5 / 4);
 /// Only results of tasks shorter than this are held.
 pub(crate) const HOLD_TASK_MICROS: u64 = 5_000;
 /// At most this many results go in one frame.
@@ -43,72 +52,74 @@ pub(crate) struct Finished {
     pub(crate) since: Duration,
 }
 
-/// Whether the held results go out now.
+/// Whether the held results go out now. They also go when the next task,
+/// if it runs as long as this one did, would take them past [`HOLD`]: so
+/// the thread that runs the tasks sends every batch itself, and the
+/// watchdog's timer, set for [`LATEST`], does not fire.
 pub(crate) fn send_now(f: Finished) -> bool {
     f.queued == 0
         || f.ran_micros >= HOLD_TASK_MICROS
         || f.held >= HOLD_MAX
         || f.held >= f.queued
-        || f.since >= HOLD
+        || f.since + Duration::from_micros(f.ran_micros) >= HOLD
 }
 
-/// Sends held results once they have waited [`HOLD`] (the task after
-/// them runs long), with one long-lived task per worker. A timer spawned
-/// per batch woke the I/O thread twice per batch, the spawn and then the
-/// timer; this one sleeps while results keep going out in time and is
-/// woken only when a batch starts after it went idle.
+/// Sends held results that waited [`LATEST`] (the task after them runs
+/// longer than the ones before), with one long-lived task per worker
+/// waiting on a kernel timer (`hold/timer.rs`). The thread that holds the
+/// first result of a batch sets the timer, with one system call and no
+/// wake-up; the next batch's first result sets it again. So while results
+/// keep going out in time (the usual case: [`send_now`] sends them before
+/// a task would take them past [`HOLD`]), the watchdog never wakes.
 pub(crate) struct Watchdog {
-    /// Its task is looking at held results (not parked on `wake`).
-    awake: AtomicBool,
-    wake: tokio::sync::Notify,
+    timer: Arc<timer::Timer>,
 }
 
 impl Watchdog {
     /// Starts the watchdog on `rt`. `oldest` says since when the oldest
     /// held result waits (`None`: nothing is held, or its owner is gone),
     /// `flush` sends what is held; `flush` returning false means the
-    /// owner is gone and the watchdog ends.
+    /// owner is gone and the watchdog ends. `Err`: no timer could be made
+    /// (out of file descriptors); the caller then sends results at once.
     pub(crate) fn start(
         rt: &tokio::runtime::Handle,
         oldest: impl Fn() -> Option<Instant> + Send + 'static,
         flush: impl Fn() -> bool + Send + 'static,
-    ) -> Arc<Watchdog> {
-        let me = Arc::new(Watchdog {
-            awake: AtomicBool::new(false),
-            wake: tokio::sync::Notify::new(),
-        });
-        let dog = me.clone();
+    ) -> std::io::Result<Watchdog> {
+        let timer = Arc::new(timer::Timer::new()?);
+        let watched = {
+            let _in_rt = rt.enter();
+            // SAFETY: the Arc keeps the timer's descriptor open, and the
+            // same, for as long as the AsyncFd holds its clone.
+            unsafe { AsyncFd::register_with_interest(timer.clone(), Interest::READABLE)? }
+        };
         rt.spawn(async move {
             loop {
-                dog.wake.notified().await;
-                loop {
-                    if let Some(first) = oldest() {
-                        let due = first + HOLD;
-                        if Instant::now() < due {
-                            tokio::time::sleep_until(due.into()).await;
-                        } else if !flush() {
-                            return;
-                        }
-                        continue;
-                    }
-                    // Idle: a batch started from now on wakes it (checked
-                    // again after the flag, against a batch started just
-                    // before it).
-                    dog.awake.store(false, Ordering::SeqCst);
-                    if oldest().is_none() || dog.awake.swap(true, Ordering::SeqCst) {
-                        break;
+                let Ok(mut ready) = watched.readable().await else {
+                    return;
+                };
+                if ready.try_io(|t| t.get_ref().take()).is_err() {
+                    continue; // woken without an expiry
+                }
+                if let Some(first) = oldest() {
+                    let due = first + LATEST;
+                    let now = Instant::now();
+                    if now < due {
+                        watched.get_ref().set(due - now);
+                    } else if !flush() {
+                        return;
                     }
                 }
             }
         });
-        me
+        Ok(Watchdog { timer })
     }
 
-    /// A batch of held results started: the watchdog sees to it.
-    pub(crate) fn arm(&self) {
-        if !self.awake.swap(true, Ordering::SeqCst) {
-            self.wake.notify_one();
-        }
+    /// A batch of held results started at `first`: its results go out
+    /// by `first + LATEST` whatever the tasks after them do.
+    pub(crate) fn arm(&self, first: Instant) {
+        self.timer
+            .set((first + LATEST).saturating_duration_since(Instant::now()));
     }
 }
 
@@ -125,36 +136,60 @@ mod tests {
         }
     }
 
-    /// The watchdog flushes a batch that waited `HOLD`, goes idle, and
-    /// flushes the next batch armed after that too.
+    /// The watchdog flushes a batch that waited `LATEST`, and the next
+    /// batch armed after that too; a deadline set again replaces the old
+    /// one, which never fires.
     #[test]
-    fn the_watchdog_flushes_each_batch_once_it_waited_hold() {
+    fn the_watchdog_flushes_each_batch_once_it_waited_latest() {
         use parking_lot::Mutex;
+        use std::sync::atomic::{AtomicUsize, Ordering};
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
-            .enable_time()
+            .enable_all()
             .build()
             .expect("a runtime");
         let held: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let looked = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = std::sync::mpsc::channel::<Duration>();
-        let (a, b) = (held.clone(), held.clone());
+        let (a, b, n) = (held.clone(), held.clone(), looked.clone());
         let dog = Watchdog::start(
             rt.handle(),
-            move || *a.lock(),
+            move || {
+                n.fetch_add(1, Ordering::SeqCst);
+                *a.lock()
+            },
             move || {
                 if let Some(first) = b.lock().take() {
                     let _ = tx.send(first.elapsed());
                 }
                 true
             },
+        )
+        .expect("a timerfd");
+        // Replaced at once by a deadline an hour away: nothing fires.
+        dog.arm(Instant::now());
+        dog.arm(Instant::now() + Duration::from_secs(3600));
+        std::thread::sleep(LATEST * 4);
+        assert_eq!(
+            looked.load(Ordering::SeqCst),
+            0,
+            "a replaced deadline fired"
         );
         for _ in 0..2 {
-            *held.lock() = Some(Instant::now());
-            dog.arm();
+            let first = Instant::now();
+            *held.lock() = Some(first);
+            dog.arm(first);
             let waited = rx.recv_timeout(Duration::from_secs(30)).expect("a flush");
-            assert!(waited >= HOLD, "flushed after {waited:?}, before HOLD");
+            assert!(waited >= LATEST, "flushed after {waited:?}, before LATEST");
             assert!(held.lock().is_none());
         }
+    }
+
+    #[test]
+    fn held_results_go_before_the_next_task_would_pass_hold() {
+        let hold = HOLD.as_micros() as u64;
+        assert!(!send_now(finished(100, 500, 3, hold - 200)));
+        assert!(send_now(finished(100, 500, 3, hold - 100)));
     }
 
     #[test]

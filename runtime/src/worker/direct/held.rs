@@ -3,14 +3,15 @@
 //! and their summaries for the head, batched much more.
 //!
 //! The summaries feed the head's task list, timeline and metrics. Nobody
-//! waits for them, so they go at most every [`DONE_EVERY`] (or once
+//! waits for them, so they go at most every [`done_every`] (or once
 //! [`DONE_MAX`] wait): a worker running a sync loop of 30 µs calls wakes
-//! the head some 50 times a second instead of 30,000. A task still
-//! running at a tick, [`DONE_EVERY`] after it started, is reported once as
+//! the head some 50 times a second instead of 30,000, and fewer in a large
+//! cluster, where the head sets a longer period. A task still
+//! running at a tick, [`done_every`] after it started, is reported once as
 //! running (`DirectTask.running`), so that `fleet list tasks` shows it; a
 //! task shorter than that costs the head nothing more.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,8 +21,22 @@ use super::route::Route;
 use crate::client::Client;
 use crate::proto::{self, client_op::Op};
 
-/// The longest a summary waits before it goes to the head.
-pub(crate) const DONE_EVERY: Duration = Duration::from_millis(20);
+/// The longest a summary waits before it goes to the head, in
+/// milliseconds: 20 until the head says otherwise (`HeadOp.summary_every_ms`,
+/// longer in a larger cluster; see `head/direct_done.rs`).
+static DONE_EVERY_MS: AtomicU64 = AtomicU64::new(20);
+
+/// The period of summaries now.
+fn done_every() -> Duration {
+    Duration::from_millis(DONE_EVERY_MS.load(Ordering::Relaxed))
+}
+
+/// The head set the period of summaries (0 is ignored: not said).
+pub(crate) fn set_done_every_ms(ms: u32) {
+    if ms > 0 {
+        DONE_EVERY_MS.store(ms.into(), Ordering::Relaxed);
+    }
+}
 /// Summaries sent in one op at most; more go at once.
 pub(crate) const DONE_MAX: usize = 1024;
 
@@ -37,7 +52,8 @@ pub(crate) struct Held {
     /// own task, and the head hears of it if it runs long.
     running: Mutex<Option<Running>>,
     /// Sends results held too long (started with the first batch).
-    watchdog: std::sync::OnceLock<Arc<crate::worker::hold::Watchdog>>,
+    /// `None` inside: no timer could be made, results go at once.
+    watchdog: std::sync::OnceLock<Option<crate::worker::hold::Watchdog>>,
 }
 
 /// A direct task that runs now.
@@ -138,22 +154,27 @@ impl Held {
         r.since = None;
     }
 
-    /// Sends the held results after [`crate::worker::hold::HOLD`] (the
-    /// next task may run long), by the worker's watchdog.
-    pub(crate) fn flush_later(self: &Arc<Self>) {
+    /// Makes sure the batch of held results that started at `first` goes
+    /// out by [`crate::worker::hold::LATEST`] (the next task may run long),
+    /// by the worker's watchdog.
+    pub(crate) fn flush_later(self: &Arc<Self>, first: Instant) {
         let Some(rt) = crate::worker::RUNTIME.get() else {
             return self.flush();
         };
-        self.watchdog
-            .get_or_init(|| {
-                let (a, b) = (Arc::downgrade(self), Arc::downgrade(self));
-                crate::worker::hold::Watchdog::start(
-                    rt,
-                    move || a.upgrade().and_then(|h| h.results.lock().since),
-                    move || b.upgrade().map(|h| h.flush()).is_some(),
-                )
-            })
-            .arm();
+        let dog = self.watchdog.get_or_init(|| {
+            let (a, b) = (Arc::downgrade(self), Arc::downgrade(self));
+            crate::worker::hold::Watchdog::start(
+                rt,
+                move || a.upgrade().and_then(|h| h.results.lock().since),
+                move || b.upgrade().map(|h| h.flush()).is_some(),
+            )
+            .inspect_err(|e| tracing::warn!("results are not held: no hold timer ({e})"))
+            .ok()
+        });
+        match dog {
+            Some(dog) => dog.arm(first),
+            None => self.flush(),
+        }
     }
 
     /// Adds a finished direct task's summary for the head.
@@ -167,7 +188,7 @@ impl Held {
             return;
         }
         drop(d);
-        self.arm(DONE_EVERY);
+        self.arm(done_every());
     }
 
     /// Makes sure a tick comes within `after` (one timer at a time).
@@ -192,7 +213,7 @@ impl Held {
     }
 
     /// The timer: sends the waiting summaries, and reports the running
-    /// task once it has run [`DONE_EVERY`]; if it has not yet, looks again
+    /// task once it has run [`done_every`]; if it has not yet, looks again
     /// when it will have.
     fn tick(self: &Arc<Self>) {
         let (tasks, again) = {
@@ -201,7 +222,8 @@ impl Held {
             let mut again = None;
             if let Some(r) = self.running.lock().as_mut().filter(|r| !r.reported) {
                 let ran = r.started.elapsed();
-                if ran >= DONE_EVERY {
+                let every = done_every();
+                if ran >= every {
                     r.reported = true;
                     tasks.push(proto::DirectTask {
                         task_id: r.task,
@@ -211,7 +233,7 @@ impl Held {
                         ..Default::default()
                     });
                 } else {
-                    again = Some(DONE_EVERY - ran);
+                    again = Some(every - ran);
                 }
             }
             d.armed = false;
@@ -241,7 +263,7 @@ impl Held {
     }
 
     /// Marks a task (id, stream id, function) as running, or none. A tick
-    /// is due by the time it has run [`DONE_EVERY`].
+    /// is due by the time it has run [`done_every`].
     pub(crate) fn set_running(self: &Arc<Self>, running: Option<(u64, u64, String)>) {
         let starts = running.is_some();
         *self.running.lock() = running.map(|(task, route, function)| Running {
@@ -255,7 +277,7 @@ impl Held {
             reported: false,
         });
         if starts {
-            self.arm(DONE_EVERY);
+            self.arm(done_every());
         }
     }
 

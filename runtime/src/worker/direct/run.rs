@@ -246,7 +246,7 @@ impl Executor {
         if now {
             self.direct.flush();
         } else if held == 1 {
-            self.direct.flush_later();
+            self.direct.flush_later(since);
         }
     }
 }
