@@ -15,13 +15,11 @@
 //! - and at most [`HOLD`] after the first held result (a timer sends them
 //!   if the next task runs long), and never more than [`HOLD_MAX`].
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
-
 mod timer;
+
+pub(crate) use timer::Alarm;
 
 /// The longest a result is held back. Long enough that a worker with a
 /// deep queue (`pipelining::deep_depth`, some 12 ms of work) sends its
@@ -72,7 +70,7 @@ pub(crate) fn send_now(f: Finished) -> bool {
 /// keep going out in time (the usual case: [`send_now`] sends them before
 /// a task would take them past [`HOLD`]), the watchdog never wakes.
 pub(crate) struct Watchdog {
-    timer: Arc<timer::Timer>,
+    alarm: Alarm,
 }
 
 impl Watchdog {
@@ -86,39 +84,25 @@ impl Watchdog {
         oldest: impl Fn() -> Option<Instant> + Send + 'static,
         flush: impl Fn() -> bool + Send + 'static,
     ) -> std::io::Result<Watchdog> {
-        let timer = Arc::new(timer::Timer::new()?);
-        let watched = {
-            let _in_rt = rt.enter();
-            // SAFETY: the Arc keeps the timer's descriptor open, and the
-            // same, for as long as the AsyncFd holds its clone.
-            unsafe { AsyncFd::register_with_interest(timer.clone(), Interest::READABLE)? }
-        };
-        rt.spawn(async move {
-            loop {
-                let Ok(mut ready) = watched.readable().await else {
-                    return;
-                };
-                if ready.try_io(|t| t.get_ref().take()).is_err() {
-                    continue; // woken without an expiry
-                }
-                if let Some(first) = oldest() {
-                    let due = first + LATEST;
-                    let now = Instant::now();
-                    if now < due {
-                        watched.get_ref().set(due - now);
-                    } else if !flush() {
-                        return;
-                    }
-                }
+        let alarm = Alarm::start(rt, move |alarm| {
+            let Some(first) = oldest() else {
+                return true;
+            };
+            let due = first + LATEST;
+            let now = Instant::now();
+            if now < due {
+                alarm.set(due - now);
+                return true;
             }
-        });
-        Ok(Watchdog { timer })
+            flush()
+        })?;
+        Ok(Watchdog { alarm })
     }
 
     /// A batch of held results started at `first`: its results go out
     /// by `first + LATEST` whatever the tasks after them do.
     pub(crate) fn arm(&self, first: Instant) {
-        self.timer
+        self.alarm
             .set((first + LATEST).saturating_duration_since(Instant::now()));
     }
 }
@@ -143,6 +127,7 @@ mod tests {
     fn the_watchdog_flushes_each_batch_once_it_waited_latest() {
         use parking_lot::Mutex;
         use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()

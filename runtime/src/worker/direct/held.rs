@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 use super::route::Route;
 use crate::client::Client;
 use crate::proto::{self, client_op::Op};
+use crate::worker::hold::Alarm;
 
 /// The longest a summary waits before it goes to the head, in
 /// milliseconds: 20 until the head says otherwise (`HeadOp.summary_every_ms`,
@@ -54,6 +55,10 @@ pub(crate) struct Held {
     /// Sends results held too long (started with the first batch).
     /// `None` inside: no timer could be made, results go at once.
     watchdog: std::sync::OnceLock<Option<crate::worker::hold::Watchdog>>,
+    /// The summaries' tick ([`Held::tick`]), started with the first
+    /// summary; `None` inside: no timer could be made, summaries go at
+    /// once and no running task is reported.
+    alarm: std::sync::OnceLock<Option<Alarm>>,
 }
 
 /// A direct task that runs now.
@@ -81,7 +86,9 @@ struct Results {
 #[derive(Default)]
 struct Done {
     tasks: Vec<proto::DirectTask>,
-    /// A timer will send them.
+    /// When the first of `tasks` came.
+    since: Option<Instant>,
+    /// The tick's alarm is set.
     armed: bool,
 }
 
@@ -106,6 +113,7 @@ impl Held {
             done: Mutex::default(),
             running: Mutex::new(None),
             watchdog: std::sync::OnceLock::new(),
+            alarm: std::sync::OnceLock::new(),
         })
     }
 
@@ -152,6 +160,32 @@ impl Held {
         }
         r.count = 0;
         r.since = None;
+        drop(r);
+        self.summaries_along();
+    }
+
+    /// Sends the waiting summaries if they are due, along with a frame of
+    /// results: the I/O thread wakes for that frame anyway. The tick's
+    /// alarm is set two periods later again, so it does not fire while
+    /// frames of results keep taking the summaries (they go at least every
+    /// [`crate::worker::hold::LATEST`], well within a period). A task
+    /// running then is reported up to a period later than it would be,
+    /// still once it has run a period.
+    fn summaries_along(&self) {
+        let tasks = {
+            let mut d = self.done.lock();
+            if !d.since.is_some_and(|t| t.elapsed() >= done_every()) {
+                return;
+            }
+            if d.armed {
+                if let Some(Some(alarm)) = self.alarm.get() {
+                    alarm.set(2 * done_every());
+                }
+            }
+            d.since = None;
+            std::mem::take(&mut d.tasks)
+        };
+        self.send_done(tasks);
     }
 
     /// Makes sure the batch of held results that started at `first` goes
@@ -180,9 +214,13 @@ impl Held {
     /// Adds a finished direct task's summary for the head.
     pub(crate) fn summary(self: &Arc<Self>, task: proto::DirectTask) {
         let mut d = self.done.lock();
+        if d.tasks.is_empty() {
+            d.since = Some(Instant::now());
+        }
         d.tasks.push(task);
         if d.tasks.len() >= DONE_MAX {
             let tasks = std::mem::take(&mut d.tasks);
+            d.since = None;
             drop(d);
             self.send_done(tasks);
             return;
@@ -191,7 +229,8 @@ impl Held {
         self.arm(done_every());
     }
 
-    /// Makes sure a tick comes within `after` (one timer at a time).
+    /// Makes sure a tick comes within `after`: sets the alarm unless it is
+    /// set (a system call, no wake-up of the I/O thread).
     fn arm(self: &Arc<Self>, after: Duration) {
         {
             let mut d = self.done.lock();
@@ -200,25 +239,35 @@ impl Held {
             }
             d.armed = true;
         }
-        match crate::worker::RUNTIME.get() {
-            Some(rt) => {
-                let me = self.clone();
-                rt.spawn(async move {
-                    tokio::time::sleep(after).await;
-                    me.tick();
-                });
-            }
+        match self.tick_alarm() {
+            Some(alarm) => alarm.set(after),
             None => self.flush_done(),
         }
     }
 
-    /// The timer: sends the waiting summaries, and reports the running
-    /// task once it has run [`done_every`]; if it has not yet, looks again
-    /// when it will have.
+    /// The summaries' alarm, started on first use.
+    fn tick_alarm(self: &Arc<Self>) -> Option<&Alarm> {
+        let rt = crate::worker::RUNTIME.get()?;
+        self.alarm
+            .get_or_init(|| {
+                let me = Arc::downgrade(self);
+                Alarm::start(rt, move |_| me.upgrade().map(|h| h.tick()).is_some())
+                    .inspect_err(|e| {
+                        tracing::warn!("summaries go one by one: no summary timer ({e})")
+                    })
+                    .ok()
+            })
+            .as_ref()
+    }
+
+    /// The alarm: sends the waiting summaries, and reports the running
+    /// task if it has run [`done_every`]; if it has not yet, looks again a
+    /// period after it will have.
     fn tick(self: &Arc<Self>) {
         let (tasks, again) = {
             let mut d = self.done.lock();
             let mut tasks = std::mem::take(&mut d.tasks);
+            d.since = None;
             let mut again = None;
             if let Some(r) = self.running.lock().as_mut().filter(|r| !r.reported) {
                 let ran = r.started.elapsed();
@@ -233,7 +282,11 @@ impl Held {
                         ..Default::default()
                     });
                 } else {
-                    again = Some(every - ran);
+                    // Looked at again a period after it will have run one:
+                    // by then frames of results have usually pushed the
+                    // alarm further (`summaries_along`), as the task was
+                    // short; one that is still running is reported then.
+                    again = Some(2 * every - ran);
                 }
             }
             d.armed = false;
@@ -250,6 +303,7 @@ impl Held {
         let tasks = {
             let mut d = self.done.lock();
             d.armed = false;
+            d.since = None;
             std::mem::take(&mut d.tasks)
         };
         self.send_done(tasks);
