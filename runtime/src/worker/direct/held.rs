@@ -174,7 +174,7 @@ impl Held {
     fn summaries_along(&self) {
         let tasks = {
             let mut d = self.done.lock();
-            if !d.since.is_some_and(|t| t.elapsed() >= done_every()) {
+            if d.since.is_none_or(|t| t.elapsed() < done_every()) {
                 return;
             }
             if d.armed {
