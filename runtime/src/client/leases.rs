@@ -31,8 +31,8 @@ use crate::proto::{self, arg, client_op::Op, direct_op};
 
 /// `FLEET_LEASES=0` sends every task of a driver through the head; unset
 /// (or anything else), a driver's plain tasks go to leased workers. On by
-/// default: the head's CPU per task is 0.6 to 3.3 us instead of 5.5 to
-/// 20 us, and a million tasks take 4.5 s instead of 8 (README
+/// default: the head's CPU per task is 0.4 to 1.0 us instead of 5.5 to
+/// 20 us, and a million tasks take 2 s instead of 6 to 8 (README
 /// "Architecture"). Off is kept for comparing, and as a way out should a
 /// cluster's workers be unreachable from its drivers.
 pub(crate) const ENV_LEASES: &str = "FLEET_LEASES";
