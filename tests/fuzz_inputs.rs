@@ -249,6 +249,7 @@ fn task_spec(id: u64) -> TaskSpec {
         node_soft: "127.0.0.3:1234".into(),
         generator: true,
         generator_backpressure: 3,
+        retries_used: 1,
         subscribe: true,
     }
 }
@@ -1218,6 +1219,7 @@ fn random_op(rng: &mut Rng, ids: &[u64]) -> ClientOp {
                 },
                 generator: rng.below(3) == 0,
                 generator_backpressure: [0, 1, 16, u32::MAX][rng.below(4)],
+                retries_used: [0, 1, u32::MAX][rng.below(3)],
                 subscribe: rng.below(2) == 0,
             };
             let me = spec.task_id;

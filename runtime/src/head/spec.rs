@@ -42,6 +42,8 @@ struct Rare {
     resources: Vec<proto::Resource>,
     /// Refs nested inside argument values; pinned while the task lives.
     nested_refs: Box<[u64]>,
+    /// Attempts that failed before the head had the task (a lost lease).
+    retries_used: u32,
 }
 
 impl Spec {
@@ -50,15 +52,17 @@ impl Spec {
         let rare = (!spec.node.is_empty()
             || !spec.node_soft.is_empty()
             || !spec.resources.is_empty()
-            || !spec.nested_refs.is_empty())
-        .then(|| {
-            Box::new(Rare {
-                node: spec.node,
-                node_soft: spec.node_soft,
-                resources: spec.resources,
-                nested_refs: spec.nested_refs.into_boxed_slice(),
-            })
-        });
+            || !spec.nested_refs.is_empty()
+            || spec.retries_used > 0)
+            .then(|| {
+                Box::new(Rare {
+                    node: spec.node,
+                    node_soft: spec.node_soft,
+                    resources: spec.resources,
+                    nested_refs: spec.nested_refs.into_boxed_slice(),
+                    retries_used: spec.retries_used,
+                })
+            });
         Spec {
             task_id: spec.task_id,
             args: spec.args.into_boxed_slice(),
@@ -97,6 +101,7 @@ impl Spec {
             resources: rare.map(|r| r.resources.clone()).unwrap_or_default(),
             spread: self.spread,
             node_soft: rare.map(|r| r.node_soft.clone()).unwrap_or_default(),
+            retries_used: rare.map_or(0, |r| r.retries_used),
             // Applied at submit (`State::submit`), never kept.
             subscribe: false,
         }
@@ -126,6 +131,23 @@ impl Spec {
     /// What it reserves besides CPUs (empty for most tasks).
     pub(super) fn resources(&self) -> &[proto::Resource] {
         self.rare.as_deref().map_or(&[], |r| &r.resources)
+    }
+
+    /// Attempts that failed before the head had the task: a driver's
+    /// leased worker died running it (0 for most tasks).
+    pub(super) fn retries_used(&self) -> u32 {
+        self.rare.as_deref().map_or(0, |r| r.retries_used)
+    }
+
+    /// With `retries_left` of its own retries left, the attempt the head
+    /// starts now (from 1) and the most there can be, both counting the
+    /// attempts made before the head had the task, as a user counts them.
+    pub(super) fn attempt_of(&self, retries_left: u32) -> (u32, u32) {
+        // Saturating: a bad client may send any count.
+        let before = self.retries_used();
+        let own = self.max_retries.saturating_sub(retries_left);
+        let at = |n: u32| before.saturating_add(n).saturating_add(1);
+        (at(own), at(self.max_retries))
     }
 }
 
@@ -163,6 +185,7 @@ mod tests {
             }],
             spread: true,
             node_soft: "b:2".into(),
+            retries_used: 1,
             subscribe: false,
         };
         let spec = Spec::from_proto(full.clone());
@@ -185,5 +208,32 @@ mod tests {
         });
         assert_eq!(nested.nested_refs(), &[8]);
         assert_eq!(nested.node(), "");
+    }
+
+    /// A task a lost lease's worker ran once, given to the head with one
+    /// retry less: the head's retry is the third attempt of three.
+    #[test]
+    fn attempts_count_the_ones_made_before_the_head_had_the_task() {
+        let retried = Spec::from_proto(proto::TaskSpec {
+            task_id: 3,
+            max_retries: 1,
+            retries_used: 1,
+            ..Default::default()
+        });
+        assert!(retried.rare.is_some());
+        assert_eq!(retried.attempt_of(1), (2, 3), "the head's first attempt");
+        assert_eq!(retried.attempt_of(0), (3, 3), "its retry");
+        let own = Spec::from_proto(proto::TaskSpec {
+            task_id: 4,
+            max_retries: 2,
+            ..Default::default()
+        });
+        assert_eq!(own.attempt_of(1), (2, 3));
+        let bad = Spec::from_proto(proto::TaskSpec {
+            max_retries: u32::MAX,
+            retries_used: u32::MAX,
+            ..Default::default()
+        });
+        assert_eq!(bad.attempt_of(0), (u32::MAX, u32::MAX));
     }
 }

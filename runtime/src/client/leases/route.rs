@@ -449,11 +449,16 @@ impl Client {
             // driver shows the head's log): once, naming how the worker
             // ended. The first attempt ran here, with every retry left.
             tracing::warn!(
-                "{why} while running task {id:016x} (`{}`); task retried, attempt 2 of {}",
+                "{why} while running task {id:016x} (`{}`); task retried, attempt {} of {}",
                 spec.function,
-                spec.max_retries + 1,
+                spec.retries_used.saturating_add(2),
+                spec.retries_used
+                    .saturating_add(spec.max_retries)
+                    .saturating_add(1),
             );
+            // The head numbers its attempts after this one.
             spec.max_retries -= 1;
+            spec.retries_used = spec.retries_used.saturating_add(1);
         }
         // Through the head, unless the head was promised this object (it
         // holds it pending, so a submit of the same id would clash).

@@ -185,10 +185,10 @@ impl State {
         };
         if t.retries_left > 0 {
             t.retries_left -= 1;
-            let attempt = t.spec.max_retries - t.retries_left + 1;
+            let (attempt, most) = t.spec.attempt_of(t.retries_left);
             tracing::warn!(
                 "worker pid {} on {} {how} while running task {:016x} (`{}`){}; task retried, \
-                 attempt {attempt} of {}",
+                 attempt {attempt} of {most}",
                 d.pid,
                 d.node,
                 d.task,
@@ -198,12 +198,11 @@ impl State {
                 } else {
                     ""
                 },
-                t.spec.max_retries + 1,
             );
             t.ready_at = crate::head::state::clock();
             if oom {
                 // Memory is short now: give it a moment to come back.
-                let used = t.spec.max_retries.saturating_sub(t.retries_left);
+                let used = attempt.saturating_sub(1);
                 let backoff = Duration::from_millis(250 << used.min(5));
                 self.out.later.push((backoff, Later::Requeue(d.task)));
             } else {
@@ -241,7 +240,7 @@ impl State {
             d.pid,
             d.node,
             d.task,
-            t.spec.max_retries,
+            t.spec.max_retries.saturating_add(t.spec.retries_used()),
         );
         let now = super::super::observe::now_us();
         self.record(
