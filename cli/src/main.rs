@@ -330,7 +330,9 @@ enum Command {
         /// With --efficiency: CPUs each node agent offers.
         #[arg(long, default_value_t = 1)]
         node_cpus: usize,
-        /// With --efficiency: runs of each head measurement (the median is shown).
+        /// With --efficiency: rounds of the comparison with rayon (every
+        /// workload once per round) and runs of each head measurement;
+        /// the medians are shown.
         #[arg(long, default_value_t = 3)]
         repeat: usize,
         /// With --efficiency: MiB of the large values (Blob, Vec<u8>,

@@ -12,6 +12,7 @@
 //! are elsewhere. Part three feeds those costs to a simulation of a
 //! larger cluster (`efficiency/sim.rs`) to find where one head saturates.
 
+mod local;
 mod nodes;
 pub mod sim;
 mod threads;
@@ -19,6 +20,7 @@ mod threads;
 use std::time::{Duration, Instant};
 
 use fleet::{Blob, ObjectRef};
+pub use local::Row;
 use nodes::{cpu_micros, Cluster as ProcCluster};
 
 /// One workload: `count` tasks of about `micros` of compute each.
@@ -93,7 +95,8 @@ pub struct EfficiencyOptions {
     pub head_sizes: Vec<Size>,
     /// CPUs each node agent offers.
     pub node_cpus: usize,
-    /// Runs of each head measurement; the median is reported.
+    /// Rounds of part one (every workload once per round, interleaved)
+    /// and runs of each head measurement; medians are reported.
     pub repeat: usize,
     /// MiB of the large values put, passed and returned as `Blob`,
     /// `Vec<u8>` and `Vec<f64>` (0: skip that part).
@@ -175,69 +178,6 @@ pub fn calibrate() -> f64 {
     n as f64 / (best * 1e6)
 }
 
-/// CPU of the processes in `pids`, in microseconds; the basis of idle
-/// share (CPU used against cores × wall time).
-fn cpu_of(pids: &[u32]) -> u64 {
-    pids.iter().map(|p| cpu_micros(*p)).sum()
-}
-
-/// CPU time of the calling thread, in microseconds: unlike wall time, it
-/// does not grow when other processes take the cores.
-fn thread_cpu_micros() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: writes the calling thread's CPU clock into `t`.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1_000
-}
-
-/// Times the main threads of `pids` went to sleep (voluntary context
-/// switches). A worker's main thread runs the tasks and sleeps only when
-/// its queue is empty (or it waits in `get`), so this counts the times
-/// workers ran out of work, whatever else runs on the machine.
-fn sleeps_of(pids: &[u32]) -> u64 {
-    pids.iter()
-        .filter_map(|p| {
-            procfs::process::Process::new(*p as i32)
-                .and_then(|p| p.status())
-                .ok()?
-                .voluntary_ctxt_switches
-        })
-        .sum()
-}
-
-/// One workload's result on this machine.
-#[derive(Clone, Debug)]
-pub struct Row {
-    /// The workload.
-    pub size: Size,
-    /// Wall time sequentially, with the baseline, and with Fleet.
-    pub sequential: Duration,
-    /// Wall time of the thread-pool baseline.
-    pub parallel: Duration,
-    /// Wall time of Fleet.
-    pub fleet: Duration,
-    /// Cores Fleet's processes kept busy on average during its run (the
-    /// driver, with the head in it, and the workers): `cores` means none
-    /// idled. Other load on the machine lowers it too.
-    pub fleet_busy: f64,
-    /// CPU Fleet's processes spent per task beyond the task's own compute
-    /// (measured as CPU time of the sequential run), in microseconds:
-    /// submit, scheduling, transport, results. Not inflated by other load.
-    pub overhead_us: f64,
-    /// Times a worker ran out of work, per 100 tasks (see [`sleeps_of`]).
-    pub dry_per_100: f64,
-}
-
-impl Row {
-    /// Fleet's time over the baseline's (the target measure).
-    pub fn ratio(&self) -> f64 {
-        self.fleet.as_secs_f64() / self.parallel.as_secs_f64()
-    }
-}
-
 /// The head's cost at one cluster size.
 #[derive(Clone, Debug)]
 pub struct HeadRow {
@@ -259,7 +199,7 @@ pub fn run_efficiency(o: &EfficiencyOptions, parallel: Parallel) -> anyhow::Resu
     let per_us = calibrate();
     println!("calibration: {per_us:.1} LCG steps per µs on one core");
     if !o.sizes.is_empty() {
-        local(o, parallel, per_us)?;
+        local::local(o, parallel, per_us)?;
     }
     if o.value_mib > 0 {
         values(o.value_mib << 20, o.num_cpus)?;
@@ -276,108 +216,6 @@ pub fn run_efficiency(o: &EfficiencyOptions, parallel: Parallel) -> anyhow::Resu
 
 fn iters(size: Size, per_us: f64) -> u64 {
     (size.micros * per_us).round() as u64
-}
-
-/// Part one: sequential, baseline and Fleet on a local cluster.
-fn local(o: &EfficiencyOptions, parallel: Parallel, per_us: f64) -> anyhow::Result<Vec<Row>> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let cpus = o.num_cpus.unwrap_or(cores).max(1);
-    let cluster = fleet::init_with(fleet::Config {
-        num_cpus: Some(cpus),
-        ..Default::default()
-    })?;
-    anyhow::ensure!(
-        cluster.counts().is_some(),
-        "--efficiency compares a local cluster with threads; unset FLEET_ADDRESS"
-    );
-    // Warm up: every worker started and connected, the function's run
-    // time known to the scheduler.
-    let warm: Vec<ObjectRef<u64>> = (0..200).map(|i| lcg_task::remote(100, i)).collect();
-    fleet::get_all(&warm)?;
-    println!(
-        "{:<16} {:>9} {:>9} {:>9} {:>8} {:>8} {:>12} {:>10} {:>12} {:>10}",
-        "task × count",
-        "seq s",
-        "rayon s",
-        "fleet s",
-        "rayon x",
-        "fleet x",
-        "fleet/rayon",
-        "fleet busy",
-        "over µs/task",
-        "dry/100"
-    );
-    let mut rows = Vec::new();
-    for &size in &o.sizes {
-        let it = iters(size, per_us);
-        let t = Instant::now();
-        let cpu_seq = thread_cpu_micros();
-        let mut want = 0u64;
-        for i in 0..size.count as u64 {
-            want = want.wrapping_add(lcg(it, i));
-        }
-        let sequential = t.elapsed();
-        let compute = thread_cpu_micros().saturating_sub(cpu_seq) as f64;
-
-        let t = Instant::now();
-        let got = parallel(size.count, it);
-        let par = t.elapsed();
-        anyhow::ensure!(got == want, "the baseline computed {got}, not {want}");
-
-        let workers = cluster.worker_pids();
-        let mut pids = workers.clone();
-        pids.push(std::process::id());
-        let cpu0 = cpu_of(&pids);
-        let sleeps0 = sleeps_of(&workers);
-        let threads0 = o
-            .threads
-            .then(|| threads::Snapshot::take(std::process::id(), &workers));
-        let t = Instant::now();
-        let refs: Vec<ObjectRef<u64>> = (0..size.count as u64)
-            .map(|i| lcg_task::remote(it, i))
-            .collect();
-        let got = fleet::get_all(&refs)?
-            .into_iter()
-            .fold(0u64, u64::wrapping_add);
-        let fleet = t.elapsed();
-        let cpu = cpu_of(&pids).saturating_sub(cpu0) as f64;
-        let sleeps = sleeps_of(&workers).saturating_sub(sleeps0) as f64;
-        let threads1 = o
-            .threads
-            .then(|| threads::Snapshot::take(std::process::id(), &workers));
-        anyhow::ensure!(got == want, "Fleet computed {got}, not {want}");
-        drop(refs);
-        let busy = cpu / (fleet.as_secs_f64() * 1e6);
-        let row = Row {
-            size,
-            sequential,
-            parallel: par,
-            fleet,
-            fleet_busy: busy,
-            overhead_us: (cpu - compute).max(0.0) / size.count as f64,
-            dry_per_100: 100.0 * sleeps / size.count as f64,
-        };
-        let s = sequential.as_secs_f64();
-        println!(
-            "{:<16} {:>9.3} {:>9.3} {:>9.3} {:>7.2}x {:>7.2}x {:>12.2} {:>5.2} of {cores} {:>12.1} {:>10.1}",
-            format!("{} µs × {}", size.micros, size.count),
-            s,
-            par.as_secs_f64(),
-            fleet.as_secs_f64(),
-            s / par.as_secs_f64(),
-            s / fleet.as_secs_f64(),
-            row.ratio(),
-            busy,
-            row.overhead_us,
-            row.dry_per_100
-        );
-        if let (Some(before), Some(after)) = (&threads0, &threads1) {
-            after.print_since(before, size.count);
-        }
-        rows.push(row);
-    }
-    drop(cluster);
-    Ok(rows)
 }
 
 /// Part two at one cluster size: a head process with no CPUs of its own,
