@@ -21,6 +21,8 @@ mod spec;
 mod spilling;
 pub(crate) mod state;
 mod state_api;
+#[cfg(test)]
+mod test_cluster;
 mod worker_logs;
 mod workers;
 

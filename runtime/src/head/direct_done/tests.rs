@@ -2,8 +2,8 @@
 //! number of workers, and workers hear of it only when it moves by half.
 
 use super::{summary_every_ms, SUMMARY_EVERY_MS};
-use crate::head::state::State;
-use crate::proto::{self, head_op::Op};
+use crate::head::test_cluster;
+use crate::proto::head_op::Op;
 
 #[test]
 fn the_period_grows_with_workers_within_its_bounds() {
@@ -17,30 +17,10 @@ fn the_period_grows_with_workers_within_its_bounds() {
 /// when it has moved by half from the last one told; all are told then.
 #[test]
 fn workers_are_told_when_the_period_moves_by_half() {
-    let mut st = State::new("head".into());
-    st.add_node(
-        "n1".into(),
-        None,
-        proto::NodeInfo {
-            address: "n1".into(),
-            num_cpus: 64.0,
-            ..Default::default()
-        },
-    );
-    st.add_job(7, None, None, String::new(), 0);
+    let mut st = test_cluster::one_node(64.0, None);
     let mut told = Vec::new();
     for w in 0..16u32 {
-        let session = 10 + w;
-        st.open_session(session, 7);
-        st.worker_connected(
-            session,
-            &proto::Hello {
-                node: "n1".into(),
-                job: 7,
-                worker_id: 100 + w as u64,
-                ..Default::default()
-            },
-        );
+        test_cluster::connect_worker(&mut st, 10 + w, 100 + w as u64, "");
         let ops: Vec<_> = std::mem::take(&mut st.out.ops);
         let periods: Vec<(u32, u32)> = ops
             .into_iter()

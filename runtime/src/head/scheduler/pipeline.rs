@@ -47,28 +47,8 @@ mod tests {
     #[test]
     fn dispatch_fills_a_pipeline_and_keeps_the_rest_in_order() {
         use crate::proto;
-        let mut st = crate::head::state::State::new("head".into());
-        st.add_node(
-            "n1".into(),
-            None,
-            proto::NodeInfo {
-                address: "n1".into(),
-                num_cpus: 1.0,
-                ..Default::default()
-            },
-        );
-        st.add_job(7, Some(1), None, String::new(), 0);
-        st.open_session(1, 7);
-        st.open_session(2, 7);
-        st.worker_connected(
-            2,
-            &proto::Hello {
-                node: "n1".into(),
-                job: 7,
-                worker_id: 1,
-                ..Default::default()
-            },
-        );
+        let mut st = crate::head::test_cluster::one_node(1.0, Some(1));
+        crate::head::test_cluster::connect_worker(&mut st, 2, 1, "");
         let (f, _) = st.intern("m::f");
         st.run_micros.insert(f, 100.0);
         let ids: Vec<u64> = (1..=500u64).map(|i| (1u64 << 40) | i).collect();

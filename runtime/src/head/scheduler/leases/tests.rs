@@ -2,6 +2,7 @@
 //! growth of its want that no more workers can be leased now.
 
 use crate::head::state::State;
+use crate::head::test_cluster;
 use crate::proto::{self, head_op::Op};
 
 const DRIVER: u32 = 1;
@@ -9,31 +10,10 @@ const DRIVER: u32 = 1;
 /// A head with one node of `cpus` CPUs, a job with a driver session, and
 /// one idle worker per CPU serving direct streams.
 fn cluster(cpus: u32) -> State {
-    let mut st = State::new("head".into());
-    st.add_node(
-        "n1".into(),
-        None,
-        proto::NodeInfo {
-            address: "n1".into(),
-            num_cpus: cpus as f64,
-            ..Default::default()
-        },
-    );
-    st.add_job(7, Some(DRIVER), None, String::new(), 0);
-    st.open_session(DRIVER, 7);
+    let mut st = test_cluster::one_node(cpus as f64, Some(DRIVER));
     for w in 0..cpus {
-        let session = 10 + w;
-        st.open_session(session, 7);
-        st.worker_connected(
-            session,
-            &proto::Hello {
-                node: "n1".into(),
-                job: 7,
-                worker_id: 100 + w as u64,
-                direct_address: format!("127.0.0.1:{}", 5000 + w),
-                ..Default::default()
-            },
-        );
+        let address = format!("127.0.0.1:{}", 5000 + w);
+        test_cluster::connect_worker(&mut st, 10 + w, 100 + w as u64, &address);
     }
     st
 }
