@@ -104,6 +104,38 @@ fn a_node_killed_mid_run_loses_no_task() {
     }
 }
 
+/// A node agent stopped with SIGTERM (as `fleet stop` and the autoscaler
+/// stop one) says so first: `fleet list nodes` shows it dead, "left"; one
+/// killed outright is "lost". Neither takes the cluster down.
+#[test]
+fn a_stopped_node_is_listed_as_left_and_a_killed_one_as_lost() {
+    let mut c = TestCluster::start(1, &[]);
+    let stopped = c.add_node("127.0.0.2", 1);
+    let killed = c.add_node("127.0.0.3", 1);
+    let death = |rows: &[serde_json::Value], name: &str| -> Option<String> {
+        let row = rows.iter().find(|r| r["name"] == name)?;
+        (row["state"] == "dead").then(|| row["death"].as_str().unwrap_or("?").to_string())
+    };
+    assert!(c
+        .list_json("nodes")
+        .iter()
+        .all(|r| r["state"] == "alive" && r["death"].is_null()));
+    // SAFETY: SIGTERM to our own child, which is not reaped yet.
+    unsafe { libc::kill(c.nodes[0].1.child.id() as i32, libc::SIGTERM) };
+    let status = c.nodes[0].1.child.wait().expect("the agent exits");
+    assert!(status.success(), "a stopped agent exits cleanly: {status}");
+    c.nodes[1].1.kill();
+    let rows = common::wait_until("both nodes dead", WAIT, || {
+        let rows = c.list_json("nodes");
+        (death(&rows, &stopped).is_some() && death(&rows, &killed).is_some()).then_some(rows)
+    });
+    assert_eq!(death(&rows, &stopped).as_deref(), Some("left"), "{rows:?}");
+    assert_eq!(death(&rows, &killed).as_deref(), Some("lost"), "{rows:?}");
+    // The head serves on: a driver still runs tasks.
+    let _driver = c.join();
+    assert_eq!(fleet::get(&double::remote(21, 2)).expect("a task").0, 42);
+}
+
 #[test]
 fn a_node_joining_mid_run_gets_work() {
     let mut c = TestCluster::start(1, &[]);

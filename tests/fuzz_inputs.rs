@@ -333,6 +333,7 @@ fn client_ops() -> Vec<ClientOp> {
         })),
         op(client_op::Op::Unblocked(3)),
         op(client_op::Op::KillActor(77)),
+        op(client_op::Op::NodeLeaving(true)),
         op(client_op::Op::MemoryPressure(
             fleet::proto::MemoryPressure {
                 used: u64::MAX,

@@ -284,6 +284,11 @@ impl Head {
                     Op::GeneratorAck(a) => st.generator_ack(client, a),
                     Op::MemoryPressure(p) => pressure.push(p),
                     Op::NodeLoad(l) => st.node_load(client, l),
+                    Op::NodeLeaving(leaving) => {
+                        if leaving {
+                            st.node_leaving(client);
+                        }
+                    }
                     Op::Hello(_) => {}
                     // leases: head/scheduler/leases.rs.
                     Op::LeaseRequest(r) => st.lease_request(client, r),

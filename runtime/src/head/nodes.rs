@@ -28,6 +28,9 @@ pub(crate) struct Node {
     pub(super) load: Option<proto::NodeLoad>,
     /// When it was lost; it leaves the node list a TTL later.
     pub(super) dead_since: Option<std::time::Instant>,
+    /// Its agent said it stops on purpose (`ClientOp.node_leaving`): its
+    /// end is a departure, not a loss.
+    pub(super) leaving: bool,
     /// Memory and custom resources, total and free.
     pub(super) resources: super::scheduler::NodeResources,
 }
@@ -72,6 +75,7 @@ impl State {
                 store_used: 0,
                 load: None,
                 dead_since: None,
+                leaving: false,
             },
         );
     }
@@ -193,6 +197,14 @@ impl State {
         }
     }
 
+    /// A node agent said its node stops on purpose: its session's end will
+    /// be the node leaving, not a loss.
+    pub(crate) fn node_leaving(&mut self, client: u32) {
+        if let Some(n) = self.nodes.values_mut().find(|n| n.session == Some(client)) {
+            n.leaving = true;
+        }
+    }
+
     /// A node agent reported its machine's load and memory.
     pub(crate) fn node_load(&mut self, client: u32, load: proto::NodeLoad) {
         if let Some(n) = self.nodes.values_mut().find(|n| n.session == Some(client)) {
@@ -211,7 +223,11 @@ impl State {
         n.dead_since = Some(std::time::Instant::now());
         n.available_cpus = 0.0;
         n.starting.clear();
-        tracing::warn!(node = %name, "node lost");
+        if n.leaving {
+            tracing::info!(node = %name, "node left");
+        } else {
+            tracing::warn!(node = %name, "node lost");
+        }
         let on_node: Vec<u64> = self
             .objects
             .iter()

@@ -210,6 +210,13 @@ impl State {
                     "name": name,
                     "node": name,
                     "state": if n.alive { "alive" } else { "dead" },
+                    // How a dead node ended: "left" (its agent stopped on
+                    // purpose) or "lost"; null while it is alive.
+                    "death": match (n.alive, n.leaving) {
+                        (true, _) => Value::Null,
+                        (false, true) => json!("left"),
+                        (false, false) => json!("lost"),
+                    },
                     "num_cpus": n.total_cpus,
                     "available_cpus": n.available_cpus,
                     "workers": n.workers,

@@ -446,8 +446,16 @@ async fn session(
             _ = &mut *stop => break Ended::Stopped,
         }
     };
-    if let Ended::HeadGone(why) = &ended {
-        tracing::warn!(node = %name, "lost the head: {why}");
+    match &ended {
+        Ended::HeadGone(why) => tracing::warn!(node = %name, "lost the head: {why}"),
+        // Said before the workers stop (which takes them a moment), so the
+        // frame is out before the session ends: the head lists the node
+        // as left, not lost.
+        Ended::Stopped => {
+            let _ = agent.out.send(proto::ClientOp {
+                op: Some(Op::NodeLeaving(true)),
+            });
+        }
     }
     // Blocking (it waits for the workers to exit): off the runtime threads.
     let supervisor_owner = agent.clone();
