@@ -9,38 +9,24 @@ use std::time::{Duration, Instant};
 use super::super::scale::HeadProcess;
 
 /// CPU time a process has used so far, in microseconds: the sum over its
-/// threads of `/proc/PID/task/TID/schedstat` (nanoseconds), or
-/// `utime + stime` from `/proc/PID/stat` (clock ticks) where that is
-/// missing. 0 for a process that is gone.
+/// threads of [`thread_nanos`]. 0 for a process that is gone.
 pub(crate) fn cpu_micros(pid: u32) -> u64 {
-    let mut ns = 0u64;
-    let mut any = false;
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.flatten() {
-            if let Some(v) = std::fs::read_to_string(t.path().join("schedstat"))
-                .ok()
-                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-            {
-                ns += v;
-                any = true;
-            }
-        }
+    let hz = procfs::ticks_per_second().max(1);
+    let Ok(tasks) = procfs::process::Process::new(pid as i32).and_then(|p| p.tasks()) else {
+        return 0;
+    };
+    tasks.flatten().map(|t| thread_nanos(&t, hz)).sum::<u64>() / 1000
+}
+
+/// CPU time of one thread, in nanoseconds: `schedstat`, or `utime +
+/// stime` (clock ticks, `hz` a second) where the kernel has no schedstat.
+pub(crate) fn thread_nanos(task: &procfs::process::Task, hz: u64) -> u64 {
+    match task.schedstat() {
+        Ok(ss) => ss.sum_exec_runtime,
+        Err(_) => task
+            .stat()
+            .map_or(0, |s| (s.utime + s.stime) * 1_000_000_000 / hz),
     }
-    if any {
-        return ns / 1000;
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may
-    // contain spaces: state is field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    ticks * 1_000_000 / hz
 }
 
 /// A head process and node agents.
@@ -162,9 +148,9 @@ impl Cluster {
     }
 
     /// Waits until the driver has given every lease back, then for the
-    /// workers' last summaries of direct tasks (`DirectDone`, sent at most
-    /// every ~20 ms): both are head work the tasks caused, so a measure of
-    /// the head's CPU per task must end after them.
+    /// workers' last summaries of direct tasks (`DirectDone`, sent as a
+    /// lease's stream ends): both are head work the tasks caused, so a
+    /// measure of the head's CPU per task must end after them.
     pub(crate) fn wait_leases_returned(&self, within: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
         loop {
@@ -187,7 +173,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         // Agents first: a head told to stop waits for its open sessions
         // to end before it exits, so stopping it first would wait on the
-        // agents. (The head then logs each agent as a node lost.)
+        // agents. (Each agent tells the head it leaves: no warning.)
         for c in &mut self.nodes {
             // SAFETY: SIGTERM to our own child, which is not reaped yet.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };

@@ -51,10 +51,7 @@ impl Snapshot {
                 let (Ok(stat), Ok(status)) = (task.stat(), task.status()) else {
                     continue;
                 };
-                let nanos = match task.schedstat() {
-                    Ok(ss) => ss.sum_exec_runtime,
-                    Err(_) => (stat.utime + stat.stime) * 1_000_000_000 / hz,
-                };
+                let nanos = super::nodes::thread_nanos(&task, hz);
                 let u = s.0.entry((role, kind(&stat.comm))).or_default();
                 u.nanos += nanos;
                 u.sleeps += status.voluntary_ctxt_switches.unwrap_or(0);
