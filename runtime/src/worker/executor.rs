@@ -344,7 +344,10 @@ impl Executor {
                             move || b.upgrade().map(|c| c.flush_held()).is_some(),
                         )
                         .inspect_err(|e| {
-                            tracing::warn!("results are not held: no hold timer ({e})")
+                            tracing::warn!(
+                                "{}",
+                                crate::worker::hold::no_timer("results go out one by one", e)
+                            )
                         })
                         .ok()
                     })

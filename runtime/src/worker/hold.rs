@@ -21,6 +21,15 @@ mod timer;
 
 pub(crate) use timer::Alarm;
 
+/// What a worker says when it cannot make a kernel timer: what it does
+/// instead (`fallback`), why, and the fix for the usual cause.
+pub(crate) fn no_timer(fallback: &str, e: &std::io::Error) -> String {
+    format!(
+        "{fallback}: no kernel timer could be made ({e}); the worker runs on, with more \
+         wake-ups. If the cause is too many open files, raise the limit (ulimit -n)"
+    )
+}
+
 /// The longest a result is held back. Long enough that a worker with a
 /// deep queue (`pipelining::deep_depth`, some 12 ms of work) sends its
 /// results in a few frames rather than one per task: each frame wakes a

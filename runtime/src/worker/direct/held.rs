@@ -202,7 +202,12 @@ impl Held {
                 move || a.upgrade().and_then(|h| h.results.lock().since),
                 move || b.upgrade().map(|h| h.flush()).is_some(),
             )
-            .inspect_err(|e| tracing::warn!("results are not held: no hold timer ({e})"))
+            .inspect_err(|e| {
+                tracing::warn!(
+                    "{}",
+                    crate::worker::hold::no_timer("results go out one by one", e)
+                )
+            })
             .ok()
         });
         match dog {
@@ -253,7 +258,10 @@ impl Held {
                 let me = Arc::downgrade(self);
                 Alarm::start(rt, move |_| me.upgrade().map(|h| h.tick()).is_some())
                     .inspect_err(|e| {
-                        tracing::warn!("summaries go one by one: no summary timer ({e})")
+                        tracing::warn!(
+                            "{}",
+                            crate::worker::hold::no_timer("summaries go to the head one by one", e)
+                        )
                     })
                     .ok()
             })
