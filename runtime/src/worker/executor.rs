@@ -343,13 +343,6 @@ impl Executor {
                             move || a.upgrade().and_then(|c| c.held_since()),
                             move || b.upgrade().map(|c| c.flush_held()).is_some(),
                         )
-                        .inspect_err(|e| {
-                            tracing::warn!(
-                                "{}",
-                                crate::worker::hold::no_timer("results go out one by one", e)
-                            )
-                        })
-                        .ok()
                     })
                     .as_ref()
             });

@@ -86,13 +86,14 @@ impl Watchdog {
     /// Starts the watchdog on `rt`. `oldest` says since when the oldest
     /// held result waits (`None`: nothing is held, or its owner is gone),
     /// `flush` sends what is held; `flush` returning false means the
-    /// owner is gone and the watchdog ends. `Err`: no timer could be made
-    /// (out of file descriptors); the caller then sends results at once.
+    /// owner is gone and the watchdog ends. `None`: no timer could be made
+    /// (out of file descriptors; a warning says so), and the caller then
+    /// sends results at once.
     pub(crate) fn start(
         rt: &tokio::runtime::Handle,
         oldest: impl Fn() -> Option<Instant> + Send + 'static,
         flush: impl Fn() -> bool + Send + 'static,
-    ) -> std::io::Result<Watchdog> {
+    ) -> Option<Watchdog> {
         let alarm = Alarm::start(rt, move |alarm| {
             let Some(first) = oldest() else {
                 return true;
@@ -104,8 +105,10 @@ impl Watchdog {
                 return true;
             }
             flush()
-        })?;
-        Ok(Watchdog { alarm })
+        })
+        .inspect_err(|e| tracing::warn!("{}", no_timer("results go out one by one", e)))
+        .ok()?;
+        Some(Watchdog { alarm })
     }
 
     /// A batch of held results started at `first`: its results go out

@@ -202,13 +202,6 @@ impl Held {
                 move || a.upgrade().and_then(|h| h.results.lock().since),
                 move || b.upgrade().map(|h| h.flush()).is_some(),
             )
-            .inspect_err(|e| {
-                tracing::warn!(
-                    "{}",
-                    crate::worker::hold::no_timer("results go out one by one", e)
-                )
-            })
-            .ok()
         });
         match dog {
             Some(dog) => dog.arm(first),
