@@ -15,8 +15,8 @@
 //! about 100 times a second in all, whatever the cluster's size: with a
 //! fixed 20 ms, 16 workers of 100 µs tasks woke it 800 times a second and
 //! tripled its CPU per task. Past that, each worker reports once a second
-//! (as Ray's task events do); a task listed as running shows once it has
-//! run a period.
+//! (as Ray's task events do). A task that has run a period is listed as
+//! running within two (`worker/direct/held.rs`).
 
 use std::sync::Arc;
 

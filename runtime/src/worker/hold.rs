@@ -12,8 +12,10 @@
 //! - results go out once they are as many as the tasks still queued: the
 //!   head then refills the queue while the other half runs, which is what
 //!   keeps a worker busy across the round trip;
-//! - and at most [`HOLD`] after the first held result (a timer sends them
-//!   if the next task runs long), and never more than [`HOLD_MAX`].
+//! - and before the next task would take them past [`HOLD`] after the
+//!   first held result (a kernel timer sends them by [`LATEST`] if that
+//!   task runs longer than the one before), and never more than
+//!   [`HOLD_MAX`].
 
 use std::time::{Duration, Instant};
 
@@ -31,7 +33,7 @@ pub(crate) fn no_timer(fallback: &str, e: &std::io::Error) -> String {
 }
 
 /// The longest a result is held back. Long enough that a worker with a
-/// deep queue (`pipelining::deep_depth`, some 12 ms of work) sends its
+/// deep queue (`pipelining::deep_depth`, some 24 ms of work) sends its
 /// results in a few frames rather than one per task: each frame wakes a
 /// thread on both sides, which cost 30–60 µs of CPU per task of 1 ms on
 /// this project's 2-core VM when every result went alone.
